@@ -1,14 +1,292 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! From a parsed pipeline to a [`Plan`]: every reference resolved, fan-out expanded, params
+//! type-checked, cycles found, and the steps in a stable topological order.
+//!
+//! The planner runs every check and reports all problems at once, sorted by where they are in
+//! the file, each naming the step and the bad value. For each planned step it records the
+//! canonical material its cache key will be built from (see [`CacheKeyMaterial`]).
+//!
+//! It runs nothing and reads nothing but the existence of workspace paths: component digests
+//! and input digests are pinned by the engine when a run starts.
+
+mod compile;
+mod graph;
+mod suggest;
+mod when;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kiln_spec::{Diagnostic, SourceFile, Value};
+use serde::Serialize;
+
+pub use compile::compile;
+
+/// The version of the plan's JSON form and of the cache-key material layout.
+pub const PLAN_VERSION: u32 = 1;
+
+/// What the planner needs besides the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// The folder that workspace paths are relative to (the pipeline file's folder).
+    pub base_dir: PathBuf,
+    /// Param overrides as given on the command line: `(name, text)`.
+    pub overrides: Vec<(String, String)>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The result of planning: a plan when there are no errors, and every diagnostic found.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The plan, present only if no diagnostic is an error.
+    pub plan: Option<Plan>,
+    /// Errors and warnings, sorted by position in the file.
+    pub diagnostics: Vec<Diagnostic>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// A validated, expanded pipeline, ready for the engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// [`PLAN_VERSION`].
+    pub plan_version: u32,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Every param with its value for this plan (defaults and overrides applied).
+    pub params: BTreeMap<String, Value>,
+    /// The steps (fan-out instances expanded) in a stable topological order.
+    pub steps: Vec<PlannedStep>,
+}
+
+impl Plan {
+    /// The planned step with this id.
+    pub fn step(&self, id: &str) -> Option<&PlannedStep> {
+        self.steps.iter().find(|s| s.id == id)
     }
+}
+
+/// One schedulable unit: a step, or one instance of a fan-out step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    /// Unique id: the step's name, or `name[i]` for fan-out instance `i`.
+    pub id: String,
+    /// The step's name as written.
+    pub step: String,
+    /// Which fan-out instance this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<FanOutInstance>,
+    /// What runs.
+    pub kind: StepKind,
+    /// Inputs by name and where each comes from.
+    pub inputs: BTreeMap<String, InputSource>,
+    /// Names of the outputs the step writes.
+    pub outputs: Vec<String>,
+    /// Params for the step after templating (`{{params.*}}` and `{{item}}` replaced).
+    pub params: BTreeMap<String, Value>,
+    /// Ids of the planned steps that must finish first.
+    pub depends_on: Vec<String>,
+    /// A CEL condition checked when the step is ready; the step is skipped when false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Retries, timeout, caching.
+    pub policy: Policy,
+    /// What the cache key is built from, apart from the digests pinned at run time.
+    pub cache_key: CacheKeyMaterial,
+}
+
+/// The item a fan-out instance works on.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanOutInstance {
+    /// Position in the list, from 0.
+    pub index: usize,
+    /// The item itself.
+    pub item: Value,
+}
+
+/// A wasm component or a container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A WebAssembly component run in the shared runner.
+    Wasm {
+        /// Where the component comes from.
+        component: ComponentSource,
+        /// Memory limit in bytes, if set.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory_bytes: Option<u64>,
+        /// Fuel budget, if set.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fuel: Option<u64>,
+    },
+    /// A container (or a local process standing in for one).
+    Container(ContainerPlan),
+}
+
+/// Where a wasm component comes from; paths are relative to the pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentSource {
+    /// A `.wasm` file.
+    Path {
+        /// Relative to the pipeline file.
+        path: String,
+    },
+    /// A registry name and version.
+    Registry {
+        /// Component name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// A pinned digest.
+    Digest {
+        /// `blake3:<hex>`.
+        digest: String,
+    },
+    /// Built from a source folder.
+    Build {
+        /// Source folder, relative to the pipeline file.
+        source: String,
+        /// Shell command run in the source folder.
+        command: String,
+        /// The built `.wasm`, relative to the source folder.
+        artifact: String,
+    },
+}
+
+/// A container step after templating.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerPlan {
+    /// Image reference.
+    pub image: String,
+    /// Command; empty means the image's entrypoint.
+    pub command: Vec<String>,
+    /// Arguments; `{{inputs.X}}` and `{{outputs.X}}` stay for the executor to fill with paths.
+    pub args: Vec<String>,
+    /// Environment, sorted; values may keep `{{inputs.X}}` and `{{outputs.X}}`.
+    pub env: BTreeMap<String, String>,
+    /// CPU in millicores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// GPUs.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gpu: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where an input's bytes come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSource {
+    /// One output of one planned step.
+    Step {
+        /// Producing planned step id.
+        step: String,
+        /// Output name.
+        output: String,
+    },
+    /// The same output of every instance of a fan-out step, as one folder with an entry per
+    /// instance, named by instance index.
+    Collect {
+        /// Producing step name.
+        step: String,
+        /// Output name.
+        output: String,
+        /// The instances, in index order.
+        instances: Vec<String>,
+    },
+    /// A file or folder in the workspace, relative to the pipeline file.
+    Workspace {
+        /// Normalised relative path.
+        path: String,
+    },
+    /// A param's value, passed as a small file.
+    Param {
+        /// Param name.
+        name: String,
+        /// Its value.
+        value: Value,
+    },
+}
+
+/// Retries, timeout and caching of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Extra attempts after a failure.
+    pub retries: u32,
+    /// Per-attempt wall-clock limit in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether a cached result may be reused.
+    pub cache: bool,
+}
+
+/// The canonical, identity-free material a step's cache key is built from.
+///
+/// The engine completes it with the component's digest (for wasm), every input's digest by
+/// input name and the runtime's determinism version, then hashes its canonical JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheKeyMaterial {
+    /// [`PLAN_VERSION`]: bump it when this layout changes.
+    pub version: u32,
+    /// `wasm` or `container`.
+    pub kind: &'static str,
+    /// For containers: image, command, args (with param templates applied) and env.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerKey>,
+    /// Params after templating, sorted.
+    pub params: BTreeMap<String, Value>,
+    /// Input names whose digests the engine adds.
+    pub inputs: Vec<String>,
+    /// Output names (a different set of outputs is a different step).
+    pub outputs: Vec<String>,
+}
+
+/// The parts of a container step that change its result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerKey {
+    /// Image reference (the engine adds the resolved digest where known).
+    pub image: String,
+    /// Command.
+    pub command: Vec<String>,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Reads, parses and plans a pipeline file; the source is returned for rendering diagnostics.
+pub fn plan_file(
+    path: &std::path::Path,
+    overrides: &[(String, String)],
+) -> Result<(SourceFile, Compiled), std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let source = SourceFile::new(path.display().to_string(), text);
+    let base_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                p.to_path_buf()
+            }
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    let compiled = match kiln_spec::parse(&source.text) {
+        Ok(pipeline) => compile(
+            &pipeline,
+            &PlanOptions {
+                base_dir,
+                overrides: overrides.to_vec(),
+            },
+        ),
+        Err(diagnostic) => Compiled {
+            plan: None,
+            diagnostics: vec![diagnostic],
+        },
+    };
+    Ok((source, compiled))
 }

@@ -1,0 +1,1130 @@
+//! The checks and the expansion from spec to plan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path};
+
+use kiln_spec::template::{self, Segment, TemplateRef};
+use kiln_spec::{
+    Diagnostic, ForEach, InputRef, Located, ParamType, Pipeline, Span, Step, Value, WasmRef,
+};
+
+use crate::graph::StepGraph;
+use crate::suggest::did_you_mean;
+use crate::when;
+use crate::{
+    CacheKeyMaterial, Compiled, ComponentSource, ContainerKey, ContainerPlan, FanOutInstance,
+    InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepKind,
+};
+
+/// The most retries a step may ask for.
+const MAX_RETRIES: u32 = 100;
+
+/// The most instances one fan-out step may expand to.
+const MAX_FAN_OUT: usize = 100_000;
+
+/// Plans a parsed pipeline: every check runs, and all diagnostics come back sorted.
+pub fn compile(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
+    let mut cx = Checker {
+        pipeline,
+        options,
+        diagnostics: Vec::new(),
+        index: pipeline
+            .steps
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i))
+            .collect(),
+        graph: StepGraph::new(pipeline.steps.len()),
+        fan_out: vec![None; pipeline.steps.len()],
+        consumed: BTreeSet::new(),
+        consumers: vec![0; pipeline.steps.len()],
+    };
+    let params = cx.resolve_params();
+    for (i, (name, step)) in pipeline.steps.iter().enumerate() {
+        cx.check_step(i, name, step, &params);
+    }
+    cx.check_cycles();
+    cx.warn_unused();
+    let mut diagnostics = std::mem::take(&mut cx.diagnostics);
+    diagnostics.sort_by(|a, b| {
+        let key = |d: &Diagnostic| d.span.map_or(0, |s| s.offset);
+        key(a)
+            .cmp(&key(b))
+            .then(a.severity.cmp(&b.severity))
+            .then(a.message.cmp(&b.message))
+    });
+    diagnostics.dedup();
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return Compiled {
+            plan: None,
+            diagnostics,
+        };
+    }
+    let plan = cx.expand(params);
+    Compiled {
+        plan: Some(plan),
+        diagnostics,
+    }
+}
+
+struct Checker<'a> {
+    pipeline: &'a Pipeline,
+    options: &'a PlanOptions,
+    diagnostics: Vec<Diagnostic>,
+    index: HashMap<&'a str, usize>,
+    graph: StepGraph,
+    /// The resolved fan-out list of each step that has one.
+    fan_out: Vec<Option<Vec<Value>>>,
+    /// `(step index, output)` pairs that some step reads.
+    consumed: BTreeSet<(usize, String)>,
+    /// How many references point at each step.
+    consumers: Vec<usize>,
+}
+
+/// Where a template string sits, which decides what it may refer to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TemplateSite {
+    /// `with:` values: params and item.
+    With,
+    /// Container command, args and env: params, item, inputs, outputs.
+    Container,
+    /// The image: params and item only.
+    Image,
+}
+
+impl<'a> Checker<'a> {
+    fn error(&mut self, code: &'static str, message: String, span: Span) -> &mut Diagnostic {
+        self.diagnostics
+            .push(Diagnostic::error(code, message).at(span));
+        self.diagnostics.last_mut().expect("just pushed")
+    }
+
+    fn warn(&mut self, code: &'static str, message: String, span: Span) -> &mut Diagnostic {
+        self.diagnostics
+            .push(Diagnostic::warning(code, message).at(span));
+        self.diagnostics.last_mut().expect("just pushed")
+    }
+
+    fn param_names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.pipeline.params.keys().map(|k| k.as_str())
+    }
+
+    fn step_names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.pipeline.steps.keys().map(|k| k.as_str())
+    }
+
+    fn resolve_params(&mut self) -> BTreeMap<String, Value> {
+        let mut values = BTreeMap::new();
+        let mut overrides: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, text) in &self.options.overrides {
+            if overrides.insert(name, text).is_some() {
+                self.diagnostics.push(Diagnostic::error(
+                    "kiln::plan::duplicate-override",
+                    format!("param `{name}` is set twice on the command line"),
+                ));
+            }
+            if !self.pipeline.params.contains_key(name.as_str()) {
+                let hint = did_you_mean(name, self.param_names());
+                let known: Vec<&str> = self.param_names().collect();
+                self.diagnostics.push(
+                    Diagnostic::error(
+                        "kiln::plan::unknown-override",
+                        format!("`-p {name}=...` sets an unknown param{hint}"),
+                    )
+                    .help(if known.is_empty() {
+                        "this pipeline declares no params".to_owned()
+                    } else {
+                        format!("declared params: {}", known.join(", "))
+                    }),
+                );
+            }
+        }
+        for (name, decl) in &self.pipeline.params {
+            let ty: ParamType = decl.ty.value;
+            if let Some(default) = &decl.default
+                && let Err(e) = ty.check(&default.value)
+            {
+                self.error(
+                    "kiln::plan::type-mismatch",
+                    format!("default of param `{name}` does not match its type {ty}: {e}"),
+                    default.span,
+                );
+            }
+            let value = if let Some(text) = overrides.get(name.as_str()) {
+                match ty.parse_text(text) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.diagnostics.push(Diagnostic::error(
+                            "kiln::plan::bad-override",
+                            format!("`-p {name}={text}` is not a {ty}: {e}"),
+                        ));
+                        None
+                    }
+                }
+            } else if let Some(default) = &decl.default {
+                ty.check(&default.value).ok()
+            } else {
+                self.error(
+                    "kiln::plan::missing-param",
+                    format!("param `{name}` has no default and was not set"),
+                    name.span,
+                )
+                .help = Some(format!(
+                    "set it with `-p {name}=VALUE` or give it a `default`"
+                ));
+                None
+            };
+            if let Some(v) = value {
+                values.insert(name.to_string(), v);
+            }
+        }
+        values
+    }
+
+    fn check_step(
+        &mut self,
+        i: usize,
+        name: &'a Located<kiln_spec::StepName>,
+        step: &'a Located<Step>,
+        params: &BTreeMap<String, Value>,
+    ) {
+        let fan_out = self.check_for_each(name, step, params);
+        let in_fan_out = step.for_each.is_some();
+        self.fan_out[i] = fan_out;
+
+        match (&step.wasm, &step.container) {
+            (None, None) => {
+                self.error(
+                    "kiln::plan::step-kind",
+                    format!("step `{name}` has neither `wasm` nor `container`"),
+                    name.span,
+                )
+                .help = Some(
+                    "give the step exactly one of `wasm: <component>` or `container: {image: ...}`"
+                        .into(),
+                );
+            }
+            (Some(_), Some(container)) => {
+                self.error(
+                    "kiln::plan::step-kind",
+                    format!("step `{name}` has both `wasm` and `container`"),
+                    container.span,
+                )
+                .help = Some("a step runs one thing: split it into two steps".into());
+            }
+            (Some(wasm), None) => self.check_component(name, wasm),
+            (None, Some(_)) => {}
+        }
+        if step.container.is_some()
+            && let Some(limits) = &step.limits
+        {
+            self.error(
+                "kiln::plan::limits-on-container",
+                format!("step `{name}` is a container step; `limits` applies to wasm steps only"),
+                limits.span,
+            )
+            .help = Some("use `container.resources` (`cpu`, `memory`, `gpu`) instead".into());
+        }
+        if let Some(retries) = &step.retries
+            && retries.value > MAX_RETRIES
+        {
+            self.error(
+                "kiln::plan::too-many-retries",
+                format!(
+                    "step `{name}` asks for {} retries; the most is {MAX_RETRIES}",
+                    retries.value
+                ),
+                retries.span,
+            );
+        }
+
+        let mut seen_outputs = BTreeSet::new();
+        for output in &step.outputs {
+            if !seen_outputs.insert(output.as_str()) {
+                self.error(
+                    "kiln::plan::duplicate-output",
+                    format!("step `{name}` declares output `{output}` twice"),
+                    output.span,
+                );
+            }
+        }
+
+        for (input_name, input) in &step.inputs {
+            self.check_input(i, name, input_name, input, params);
+        }
+
+        let mut seen_after = BTreeSet::new();
+        for after in &step.after {
+            if !seen_after.insert(after.as_str()) {
+                self.warn(
+                    "kiln::plan::duplicate-after",
+                    format!("step `{name}` lists `{after}` twice in `after`"),
+                    after.span,
+                );
+            }
+            match self.index.get(after.as_str()) {
+                Some(&j) => {
+                    self.graph.add_edge(j, i);
+                    self.consumers[j] += 1;
+                }
+                None => {
+                    let hint = did_you_mean(after.as_str(), self.step_names());
+                    self.error(
+                        "kiln::plan::unknown-step",
+                        format!("step `{name}` runs after `{after}`, which is not a step{hint}"),
+                        after.span,
+                    );
+                }
+            }
+        }
+
+        for (key, value) in &step.with {
+            self.check_value_templates(name, key.as_str(), value, in_fan_out, params);
+        }
+
+        if let Some(container) = &step.container {
+            let inputs: BTreeSet<&str> = step.inputs.keys().map(|k| k.as_str()).collect();
+            let outputs: BTreeSet<&str> = step.outputs.iter().map(|k| k.as_str()).collect();
+            self.check_template(
+                name,
+                &container.image,
+                TemplateSite::Image,
+                in_fan_out,
+                params,
+                (&inputs, &outputs),
+            );
+            for part in container.command.iter().chain(&container.args) {
+                self.check_template(
+                    name,
+                    part,
+                    TemplateSite::Container,
+                    in_fan_out,
+                    params,
+                    (&inputs, &outputs),
+                );
+            }
+            for value in container.env.values() {
+                self.check_template(
+                    name,
+                    value,
+                    TemplateSite::Container,
+                    in_fan_out,
+                    params,
+                    (&inputs, &outputs),
+                );
+            }
+            if container.image.trim().is_empty() {
+                self.error(
+                    "kiln::plan::empty-image",
+                    format!("step `{name}` has an empty `image`"),
+                    container.image.span,
+                );
+            }
+        }
+
+        if let Some(condition) = &step.when {
+            self.check_when(i, name, condition, in_fan_out, params);
+        }
+    }
+
+    fn check_for_each(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        step: &Located<Step>,
+        params: &BTreeMap<String, Value>,
+    ) -> Option<Vec<Value>> {
+        let for_each = step.for_each.as_ref()?;
+        let items = match &for_each.value {
+            ForEach::Items(items) => items.clone(),
+            ForEach::Template(text) => match template::whole_ref(text) {
+                Some(TemplateRef::Param(param)) => match self.pipeline.params.get(param.as_str()) {
+                    None => {
+                        let hint = did_you_mean(&param, self.param_names());
+                        self.error(
+                            "kiln::plan::unknown-param",
+                            format!("step `{name}` fans out over `params.{param}`, which is not a param{hint}"),
+                            for_each.span,
+                        );
+                        return None;
+                    }
+                    Some(decl) if !decl.ty.is_list() => {
+                        self.error(
+                            "kiln::plan::fan-out-not-list",
+                            format!(
+                                "step `{name}` fans out over `params.{param}`, which is a {}, not a list",
+                                decl.ty.value
+                            ),
+                            for_each.span,
+                        )
+                        .help = Some(format!(
+                            "declare `{param}` with a list type such as `list[{}]`",
+                            decl.ty.value
+                        ));
+                        return None;
+                    }
+                    Some(_) => match params.get(param.as_str()) {
+                        Some(Value::List(items)) => items.clone(),
+                        _ => return None,
+                    },
+                },
+                _ => {
+                    self.error(
+                        "kiln::plan::fan-out-not-list",
+                        format!("step `{name}` has `for_each: {text}`, which is not a list"),
+                        for_each.span,
+                    )
+                    .help = Some("write a list (`[0.1, 0.01]`) or name a list param (`\"{{params.learning_rates}}\"`)".into());
+                    return None;
+                }
+            },
+        };
+        if items.is_empty() {
+            self.warn(
+                "kiln::plan::empty-fan-out",
+                format!("step `{name}` fans out over an empty list and will not run"),
+                for_each.span,
+            );
+        }
+        if items.len() > MAX_FAN_OUT {
+            self.error(
+                "kiln::plan::fan-out-too-large",
+                format!(
+                    "step `{name}` fans out to {} instances; the most is {MAX_FAN_OUT}",
+                    items.len()
+                ),
+                for_each.span,
+            );
+            return None;
+        }
+        for (k, item) in items.iter().enumerate() {
+            if matches!(item, Value::List(_)) {
+                self.error(
+                    "kiln::plan::fan-out-item",
+                    format!("item {k} of step `{name}`'s `for_each` is a list; items must be single values"),
+                    for_each.span,
+                );
+            }
+        }
+        Some(items)
+    }
+
+    fn check_component(&mut self, name: &Located<kiln_spec::StepName>, wasm: &Located<WasmRef>) {
+        match &wasm.value {
+            WasmRef::Path(path) => {
+                if let Some(rel) = self.workspace_path(name, path, wasm.span)
+                    && !self.options.base_dir.join(&rel).is_file()
+                {
+                    self.error(
+                        "kiln::plan::missing-component",
+                        format!("step `{name}` uses component `{path}`, which does not exist"),
+                        wasm.span,
+                    )
+                    .help = Some("build it first, or write `wasm: {source: FOLDER, command: BUILD COMMAND, artifact: FILE.wasm}` so kiln builds it".into());
+                }
+            }
+            WasmRef::Build(build) => {
+                if let Some(rel) = self.workspace_path(name, &build.source, wasm.span)
+                    && !self.options.base_dir.join(&rel).is_dir()
+                {
+                    self.error(
+                        "kiln::plan::missing-source",
+                        format!(
+                            "step `{name}` builds from `{}`, which is not a folder",
+                            build.source
+                        ),
+                        wasm.span,
+                    );
+                }
+                if !build.artifact.ends_with(".wasm") {
+                    self.error(
+                        "kiln::plan::bad-artifact",
+                        format!(
+                            "step `{name}` names build artifact `{}`; it must be a `.wasm` file",
+                            build.artifact
+                        ),
+                        wasm.span,
+                    );
+                }
+                if build.command.trim().is_empty() {
+                    self.error(
+                        "kiln::plan::empty-build-command",
+                        format!("step `{name}` has an empty build `command`"),
+                        wasm.span,
+                    );
+                }
+            }
+            WasmRef::Registry { .. } | WasmRef::Digest(_) => {}
+        }
+    }
+
+    /// Normalises a workspace path; `None` (with an error) when it leaves the pipeline folder.
+    fn workspace_path(
+        &mut self,
+        step: &Located<kiln_spec::StepName>,
+        path: &str,
+        span: Span,
+    ) -> Option<String> {
+        match normalise(path) {
+            Some(rel) => Some(rel),
+            None => {
+                self.error(
+                    "kiln::plan::path-escapes",
+                    format!("step `{step}` reads `{path}`, which is outside the pipeline's folder"),
+                    span,
+                )
+                .help = Some("steps read only files under the folder of the pipeline file: move or copy the file there".into());
+                None
+            }
+        }
+    }
+
+    fn check_input(
+        &mut self,
+        i: usize,
+        name: &Located<kiln_spec::StepName>,
+        input_name: &Located<kiln_spec::ArtifactName>,
+        input: &Located<InputRef>,
+        _params: &BTreeMap<String, Value>,
+    ) {
+        match &input.value {
+            InputRef::StepOutput { step, output } => {
+                let Some(&j) = self.index.get(step.as_str()) else {
+                    let hint = did_you_mean(step, self.step_names());
+                    let d = self.error(
+                        "kiln::plan::unknown-step",
+                        format!("step `{name}` reads `{step}.{output}`, but there is no step `{step}`{hint}"),
+                        input.span,
+                    );
+                    if hint.is_empty() {
+                        d.help = Some(format!("to read a file, write a path: `./{step}.{output}`"));
+                    }
+                    return;
+                };
+                let producer = &self.pipeline.steps[j];
+                if !producer.outputs.iter().any(|o| o.as_str() == output) {
+                    let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
+                    let outputs: Vec<&str> = producer.outputs.iter().map(|o| o.as_str()).collect();
+                    let d = self.error(
+                        "kiln::plan::unknown-output",
+                        format!("step `{name}` reads `{step}.{output}`, but `{step}` has no output `{output}`{hint}"),
+                        input.span,
+                    );
+                    d.help = Some(if outputs.is_empty() {
+                        format!(
+                            "`{step}` declares no outputs; add `outputs: [{output}]` to it, or write `./{step}.{output}` to read a file"
+                        )
+                    } else {
+                        format!("`{step}` declares: {}", outputs.join(", "))
+                    });
+                    return;
+                }
+                self.graph.add_edge(j, i);
+                self.consumers[j] += 1;
+                self.consumed.insert((j, output.clone()));
+            }
+            InputRef::Param(param) => {
+                if !self.pipeline.params.contains_key(param.as_str()) {
+                    let hint = did_you_mean(param, self.param_names());
+                    self.error(
+                        "kiln::plan::unknown-param",
+                        format!("input `{input_name}` of step `{name}` reads `params.{param}`, which is not a param{hint}"),
+                        input.span,
+                    );
+                }
+            }
+            InputRef::Path(path) => {
+                if let Some(rel) = self.workspace_path(name, path, input.span)
+                    && !self.options.base_dir.join(&rel).exists()
+                {
+                    self.error(
+                        "kiln::plan::missing-file",
+                        format!("input `{input_name}` of step `{name}` reads `{path}`, which does not exist"),
+                        input.span,
+                    )
+                    .help = Some("paths are relative to the folder of the pipeline file".into());
+                }
+            }
+        }
+    }
+
+    fn check_value_templates(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        key: &str,
+        value: &Located<Value>,
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+    ) {
+        let mut strings = Vec::new();
+        collect_strings(&value.value, &mut strings);
+        let empty = BTreeSet::new();
+        for s in strings {
+            let located = Located::new(s.clone(), value.span);
+            self.check_template_in(
+                name,
+                &located,
+                TemplateSite::With,
+                in_fan_out,
+                params,
+                (&empty, &empty),
+                Some(key),
+            );
+        }
+    }
+
+    fn check_template(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        text: &Located<String>,
+        site: TemplateSite,
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+        artifacts: (&BTreeSet<&str>, &BTreeSet<&str>),
+    ) {
+        self.check_template_in(name, text, site, in_fan_out, params, artifacts, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_template_in(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        text: &Located<String>,
+        site: TemplateSite,
+        in_fan_out: bool,
+        _params: &BTreeMap<String, Value>,
+        (inputs, outputs): (&BTreeSet<&str>, &BTreeSet<&str>),
+        with_key: Option<&str>,
+    ) {
+        let segments = match template::parse(text) {
+            Ok(s) => s,
+            Err(e) => {
+                self.error(
+                    "kiln::plan::bad-template",
+                    format!("step `{name}`: {}", e.message),
+                    text.span,
+                );
+                return;
+            }
+        };
+        let place = match (site, with_key) {
+            (TemplateSite::With, Some(key)) => format!("`with.{key}`"),
+            (TemplateSite::Image, _) => "the image".to_owned(),
+            _ => "a container field".to_owned(),
+        };
+        for segment in segments {
+            let Segment::Ref { target, .. } = segment else {
+                continue;
+            };
+            match &target {
+                TemplateRef::Param(p) => {
+                    if !self.pipeline.params.contains_key(p.as_str()) {
+                        let hint = did_you_mean(p, self.param_names());
+                        self.error(
+                            "kiln::plan::unknown-param",
+                            format!("step `{name}` uses `{{{{params.{p}}}}}`, but there is no param `{p}`{hint}"),
+                            text.span,
+                        );
+                    }
+                }
+                TemplateRef::Item => {
+                    if !in_fan_out {
+                        self.error(
+                            "kiln::plan::item-outside-fan-out",
+                            format!("step `{name}` uses `{{{{item}}}}` but has no `for_each`"),
+                            text.span,
+                        )
+                        .help = Some("`{{item}}` is the current item of a fan-out step: add `for_each` or remove it".into());
+                    }
+                }
+                TemplateRef::Input(n) | TemplateRef::Output(n) => {
+                    let is_input = matches!(target, TemplateRef::Input(_));
+                    let scope = if is_input { "inputs" } else { "outputs" };
+                    if site != TemplateSite::Container {
+                        self.error(
+                            "kiln::plan::path-template",
+                            format!("step `{name}` uses `{{{{{scope}.{n}}}}}` in {place}; paths can only be templated into container `command`, `args` and `env`"),
+                            text.span,
+                        );
+                        continue;
+                    }
+                    let declared = if is_input { inputs } else { outputs };
+                    if !declared.contains(n.as_str()) {
+                        let hint = did_you_mean(n, declared.iter().copied());
+                        let kind = if is_input { "input" } else { "output" };
+                        self.error(
+                            if is_input { "kiln::plan::unknown-input" } else { "kiln::plan::unknown-output" },
+                            format!("step `{name}` uses `{{{{{scope}.{n}}}}}`, but it has no {kind} `{n}`{hint}"),
+                            text.span,
+                        )
+                        .help = Some(format!("declare it under `{scope}:`"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_when(
+        &mut self,
+        i: usize,
+        name: &Located<kiln_spec::StepName>,
+        condition: &Located<String>,
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+    ) {
+        let (program, refs) = match when::analyze(condition) {
+            Ok(x) => x,
+            Err(e) => {
+                self.error(
+                    "kiln::plan::bad-when",
+                    format!("step `{name}`: {e}"),
+                    condition.span,
+                );
+                return;
+            }
+        };
+        let mut ok = true;
+        for problem in &refs.problems {
+            ok = false;
+            self.error(
+                "kiln::plan::bad-when",
+                format!("step `{name}` has a `when` with an {problem}"),
+                condition.span,
+            );
+        }
+        for p in &refs.params {
+            if !self.pipeline.params.contains_key(p.as_str()) {
+                ok = false;
+                let hint = did_you_mean(p, self.param_names());
+                self.error(
+                    "kiln::plan::unknown-param",
+                    format!(
+                        "step `{name}`'s `when` reads `params.{p}`, which is not a param{hint}"
+                    ),
+                    condition.span,
+                );
+            }
+        }
+        for (s, o) in &refs.steps {
+            let Some(&j) = self.index.get(s.as_str()) else {
+                ok = false;
+                let hint = did_you_mean(s, self.step_names());
+                self.error(
+                    "kiln::plan::unknown-step",
+                    format!("step `{name}`'s `when` reads `steps.{s}.{o}`, but there is no step `{s}`{hint}"),
+                    condition.span,
+                );
+                continue;
+            };
+            let producer = &self.pipeline.steps[j];
+            if !producer.outputs.iter().any(|x| x.as_str() == o) {
+                ok = false;
+                let hint = did_you_mean(o, producer.outputs.iter().map(|x| x.as_str()));
+                self.error(
+                    "kiln::plan::unknown-output",
+                    format!("step `{name}`'s `when` reads `steps.{s}.{o}`, but `{s}` has no output `{o}`{hint}"),
+                    condition.span,
+                );
+                continue;
+            }
+            self.graph.add_edge(j, i);
+            self.consumers[j] += 1;
+            self.consumed.insert((j, o.clone()));
+        }
+        if refs.uses_item && !in_fan_out {
+            ok = false;
+            self.error(
+                "kiln::plan::item-outside-fan-out",
+                format!("step `{name}`'s `when` uses `item` but the step has no `for_each`"),
+                condition.span,
+            );
+        }
+        if ok && refs.steps.is_empty() && !refs.uses_item {
+            match when::evaluate_static(&program, params) {
+                Ok(Some(false)) => {
+                    self.warn(
+                        "kiln::plan::unreachable",
+                        format!("step `{name}` never runs with these params: its `when` is false"),
+                        condition.span,
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.error(
+                        "kiln::plan::bad-when",
+                        format!("step `{name}`: {e}"),
+                        condition.span,
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_cycles(&mut self) {
+        let names: Vec<&str> = self.step_names().collect();
+        for cycle in self.graph.cycles() {
+            let chain: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+            let first = self
+                .pipeline
+                .steps
+                .get_index(cycle[0])
+                .expect("index from graph")
+                .0;
+            let message = if cycle.len() == 2 {
+                format!("cycle: step `{}` depends on itself", chain[0])
+            } else {
+                format!("cycle: {}", chain.join(" -> "))
+            };
+            self.error("kiln::plan::cycle", message, first.span).help =
+                Some("a pipeline is a DAG: remove one of these inputs, `after` entries or `when` references".into());
+        }
+    }
+
+    fn warn_unused(&mut self) {
+        let several = self.pipeline.steps.len() > 1;
+        for (i, (name, step)) in self.pipeline.steps.iter().enumerate() {
+            if several && !self.graph.is_connected(i) {
+                self.warn(
+                    "kiln::plan::disconnected",
+                    format!("step `{name}` is not connected to any other step"),
+                    name.span,
+                )
+                .help = Some("if that is on purpose, ignore this; otherwise read one of its outputs or add `after`".into());
+            }
+            if self.consumers[i] == 0 {
+                continue;
+            }
+            for output in &step.outputs {
+                if !self.consumed.contains(&(i, output.to_string())) {
+                    self.warn(
+                        "kiln::plan::unused-output",
+                        format!("output `{output}` of step `{name}` is never read"),
+                        output.span,
+                    );
+                }
+            }
+        }
+    }
+
+    fn expand(&self, params: BTreeMap<String, Value>) -> Plan {
+        let order = self.graph.topological_order();
+        let ids: Vec<Vec<String>> = self
+            .pipeline
+            .steps
+            .keys()
+            .enumerate()
+            .map(|(i, name)| match &self.fan_out[i] {
+                Some(items) => (0..items.len()).map(|k| format!("{name}[{k}]")).collect(),
+                None => vec![name.to_string()],
+            })
+            .collect();
+        let mut steps = Vec::new();
+        for i in order {
+            let (name, step) = self.pipeline.steps.get_index(i).expect("index from graph");
+            let instances: Vec<Option<(usize, Value)>> = match &self.fan_out[i] {
+                Some(items) => items.iter().cloned().enumerate().map(Some).collect(),
+                None => vec![None],
+            };
+            for instance in instances {
+                steps.push(self.plan_step(i, name.as_str(), step, instance, &ids, &params));
+            }
+        }
+        Plan {
+            plan_version: PLAN_VERSION,
+            pipeline: self.pipeline.name.to_string(),
+            params,
+            steps,
+        }
+    }
+
+    /// Whether consumer `c` pairs instance by instance with fan-out producer `p`.
+    fn paired(&self, c: usize, p: usize) -> bool {
+        let (Some(cf), Some(pf)) = (
+            &self.pipeline.steps[c].for_each,
+            &self.pipeline.steps[p].for_each,
+        ) else {
+            return false;
+        };
+        cf.value == pf.value
+    }
+
+    fn plan_step(
+        &self,
+        i: usize,
+        name: &str,
+        step: &Step,
+        instance: Option<(usize, Value)>,
+        ids: &[Vec<String>],
+        params: &BTreeMap<String, Value>,
+    ) -> PlannedStep {
+        let item = instance.as_ref().map(|(_, v)| v);
+        let id = match &instance {
+            Some((k, _)) => format!("{name}[{k}]"),
+            None => name.to_owned(),
+        };
+        let mut depends_on = BTreeSet::new();
+        let source_of = |j: usize, output: &str, depends_on: &mut BTreeSet<String>| {
+            let producer = self.pipeline.steps.get_index(j).expect("checked").0;
+            if self.fan_out[j].is_none() {
+                depends_on.insert(ids[j][0].clone());
+                InputSource::Step {
+                    step: ids[j][0].clone(),
+                    output: output.to_owned(),
+                }
+            } else if let (true, Some((k, _))) = (self.paired(i, j), &instance) {
+                depends_on.insert(ids[j][*k].clone());
+                InputSource::Step {
+                    step: ids[j][*k].clone(),
+                    output: output.to_owned(),
+                }
+            } else {
+                depends_on.extend(ids[j].iter().cloned());
+                InputSource::Collect {
+                    step: producer.to_string(),
+                    output: output.to_owned(),
+                    instances: ids[j].clone(),
+                }
+            }
+        };
+        let mut inputs = BTreeMap::new();
+        for (input_name, input) in &step.inputs {
+            let source = match &input.value {
+                InputRef::StepOutput { step: s, output } => {
+                    source_of(self.index[s.as_str()], output, &mut depends_on)
+                }
+                InputRef::Param(p) => InputSource::Param {
+                    name: p.clone(),
+                    value: params[p.as_str()].clone(),
+                },
+                InputRef::Path(p) => InputSource::Workspace {
+                    path: normalise(p).expect("checked"),
+                },
+            };
+            inputs.insert(input_name.to_string(), source);
+        }
+        for after in &step.after {
+            let j = self.index[after.as_str()];
+            if self.paired(i, j)
+                && let Some((k, _)) = &instance
+            {
+                depends_on.insert(ids[j][*k].clone());
+            } else {
+                depends_on.extend(ids[j].iter().cloned());
+            }
+        }
+        if let Some(condition) = &step.when
+            && let Ok((_, refs)) = when::analyze(condition)
+        {
+            for (s, o) in &refs.steps {
+                source_of(self.index[s.as_str()], o, &mut depends_on);
+            }
+        }
+
+        let with: BTreeMap<String, Value> = step
+            .with
+            .iter()
+            .map(|(k, v)| (k.to_string(), substitute_value(&v.value, params, item)))
+            .collect();
+        let outputs: Vec<String> = step.outputs.iter().map(|o| o.to_string()).collect();
+        let (kind, container_key) = match (&step.wasm, &step.container) {
+            (Some(wasm), _) => (
+                StepKind::Wasm {
+                    component: component_source(&wasm.value),
+                    memory_bytes: step
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.memory.as_ref())
+                        .map(|m| m.bytes),
+                    fuel: step
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.fuel.as_ref())
+                        .map(|f| f.value),
+                },
+                None,
+            ),
+            (None, Some(c)) => {
+                let text = |s: &str| substitute(s, params, item);
+                let resources = c.resources.as_ref();
+                let plan = ContainerPlan {
+                    image: text(&c.image),
+                    command: c.command.iter().map(|s| text(s)).collect(),
+                    args: c.args.iter().map(|s| text(s)).collect(),
+                    env: c
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.value.0.clone(), text(v)))
+                        .collect(),
+                    cpu_millis: resources.and_then(|r| r.cpu.as_ref()).map(|c| c.millis),
+                    memory_bytes: resources.and_then(|r| r.memory.as_ref()).map(|m| m.bytes),
+                    gpu: resources
+                        .and_then(|r| r.gpu.as_ref())
+                        .map_or(0, |g| g.value),
+                };
+                let key = ContainerKey {
+                    image: plan.image.clone(),
+                    command: plan.command.clone(),
+                    args: plan.args.clone(),
+                    env: plan.env.clone(),
+                };
+                (StepKind::Container(plan), Some(key))
+            }
+            (None, None) => unreachable!("step kind is checked before expansion"),
+        };
+        let cache_key = CacheKeyMaterial {
+            version: PLAN_VERSION,
+            kind: if container_key.is_some() {
+                "container"
+            } else {
+                "wasm"
+            },
+            container: container_key,
+            params: with.clone(),
+            inputs: inputs.keys().cloned().collect(),
+            outputs: {
+                let mut o = outputs.clone();
+                o.sort();
+                o
+            },
+        };
+        PlannedStep {
+            id,
+            step: name.to_owned(),
+            instance: instance.map(|(index, item)| FanOutInstance { index, item }),
+            kind,
+            inputs,
+            outputs,
+            params: with,
+            depends_on: depends_on.into_iter().collect(),
+            when: step.when.as_ref().map(|w| w.to_string()),
+            policy: Policy {
+                retries: step.retries.as_ref().map_or(0, |r| r.value),
+                timeout_ms: step
+                    .timeout
+                    .as_ref()
+                    .map(|t| t.value.0.as_millis().min(u64::MAX as u128) as u64),
+                cache: step.cache.as_ref().is_none_or(|c| c.value),
+            },
+            cache_key,
+        }
+    }
+}
+
+fn component_source(wasm: &WasmRef) -> ComponentSource {
+    match wasm {
+        WasmRef::Path(p) => ComponentSource::Path {
+            path: normalise(p).unwrap_or_else(|| p.clone()),
+        },
+        WasmRef::Registry { name, version } => ComponentSource::Registry {
+            name: name.clone(),
+            version: version.clone(),
+        },
+        WasmRef::Digest(d) => ComponentSource::Digest { digest: d.clone() },
+        WasmRef::Build(b) => ComponentSource::Build {
+            source: normalise(&b.source).unwrap_or_else(|| b.source.clone()),
+            command: b.command.clone(),
+            artifact: b.artifact.clone(),
+        },
+    }
+}
+
+fn collect_strings<'v>(value: &'v Value, out: &mut Vec<&'v String>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::List(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Replaces `{{params.*}}` and `{{item}}`; path templates stay for the executor.
+fn substitute(text: &str, params: &BTreeMap<String, Value>, item: Option<&Value>) -> String {
+    let Ok(segments) = template::parse(text) else {
+        return text.to_owned();
+    };
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Text(t) => out.push_str(&t),
+            Segment::Ref { target, .. } => match (&target, item) {
+                (TemplateRef::Param(p), _) if params.contains_key(p) => {
+                    out.push_str(&params[p].to_template_string());
+                }
+                (TemplateRef::Item, Some(item)) => out.push_str(&item.to_template_string()),
+                _ => out.push_str(&format!("{{{{{target}}}}}")),
+            },
+        }
+    }
+    out
+}
+
+/// Like [`substitute`], but a value that is exactly one template keeps the referenced type.
+fn substitute_value(
+    value: &Value,
+    params: &BTreeMap<String, Value>,
+    item: Option<&Value>,
+) -> Value {
+    match value {
+        Value::String(s) => match template::whole_ref(s) {
+            Some(TemplateRef::Param(p)) if params.contains_key(&p) => params[&p].clone(),
+            Some(TemplateRef::Item) if item.is_some() => item.cloned().expect("checked"),
+            _ => Value::String(substitute(s, params, item)),
+        },
+        Value::List(items) => Value::List(
+            items
+                .iter()
+                .map(|v| substitute_value(v, params, item))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A relative path without `.` or `..`, or `None` when it climbs out of its base.
+fn normalise(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.is_empty() {
+        Some(".".to_owned())
+    } else {
+        Some(parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalise("./data/x.csv").as_deref(), Some("data/x.csv"));
+        assert_eq!(normalise("data/../x.csv").as_deref(), Some("x.csv"));
+        assert_eq!(normalise("../x.csv"), None);
+        assert_eq!(normalise("/etc/passwd"), None);
+    }
+
+    #[test]
+    fn substitutes_params_and_items() {
+        let mut params = BTreeMap::new();
+        params.insert("epochs".to_owned(), Value::Int(5));
+        assert_eq!(
+            substitute(
+                "--epochs={{params.epochs}} --lr {{item}} {{inputs.data}}",
+                &params,
+                Some(&Value::Float(0.1))
+            ),
+            "--epochs=5 --lr 0.1 {{inputs.data}}"
+        );
+        assert_eq!(
+            substitute_value(&Value::String("{{ params.epochs }}".into()), &params, None),
+            Value::Int(5)
+        );
+    }
+}

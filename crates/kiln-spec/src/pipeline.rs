@@ -1,0 +1,516 @@
+//! The pipeline document as the user writes it.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::located::Located;
+use crate::names::{ArtifactName, ParamName, PipelineName, StepName};
+use crate::quantity::{Cpu, HumanDuration, Memory};
+use crate::value::{ParamType, Value};
+
+/// The only `apiVersion` this kiln reads.
+pub const API_VERSION: &str = "kiln/v1";
+
+/// A pipeline: typed params and the steps of a DAG.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "kiln pipeline")]
+pub struct Pipeline {
+    /// The format version: `kiln/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: Located<ApiVersion>,
+    /// The pipeline's name.
+    pub name: Located<PipelineName>,
+    /// What the pipeline does, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Typed params with defaults; `kiln run -p NAME=VALUE` overrides them.
+    #[serde(default)]
+    pub params: IndexMap<Located<ParamName>, Located<ParamDecl>>,
+    /// The steps, by name, in the order written.
+    pub steps: IndexMap<Located<StepName>, Located<Step>>,
+}
+
+/// The `apiVersion` field; only `kiln/v1` exists so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ApiVersion(String);
+
+impl<'de> Deserialize<'de> for ApiVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        if s == API_VERSION {
+            Ok(ApiVersion(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "unsupported apiVersion `{s}`: this kiln reads `{API_VERSION}`"
+            )))
+        }
+    }
+}
+
+impl JsonSchema for ApiVersion {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ApiVersion".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"const": API_VERSION, "description": "The format version."})
+    }
+}
+
+/// A declared param.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDecl {
+    /// `string`, `int`, `float`, `bool` or `list[...]` of one of these.
+    #[serde(rename = "type")]
+    pub ty: Located<ParamType>,
+    /// The value used when the run does not set one; without it the param is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Located<Value>>,
+    /// What the param means, for people.
+    pub description: String,
+}
+
+/// One node of the DAG: a wasm component or a container, with its inputs and outputs.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// What the step does, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A WebAssembly component: `path/to/step.wasm`, `name@1.0.0`, `blake3:<hex>`, or a source folder to build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<Located<WasmRef>>,
+    /// A container: image, command, args, env, resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Located<ContainerSpec>>,
+    /// Named inputs: `STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`.
+    #[serde(default)]
+    pub inputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,
+    /// Names of the artifacts the step writes.
+    #[serde(default)]
+    pub outputs: Vec<Located<ArtifactName>>,
+    /// Params passed to the step; values may use `{{params.NAME}}` and `{{item}}`.
+    #[serde(default)]
+    pub with: IndexMap<Located<ParamName>, Located<Value>>,
+    /// Steps that must finish first although no data flows from them.
+    #[serde(default)]
+    pub after: Vec<Located<StepName>>,
+    /// Fan-out: one instance per item of a list or of a list param (`{{params.NAME}}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Located<ForEach>>,
+    /// A CEL condition over `params`, `steps.STEP.OUTPUT` (small JSON outputs) and `item`; the step is skipped when false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Located<String>>,
+    /// How many times to retry a failed attempt (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Located<u32>>,
+    /// Wall-clock limit per attempt, such as `30s` or `2h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Located<HumanDuration>>,
+    /// `false` runs the step every time instead of reusing a cached result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Located<bool>>,
+    /// Limits of a wasm step: memory and fuel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Located<WasmLimits>>,
+}
+
+/// Sandbox limits of a wasm step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WasmLimits {
+    /// Most linear memory the component may use, such as `256Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Located<Memory>>,
+    /// Fuel: the deterministic CPU budget (roughly one unit per wasm instruction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<Located<u64>>,
+}
+
+/// A container step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// The image, such as `python:3.12-slim`.
+    pub image: Located<String>,
+    /// The program and its first arguments; the image's entrypoint when empty.
+    #[serde(default)]
+    pub command: Vec<Located<String>>,
+    /// Arguments; templates such as `{{inputs.data}}` are replaced with paths.
+    #[serde(default)]
+    pub args: Vec<Located<String>>,
+    /// Environment variables; values may use templates.
+    #[serde(default)]
+    pub env: IndexMap<Located<EnvName>, Located<String>>,
+    /// What the step needs: `cpu`, `memory`, `gpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Located<Resources>>,
+}
+
+/// What a container step needs to run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores: `2`, `0.5` or `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Located<Cpu>>,
+    /// Memory: `16Gi`, `512Mi`, `1G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Located<Memory>>,
+    /// Number of GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<Located<u32>>,
+}
+
+/// The name of an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct EnvName(#[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))] pub String);
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        let ok = s
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(EnvName(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "invalid environment variable name `{s}`: use letters, digits and `_`, not starting with a digit"
+            )))
+        }
+    }
+}
+
+/// Where a wasm step's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum WasmRef {
+    /// A `.wasm` file, relative to the pipeline file.
+    Path(String),
+    /// A component in the registry: `name@version`.
+    Registry {
+        /// The component's name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
+    /// A component by content: `blake3:<64 hex digits>`.
+    Digest(String),
+    /// A source folder and the command that builds it.
+    Build(BuildSpec),
+}
+
+/// How to build a wasm step from source, like Spin's `build`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    /// The source folder, relative to the pipeline file; the command runs there.
+    pub source: String,
+    /// The build command, run by the shell in the source folder.
+    pub command: String,
+    /// The `.wasm` file the command writes, relative to the source folder.
+    pub artifact: String,
+}
+
+impl fmt::Display for WasmRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WasmRef::Path(p) => f.write_str(p),
+            WasmRef::Registry { name, version } => write!(f, "{name}@{version}"),
+            WasmRef::Digest(d) => f.write_str(d),
+            WasmRef::Build(b) => write!(f, "{} (built by `{}`)", b.source, b.command),
+        }
+    }
+}
+
+impl std::str::FromStr for WasmRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(hex) = s.strip_prefix("blake3:") {
+            if hex.len() == 64
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+            {
+                return Ok(WasmRef::Digest(s.to_owned()));
+            }
+            return Err(format!(
+                "invalid component digest `{s}`: expected `blake3:` and 64 lowercase hex digits"
+            ));
+        }
+        if s.ends_with(".wasm") {
+            if s.starts_with('/') {
+                return Err(format!(
+                    "component path `{s}` is absolute: write it relative to the pipeline file"
+                ));
+            }
+            return Ok(WasmRef::Path(s.to_owned()));
+        }
+        if let Some((name, version)) = s.split_once('@') {
+            crate::names::StepName::new(name).map_err(|_| {
+                format!("invalid component name `{name}` in `{s}`: use lowercase letters, digits, `_` and `-`")
+            })?;
+            let ok_version = version.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && version
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+            if !ok_version {
+                return Err(format!(
+                    "invalid component version `{version}` in `{s}`: use a version such as `1.2.0`"
+                ));
+            }
+            return Ok(WasmRef::Registry {
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
+        }
+        Err(format!(
+            "`{s}` is not a component reference: write a path ending in `.wasm`, `name@version`, \
+             `blake3:<hex>`, or a mapping with `source`, `command` and `artifact`"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for WasmRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WasmRefVisitor;
+
+        impl<'de> Visitor<'de> for WasmRefVisitor {
+            type Value = WasmRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a component reference (`step.wasm`, `name@1.0.0`, `blake3:<hex>`) or a build mapping")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WasmRef, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<WasmRef, A::Error> {
+                BuildSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(WasmRef::Build)
+            }
+        }
+
+        deserializer.deserialize_any(WasmRefVisitor)
+    }
+}
+
+impl JsonSchema for WasmRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WasmRef".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let build = generator.subschema_for::<BuildSpec>();
+        schemars::json_schema!({
+            "description": "A component: a `.wasm` path, `name@version`, `blake3:<hex>`, or a source folder with its build command.",
+            "anyOf": [
+                {"type": "string", "pattern": "(\\.wasm$)|(^[a-z][a-z0-9_-]*@[0-9][0-9A-Za-z.+-]*$)|(^blake3:[0-9a-f]{64}$)"},
+                build
+            ]
+        })
+    }
+}
+
+/// What a step input reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum InputRef {
+    /// Another step's output: `STEP.OUTPUT`.
+    StepOutput {
+        /// The producing step.
+        step: String,
+        /// Its output.
+        output: String,
+    },
+    /// A pipeline param, passed as a small file: `params.NAME`.
+    Param(String),
+    /// A file or folder in the workspace, relative to the pipeline file.
+    Path(String),
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputRef::StepOutput { step, output } => write!(f, "{step}.{output}"),
+            InputRef::Param(name) => write!(f, "params.{name}"),
+            InputRef::Path(path) => f.write_str(path),
+        }
+    }
+}
+
+impl From<InputRef> for String {
+    fn from(r: InputRef) -> String {
+        r.to_string()
+    }
+}
+
+impl std::str::FromStr for InputRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.starts_with('/') {
+            return Err(format!(
+                "input path `{t}` is absolute: write it relative to the pipeline file, like `./data/x.csv`"
+            ));
+        }
+        if t.starts_with("./") || t.starts_with("../") || t.contains('/') {
+            return Ok(InputRef::Path(t.to_owned()));
+        }
+        if let Some(name) = t.strip_prefix("params.") {
+            return Ok(InputRef::Param(name.to_owned()));
+        }
+        if let Some((step, output)) = t.split_once('.')
+            && !step.is_empty()
+            && !output.is_empty()
+            && !output.contains('.')
+        {
+            return Ok(InputRef::StepOutput {
+                step: step.to_owned(),
+                output: output.to_owned(),
+            });
+        }
+        Err(format!(
+            "`{t}` is not an input reference: write `STEP.OUTPUT`, `params.NAME`, or a path such as `./{t}`"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for InputRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for InputRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InputRef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`."
+        })
+    }
+}
+
+/// The list a fan-out step iterates over.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ForEach {
+    /// A literal list.
+    Items(Vec<Value>),
+    /// A template naming a list param: `{{params.learning_rates}}`.
+    Template(String),
+}
+
+impl<'de> Deserialize<'de> for ForEach {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ForEachVisitor;
+
+        impl<'de> Visitor<'de> for ForEachVisitor {
+            type Value = ForEach;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list, or a list param such as `{{params.learning_rates}}`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ForEach, E> {
+                Ok(ForEach::Template(v.to_owned()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ForEach, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    items.push(item);
+                }
+                Ok(ForEach::Items(items))
+            }
+        }
+
+        deserializer.deserialize_any(ForEachVisitor)
+    }
+}
+
+impl JsonSchema for ForEach {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ForEach".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let value = generator.subschema_for::<Value>();
+        schemars::json_schema!({
+            "description": "A list, or a list param such as `{{params.learning_rates}}`.",
+            "anyOf": [
+                {"type": "array", "items": value},
+                {"type": "string", "pattern": "^\\s*\\{\\{\\s*params\\.[a-z_][a-z0-9_]*\\s*\\}\\}\\s*$"}
+            ]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasm_refs() {
+        assert_eq!(
+            "steps/a.wasm".parse(),
+            Ok(WasmRef::Path("steps/a.wasm".into()))
+        );
+        assert_eq!(
+            "prep@1.2.0".parse(),
+            Ok(WasmRef::Registry {
+                name: "prep".into(),
+                version: "1.2.0".into()
+            })
+        );
+        assert!(
+            format!("blake3:{}", "a".repeat(64))
+                .parse::<WasmRef>()
+                .is_ok()
+        );
+        assert!("blake3:abc".parse::<WasmRef>().is_err());
+        assert!("prep".parse::<WasmRef>().is_err());
+        assert!("prep@latest".parse::<WasmRef>().is_err());
+    }
+
+    #[test]
+    fn input_refs() {
+        assert_eq!(
+            "prep.train".parse(),
+            Ok(InputRef::StepOutput {
+                step: "prep".into(),
+                output: "train".into()
+            })
+        );
+        assert_eq!(
+            "./train.py".parse(),
+            Ok(InputRef::Path("./train.py".into()))
+        );
+        assert_eq!(
+            "data/x.csv".parse(),
+            Ok(InputRef::Path("data/x.csv".into()))
+        );
+        assert_eq!("params.lr".parse(), Ok(InputRef::Param("lr".into())));
+        assert!("/etc/passwd".parse::<InputRef>().is_err());
+        assert!("train".parse::<InputRef>().is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! Templates in strings: `{{params.epochs}}`, `{{inputs.data}}`, `{{outputs.model}}`, `{{item}}`.
+
+use std::fmt;
+
+/// What a template refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TemplateRef {
+    /// `{{params.NAME}}`: a pipeline param.
+    Param(String),
+    /// `{{inputs.NAME}}`: the path of one of the step's inputs.
+    Input(String),
+    /// `{{outputs.NAME}}`: the path of one of the step's outputs.
+    Output(String),
+    /// `{{item}}`: the current fan-out item.
+    Item,
+}
+
+impl fmt::Display for TemplateRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateRef::Param(n) => write!(f, "params.{n}"),
+            TemplateRef::Input(n) => write!(f, "inputs.{n}"),
+            TemplateRef::Output(n) => write!(f, "outputs.{n}"),
+            TemplateRef::Item => f.write_str("item"),
+        }
+    }
+}
+
+/// One piece of a templated string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Text copied as it is.
+    Text(String),
+    /// A `{{...}}` reference; `offset` is where the `{{` starts in the string.
+    Ref {
+        /// What it refers to.
+        target: TemplateRef,
+        /// Byte offset of `{{` in the string.
+        offset: usize,
+    },
+}
+
+/// A template that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// What is wrong.
+    pub message: String,
+    /// Byte offset in the string.
+    pub offset: usize,
+}
+
+/// Splits `s` into text and references; `{{` with nothing to close it is an error.
+pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
+    let mut segments = Vec::new();
+    let mut rest = s;
+    let mut base = 0;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            segments.push(Segment::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err(TemplateError {
+                message: "`{{` is not closed with `}}`".into(),
+                offset: base + start,
+            });
+        };
+        let inner = after[..end].trim();
+        let target = parse_ref(inner).map_err(|message| TemplateError {
+            message,
+            offset: base + start,
+        })?;
+        segments.push(Segment::Ref {
+            target,
+            offset: base + start,
+        });
+        let consumed = start + 2 + end + 2;
+        rest = &rest[consumed..];
+        base += consumed;
+    }
+    if !rest.is_empty() {
+        segments.push(Segment::Text(rest.to_owned()));
+    }
+    Ok(segments)
+}
+
+fn is_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_ref(inner: &str) -> Result<TemplateRef, String> {
+    if inner.is_empty() {
+        return Err("empty template `{{}}`: write `{{params.NAME}}`, `{{inputs.NAME}}`, `{{outputs.NAME}}` or `{{item}}`".into());
+    }
+    if inner == "item" {
+        return Ok(TemplateRef::Item);
+    }
+    let (scope, name) = inner.split_once('.').unwrap_or((inner, ""));
+    let known = ["params", "inputs", "outputs"];
+    if !known.contains(&scope) {
+        let hint = match scope {
+            "param" | "parameters" => " (did you mean `params`?)",
+            "input" => " (did you mean `inputs`?)",
+            "output" => " (did you mean `outputs`?)",
+            "items" => " (did you mean `item`?)",
+            _ => "",
+        };
+        return Err(format!(
+            "unknown template `{{{{{inner}}}}}`{hint}: templates are `params.NAME`, `inputs.NAME`, `outputs.NAME` or `item`"
+        ));
+    }
+    if !is_ident(name) {
+        return Err(format!(
+            "template `{{{{{inner}}}}}` needs a name after `{scope}.`, like `{scope}.NAME`"
+        ));
+    }
+    Ok(match scope {
+        "params" => TemplateRef::Param(name.to_owned()),
+        "inputs" => TemplateRef::Input(name.to_owned()),
+        _ => TemplateRef::Output(name.to_owned()),
+    })
+}
+
+/// If the whole string is one template, what it refers to.
+pub fn whole_ref(s: &str) -> Option<TemplateRef> {
+    match parse(s.trim()).ok()?.as_slice() {
+        [Segment::Ref { target, .. }] => Some(target.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_text_and_refs() {
+        let segs = parse("--lr={{ item }} --out {{outputs.model}}").unwrap();
+        assert_eq!(
+            segs,
+            vec![
+                Segment::Text("--lr=".into()),
+                Segment::Ref {
+                    target: TemplateRef::Item,
+                    offset: 5
+                },
+                Segment::Text(" --out ".into()),
+                Segment::Ref {
+                    target: TemplateRef::Output("model".into()),
+                    offset: 22
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert!(
+            parse("{{params.x")
+                .unwrap_err()
+                .message
+                .contains("not closed")
+        );
+        assert!(
+            parse("{{param.x}}")
+                .unwrap_err()
+                .message
+                .contains("did you mean `params`")
+        );
+        assert!(parse("{{params.}}").is_err());
+        assert!(parse("{{}}").is_err());
+        assert_eq!(
+            whole_ref(" {{params.lr}} "),
+            Some(TemplateRef::Param("lr".into()))
+        );
+        assert_eq!(whole_ref("x{{params.lr}}"), None);
+    }
+}
