@@ -93,7 +93,7 @@ macro_rules! name_type {
                     "type": "string",
                     "pattern": $pattern,
                     "maxLength": MAX_NAME_LEN,
-                    "description": concat!("A ", $kind, " name.")
+                    "description": concat!("The name of a ", $kind, ".")
                 })
             }
         }
@@ -129,7 +129,7 @@ name_type!(
 name_type!(
     /// The name of a step's input or output artifact.
     ArtifactName,
-    "artifact",
+    "input or output",
     |s| check_kebab("artifact", s),
     "^[a-z][a-z0-9_-]*$"
 );

@@ -1,0 +1,147 @@
+//! The `kiln` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("kiln runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validates_the_example() {
+    let out = kiln(&["validate", "examples/digits/pipeline.yaml"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("valid: 6 steps (10 planned)"));
+}
+
+#[test]
+fn reports_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kiln/v1\nname: broken\nsteps:\n  a:\n    container: {image: x}\n    inputs: {d: prep.tain}\n  b:\n    container: {image: x}\n    after: [c]\n",
+    )
+    .unwrap();
+    let out = kiln(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("there is no step `prep`"), "{stderr}");
+    assert!(stderr.contains("runs after `c`, which is not a step"), "{stderr}");
+    assert!(stderr.contains("broken.yaml:6:17"), "{stderr}");
+    assert!(stderr.contains("2 errors"), "{stderr}");
+
+    let out = kiln(&["validate", "--output", "json", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    let diags: Vec<_> = json["files"][0]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .collect();
+    assert_eq!(diags.len(), 2);
+    assert_eq!(json["files"][0]["errors"], 2);
+    assert_eq!(diags[0]["line"], 6);
+    assert_eq!(diags[0]["column"], 17);
+    assert_eq!(diags[0]["code"], "kiln::plan::unknown-step");
+}
+
+#[test]
+fn params_are_overridden_and_checked() {
+    let out = kiln(&[
+        "validate",
+        "examples/digits/pipeline.yaml",
+        "-p",
+        "learning_rates=[0.1, 0.2]",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("(8 planned)"));
+    let out = kiln(&["validate", "examples/digits/pipeline.yaml", "-p", "epochs=many"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("`many` is not an int"));
+}
+
+#[test]
+fn graph_shows_kinds_and_fan_out() {
+    let out = kiln(&["graph", "examples/digits/pipeline.yaml", "--format", "dot"]);
+    assert!(out.status.success());
+    let dot = text(&out.stdout);
+    assert!(dot.starts_with("digraph \"digits\" {"));
+    assert!(dot.contains("train ×3\\ncontainer · gpu 1"), "{dot}");
+    assert!(dot.contains("shape=box3d"));
+    assert!(dot.contains("metrics (all 3)"));
+    let out = kiln(&["graph", "examples/digits/pipeline.yaml", "--format", "mermaid"]);
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.starts_with("flowchart LR"));
+    assert!(mermaid.contains("==>|\"metrics (all 3)\"|"), "{mermaid}");
+}
+
+/// The committed schema is what `kiln schema` prints: re-bless with `KILN_BLESS=1`.
+#[test]
+fn committed_schema_is_current() {
+    let out = kiln(&["schema"]);
+    assert!(out.status.success());
+    let path = repo().join("schema/pipeline.schema.json");
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::write(&path, &out.stdout).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text(&out.stdout),
+        "schema/pipeline.schema.json is stale: run `KILN_BLESS=1 cargo test -p kiln-cli --test cli`"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = kiln(&["--version"]);
+    assert!(text(&out.stdout).starts_with("kiln "));
+    let out = kiln(&["--help"]);
+    let help = text(&out.stdout);
+    for command in ["validate", "graph", "schema"] {
+        assert!(help.contains(command), "{help}");
+    }
+}
+
+/// Editors see the same format as kiln: the schema accepts the example and rejects a typo.
+/// Checked with the Python `jsonschema` package that `scripts/setup.sh` installs.
+#[test]
+fn schema_accepts_the_example_and_rejects_typos() {
+    let check = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open("schema/pipeline.schema.json"))
+jsonschema.Draft202012Validator.check_schema(schema)
+v = jsonschema.Draft202012Validator(schema)
+example = yaml.safe_load(open("examples/digits/pipeline.yaml"))
+errors = list(v.iter_errors(example))
+assert not errors, errors
+example["steps"]["train"]["container"]["resources"]["memroy"] = "1Gi"
+assert list(v.iter_errors(example)), "a typo must be rejected"
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", check])
+        .current_dir(repo())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success() && text(&out.stdout).trim() == "ok",
+        "stdout: {}\nstderr: {}\n(run scripts/setup.sh to install jsonschema and pyyaml)",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
