@@ -1,0 +1,160 @@
+//! The content-addressed store (CAS) of kiln: every artifact, a file or a folder, is stored
+//! once under the blake3 digest of its content and verified against that digest whenever it
+//! is read back.
+//!
+//! A file is a *blob*; a folder is a *tree*, a canonical, versioned manifest of its entries
+//! (see [`tree`]). [`LocalStore`] keeps objects in a folder of the local file system (the
+//! default under `.kiln/` or `KILN_HOME`), [`BucketStore`] in anything the `object_store`
+//! crate speaks (S3-compatible storage on a cluster). Both publish atomically and never
+//! overwrite: a reader sees a whole, correctly hashed object or nothing, even if the writer
+//! was killed halfway. [`BlobStore`] is the async interface both share.
+//!
+//! This crate deliberately knows nothing of steps, pipelines, runs or cache keys: it maps
+//! digests to bytes and back, and it never deletes stored objects (garbage collection of
+//! unreferenced objects needs to know what is referenced, which is the engine's business).
+//!
+//! ```
+//! # fn main() -> kiln_cas::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use kiln_cas::{Digest, LocalStore};
+//!
+//! let store = LocalStore::new(dir.path().join("cas"));
+//! let digest = store.put_bytes(b"hello")?;
+//! assert_eq!(
+//!     digest.to_string(),
+//!     "blake3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f",
+//! );
+//! assert_eq!(store.read_verified(&digest)?, b"hello");
+//! assert_eq!(digest, "blake3:ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f".parse::<Digest>()?);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+
+use bytes::Bytes;
+
+mod bucket;
+mod digest;
+mod error;
+mod local;
+pub mod tree;
+mod verify;
+
+pub use bucket::BucketStore;
+pub use digest::Digest;
+pub use error::{CasError, Result};
+pub use local::LocalStore;
+pub use tree::{EntryKind, EntryName, Tree, TreeEntry};
+pub use verify::VerifiedReader;
+
+use bucket::blocking;
+
+/// What a digest names in a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// File content.
+    Blob,
+    /// A folder's manifest.
+    Tree,
+}
+
+/// The operations every store offers, async so that local and remote stores look the same
+/// to the engine.
+///
+/// [`LocalStore`] runs its (blocking, `std::fs`) work on tokio's blocking pool, so its
+/// implementation needs a tokio runtime; its inherent methods are the synchronous originals.
+pub trait BlobStore: Send + Sync {
+    /// Whether a blob or a tree with this digest is stored.
+    fn contains(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores bytes as a blob.
+    fn put_bytes(&self, bytes: Bytes) -> impl Future<Output = Result<Digest>> + Send;
+
+    /// Stores a copy of a file as a blob.
+    fn put_file(&self, path: &Path) -> impl Future<Output = Result<Digest>> + Send;
+
+    /// Stores a folder and returns its tree digest.
+    fn put_tree(&self, folder: &Path) -> impl Future<Output = Result<Digest>> + Send;
+
+    /// Reads a whole blob, checking its digest.
+    fn read_verified(&self, digest: &Digest) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Reads a tree manifest, checking its digest.
+    fn get_tree(&self, digest: &Digest) -> impl Future<Output = Result<Tree>> + Send;
+
+    /// Writes a blob or a tree to `dest` (which must not exist) as read-only, verified copies.
+    fn materialize(
+        &self,
+        digest: &Digest,
+        dest: &Path,
+    ) -> impl Future<Output = Result<ObjectKind>> + Send;
+}
+
+impl BlobStore for LocalStore {
+    async fn contains(&self, digest: &Digest) -> Result<bool> {
+        let (store, digest) = (self.clone(), *digest);
+        blocking(move || store.contains(&digest)).await
+    }
+
+    async fn put_bytes(&self, bytes: Bytes) -> Result<Digest> {
+        let store = self.clone();
+        blocking(move || store.put_bytes(&bytes)).await
+    }
+
+    async fn put_file(&self, path: &Path) -> Result<Digest> {
+        let (store, path) = (self.clone(), path.to_owned());
+        blocking(move || store.put_file(&path)).await
+    }
+
+    async fn put_tree(&self, folder: &Path) -> Result<Digest> {
+        let (store, folder) = (self.clone(), folder.to_owned());
+        blocking(move || store.put_tree(&folder)).await
+    }
+
+    async fn read_verified(&self, digest: &Digest) -> Result<Bytes> {
+        let (store, digest) = (self.clone(), *digest);
+        blocking(move || store.read_verified(&digest).map(Bytes::from)).await
+    }
+
+    async fn get_tree(&self, digest: &Digest) -> Result<Tree> {
+        let (store, digest) = (self.clone(), *digest);
+        blocking(move || store.get_tree(&digest)).await
+    }
+
+    async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        let (store, digest, dest) = (self.clone(), *digest, dest.to_owned());
+        blocking(move || store.materialize(&digest, &dest)).await
+    }
+}
+
+impl BlobStore for BucketStore {
+    async fn contains(&self, digest: &Digest) -> Result<bool> {
+        BucketStore::contains(self, digest).await
+    }
+
+    async fn put_bytes(&self, bytes: Bytes) -> Result<Digest> {
+        BucketStore::put_bytes(self, bytes).await
+    }
+
+    async fn put_file(&self, path: &Path) -> Result<Digest> {
+        BucketStore::put_file(self, path).await
+    }
+
+    async fn put_tree(&self, folder: &Path) -> Result<Digest> {
+        BucketStore::put_tree(self, folder).await
+    }
+
+    async fn read_verified(&self, digest: &Digest) -> Result<Bytes> {
+        BucketStore::read_verified(self, digest).await
+    }
+
+    async fn get_tree(&self, digest: &Digest) -> Result<Tree> {
+        BucketStore::get_tree(self, digest).await
+    }
+
+    async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        BucketStore::materialize(self, digest, dest).await
+    }
+}

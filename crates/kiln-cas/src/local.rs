@@ -1,0 +1,544 @@
+//! The store on the local file system.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tempfile::{NamedTempFile, TempPath};
+
+use crate::digest::CHUNK;
+use crate::tree::{EntryKind, scan};
+use crate::verify::unwrap_io;
+use crate::{CasError, Digest, ObjectKind, Result, Tree, VerifiedReader};
+
+/// Mode of stored objects: nobody writes to them after they are published.
+const STORED_MODE: u32 = 0o444;
+/// Mode of materialised folders, whatever the umask.
+const FOLDER_MODE: u32 = 0o755;
+
+/// A content-addressed store in a folder of the local file system.
+///
+/// Layout (folders are created on first write; a missing root is an empty store):
+///
+/// ```text
+/// <root>/blobs/ab/cdef…   file content, named by the 64 hex digits of its digest split 2/62
+/// <root>/trees/ab/cdef…   tree manifests, named the same way by their tree digest
+/// <root>/tmp/             files being written; only complete, hashed, fsynced files leave it
+/// ```
+///
+/// Every write goes to `tmp/` first and is published by an atomic no-clobber rename (or
+/// link), so a reader sees either nothing or the whole object, and an object, once there, is
+/// never replaced. Stored files are read-only (`0444`). The store never hands out a hard link
+/// or its own path to a step: [`LocalStore::materialize`] makes reflinked or plain copies.
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: Arc<Path>,
+}
+
+/// The two namespaces of a store.
+#[derive(Clone, Copy)]
+enum Namespace {
+    Blobs,
+    Trees,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`; nothing is created until the first write.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore {
+            root: root.into().into(),
+        }
+    }
+
+    /// The folder the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with this digest is (or would be) stored.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.object_path(Namespace::Blobs, digest)
+    }
+
+    /// Where the tree manifest with this digest is (or would be) stored.
+    pub fn tree_path(&self, digest: &Digest) -> PathBuf {
+        self.object_path(Namespace::Trees, digest)
+    }
+
+    /// The folder of files being written.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn object_path(&self, namespace: Namespace, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        let folder = match namespace {
+            Namespace::Blobs => "blobs",
+            Namespace::Trees => "trees",
+        };
+        self.root.join(folder).join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Whether a blob or a tree with this digest is stored.
+    pub fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.kind(digest)?.is_some())
+    }
+
+    /// Whether this digest names a stored blob, a stored tree, or nothing.
+    pub fn kind(&self, digest: &Digest) -> Result<Option<ObjectKind>> {
+        if exists(&self.blob_path(digest))? {
+            Ok(Some(ObjectKind::Blob))
+        } else if exists(&self.tree_path(digest))? {
+            Ok(Some(ObjectKind::Tree))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Stores bytes as a blob.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of_bytes(bytes);
+        if !exists(&self.blob_path(&digest))? {
+            let mut temp = self.temp_file("put")?;
+            temp.write_all(bytes)
+                .map_err(CasError::io("write", temp.path()))?;
+            self.publish(temp, Namespace::Blobs, &digest)?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores everything a reader yields as a blob, hashing while it writes.
+    pub fn put_reader(&self, mut reader: impl Read) -> Result<Digest> {
+        let mut temp = self.temp_file("put")?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0; CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CasError::io("read input for", temp.path())(e)),
+            };
+            hasher.update_rayon(&buf[..n]);
+            temp.write_all(&buf[..n])
+                .map_err(CasError::io("write", temp.path()))?;
+        }
+        let digest = hasher.into();
+        self.publish(temp, Namespace::Blobs, &digest)?;
+        Ok(digest)
+    }
+
+    /// Stores a copy of a file as a blob; the file itself is left alone.
+    ///
+    /// The file is reflinked into `tmp/` where the file system can (a copy-on-write clone
+    /// costs no data), and copied in the kernel otherwise; the digest is then computed over
+    /// that private copy, so a producer still writing to the file can never get a blob stored
+    /// under the wrong digest. Callers that are done with the file should prefer
+    /// [`LocalStore::put_file_owned`], which moves it and copies nothing.
+    pub fn put_file(&self, path: &Path) -> Result<Digest> {
+        let mut source = File::open(path).map_err(CasError::io("open", path))?;
+        let meta = source.metadata().map_err(CasError::io("inspect", path))?;
+        if !meta.is_file() {
+            return Err(CasError::UnsupportedFileType { path: path.into() });
+        }
+        let mut temp = self.temp_file("copy")?;
+        clone_or_copy(&mut source, temp.as_file_mut()).map_err(CasError::io("copy", path))?;
+        let digest = Digest::of_file(temp.path()).map_err(CasError::io("hash", temp.path()))?;
+        self.publish(temp, Namespace::Blobs, &digest)?;
+        Ok(digest)
+    }
+
+    /// Moves a file into the store as a blob; the caller gives the file up (its path is gone
+    /// afterwards, whatever the outcome of the store).
+    ///
+    /// On the store's file system the file is renamed into `tmp/`, hashed there and renamed
+    /// into place: no byte is copied. A file on another file system, or one with more than
+    /// one hard link (another name could still write into the store through it), is copied as
+    /// by [`LocalStore::put_file`] and then removed.
+    pub fn put_file_owned(&self, path: &Path) -> Result<Digest> {
+        let meta = fs::symlink_metadata(path).map_err(CasError::io("inspect", path))?;
+        if meta.file_type().is_symlink() {
+            return Err(CasError::Symlink { path: path.into() });
+        }
+        if !meta.is_file() {
+            return Err(CasError::UnsupportedFileType { path: path.into() });
+        }
+        if meta.nlink() > 1 {
+            return self.copy_then_remove(path);
+        }
+        // A file moved into tmp/ keeps its old modification time; refresh it so that a
+        // concurrent `gc_tmp` cannot take it for a stale leftover. Best effort: failing to
+        // touch a file is no reason to refuse storing it.
+        if let Ok(file) = File::open(path) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+        let tmp_dir = self.ensure_tmp_dir()?;
+        let moved = tempfile::Builder::new()
+            .prefix("own-")
+            .make_in(&tmp_dir, |temp| fs::rename(path, temp));
+        let temp = match moved {
+            Ok(temp) => temp.into_temp_path(),
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+                return self.copy_then_remove(path);
+            }
+            Err(e) => return Err(CasError::io("move into the store", path)(e)),
+        };
+        let file = File::open(&temp).map_err(CasError::io("open", &*temp))?;
+        file.set_permissions(Permissions::from_mode(STORED_MODE))
+            .and_then(|()| file.sync_all())
+            .map_err(CasError::io("sync", &*temp))?;
+        drop(file);
+        let digest = Digest::of_file(&temp).map_err(CasError::io("hash", &*temp))?;
+        self.publish_path(temp, Namespace::Blobs, &digest)?;
+        Ok(digest)
+    }
+
+    fn copy_then_remove(&self, path: &Path) -> Result<Digest> {
+        let digest = self.put_file(path)?;
+        fs::remove_file(path).map_err(CasError::io("remove", path))?;
+        Ok(digest)
+    }
+
+    /// Stores a folder: every file as a blob, every folder as a tree manifest. Returns the
+    /// root tree's digest. The folder itself is left alone.
+    ///
+    /// Symlinks, special files and names that are not UTF-8 are refused before anything is
+    /// stored (see [`crate::tree`]).
+    pub fn put_tree(&self, folder: &Path) -> Result<Digest> {
+        let scanned = scan(folder)?;
+        let mut trees = Vec::new();
+        let root = scanned.build(&mut |path| self.put_file(path), &mut trees)?;
+        for tree in &trees {
+            self.put_manifest(tree)?;
+        }
+        Ok(root)
+    }
+
+    /// Moves a folder into the store, as [`LocalStore::put_tree`] but with every file moved
+    /// by [`LocalStore::put_file_owned`]; the folder is removed afterwards. If storing fails
+    /// halfway, the files already moved are in the store and gone from the folder.
+    pub fn put_tree_owned(&self, folder: &Path) -> Result<Digest> {
+        let scanned = scan(folder)?;
+        let mut trees = Vec::new();
+        let root = scanned.build(&mut |path| self.put_file_owned(path), &mut trees)?;
+        for tree in &trees {
+            self.put_manifest(tree)?;
+        }
+        fs::remove_dir_all(folder).map_err(CasError::io("remove", folder))?;
+        Ok(root)
+    }
+
+    /// Stores one tree manifest as it is (its entries are not checked for presence).
+    pub fn put_manifest(&self, tree: &Tree) -> Result<Digest> {
+        let bytes = tree.encode();
+        let digest = Digest::of_manifest(&bytes);
+        if !exists(&self.tree_path(&digest))? {
+            let mut temp = self.temp_file("tree")?;
+            temp.write_all(&bytes)
+                .map_err(CasError::io("write", temp.path()))?;
+            self.publish(temp, Namespace::Trees, &digest)?;
+        }
+        Ok(digest)
+    }
+
+    /// Opens a blob for reading; the reader fails at the end if the content is corrupt.
+    pub fn open_verified(&self, digest: &Digest) -> Result<VerifiedReader<File>> {
+        let path = self.blob_path(digest);
+        let file = self.open_object(&path, digest, ObjectKind::Blob)?;
+        Ok(VerifiedReader::new(
+            file,
+            *digest,
+            path.display().to_string(),
+        ))
+    }
+
+    /// Reads a whole blob, checking its digest.
+    pub fn read_verified(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let mut out = Vec::new();
+        self.open_verified(digest)?
+            .read_to_end(&mut out)
+            .map_err(|e| unwrap_io(e, "read", &path))?;
+        Ok(out)
+    }
+
+    /// Reads and decodes a tree manifest, checking its digest.
+    pub fn get_tree(&self, digest: &Digest) -> Result<Tree> {
+        let path = self.tree_path(digest);
+        let mut bytes = Vec::new();
+        self.open_object(&path, digest, ObjectKind::Tree)?
+            .read_to_end(&mut bytes)
+            .map_err(CasError::io("read", &path))?;
+        let actual = Digest::of_manifest(&bytes);
+        if actual != *digest {
+            return Err(CasError::Corrupt {
+                digest: *digest,
+                actual,
+                location: path.display().to_string(),
+            });
+        }
+        Tree::decode(&bytes)
+    }
+
+    /// Opens a stored object, explaining a miss (absent, or the other kind).
+    fn open_object(&self, path: &Path, digest: &Digest, want: ObjectKind) -> Result<File> {
+        match File::open(path) {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(match self.kind(digest)? {
+                Some(_) if want == ObjectKind::Tree => CasError::NotATree { digest: *digest },
+                Some(_) => CasError::NotABlob { digest: *digest },
+                None => CasError::NotFound { digest: *digest },
+            }),
+            Err(e) => Err(CasError::io("open", path)(e)),
+        }
+    }
+
+    /// Writes a stored blob or tree to `dest`, which must not exist yet, and returns which
+    /// it was.
+    ///
+    /// Files are reflinked where the file system can and copied otherwise, never hard-linked,
+    /// so writing through them cannot reach the store; every file is verified against its
+    /// digest after the copy, and made read-only (`0444`, or `0555` for executables). Folders
+    /// get `0755`. The result is assembled beside `dest` and renamed into place, so `dest`
+    /// is either complete or absent.
+    pub fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        if exists(dest)? {
+            return Err(CasError::DestinationExists { path: dest.into() });
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let kind = self
+            .kind(digest)?
+            .ok_or(CasError::NotFound { digest: *digest })?;
+        match kind {
+            ObjectKind::Blob => {
+                let mut temp = tempfile::Builder::new()
+                    .prefix(".kiln-")
+                    .tempfile_in(parent)
+                    .map_err(CasError::io("create a file in", parent))?;
+                self.copy_blob(digest, &mut temp, EntryKind::File)?;
+                match temp.into_temp_path().persist_noclobber(dest) {
+                    Ok(()) => {}
+                    Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                        return Err(CasError::DestinationExists { path: dest.into() });
+                    }
+                    Err(e) => return Err(CasError::io("rename into", dest)(e.error)),
+                }
+            }
+            ObjectKind::Tree => {
+                let staging = tempfile::Builder::new()
+                    .prefix(".kiln-")
+                    .tempdir_in(parent)
+                    .map_err(CasError::io("create a folder in", parent))?;
+                fs::set_permissions(staging.path(), Permissions::from_mode(FOLDER_MODE))
+                    .map_err(CasError::io("set permissions of", staging.path()))?;
+                self.fill_folder(digest, staging.path())?;
+                rename_noclobber(staging.path(), dest)?;
+                // The staging name is gone; nothing is left for the guard to clean up.
+                let _ = staging.keep();
+            }
+        }
+        Ok(kind)
+    }
+
+    /// Writes the entries of tree `digest` into the existing, empty folder `dir`.
+    fn fill_folder(&self, digest: &Digest, dir: &Path) -> Result<()> {
+        let tree = self.get_tree(digest)?;
+        for entry in tree.entries() {
+            let path = dir.join(entry.name.as_str());
+            match entry.kind {
+                EntryKind::Folder => {
+                    fs::create_dir(&path).map_err(CasError::io("create folder", &path))?;
+                    fs::set_permissions(&path, Permissions::from_mode(FOLDER_MODE))
+                        .map_err(CasError::io("set permissions of", &path))?;
+                    self.fill_folder(&entry.digest, &path)?;
+                }
+                kind => {
+                    let file = File::options()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(CasError::io("create", &path))?;
+                    let mut out = OpenFile { file, path };
+                    self.copy_blob(&entry.digest, &mut out, kind)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies blob `digest` into an empty file, verifies the copy and makes it read-only.
+    fn copy_blob(&self, digest: &Digest, out: &mut impl FileAt, kind: EntryKind) -> Result<()> {
+        let blob = self.blob_path(digest);
+        let mut source = self.open_object(&blob, digest, ObjectKind::Blob)?;
+        let dest = out.path().to_owned();
+        clone_or_copy(&mut source, out.file()).map_err(CasError::io("copy into", &dest))?;
+        // Hash the copy, not the blob: what the step reads is what must match.
+        let actual = Digest::of_file(&dest).map_err(CasError::io("hash", &dest))?;
+        if actual != *digest {
+            return Err(CasError::Corrupt {
+                digest: *digest,
+                actual,
+                location: blob.display().to_string(),
+            });
+        }
+        out.file()
+            .set_permissions(Permissions::from_mode(kind.file_mode()))
+            .map_err(CasError::io("set permissions of", &dest))
+    }
+
+    /// Removes leftovers of interrupted writes: entries of `tmp/` not modified for
+    /// `older_than`. Returns how many were removed.
+    ///
+    /// A write in progress in another process keeps touching its file, so an age of a few
+    /// minutes is safe while other writers run; `Duration::ZERO` is for when none do.
+    pub fn gc_tmp(&self, older_than: Duration) -> Result<usize> {
+        let tmp = self.tmp_dir();
+        let entries = match fs::read_dir(&tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(CasError::io("read folder", &tmp)(e)),
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(CasError::io("read folder", &tmp))?;
+            let path = entry.path();
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                // Published or removed by its writer in the meantime.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(CasError::io("inspect", &path)(e)),
+            };
+            let modified = meta.modified().map_err(CasError::io("inspect", &path))?;
+            let age = now.duration_since(modified).unwrap_or(Duration::ZERO);
+            if age < older_than {
+                continue;
+            }
+            let result = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CasError::io("remove", &path)(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    fn ensure_tmp_dir(&self) -> Result<PathBuf> {
+        let tmp = self.tmp_dir();
+        fs::create_dir_all(&tmp).map_err(CasError::io("create folder", &tmp))?;
+        Ok(tmp)
+    }
+
+    fn temp_file(&self, prefix: &str) -> Result<NamedTempFile> {
+        let tmp = self.ensure_tmp_dir()?;
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempfile_in(&tmp)
+            .map_err(CasError::io("create a file in", &tmp))
+    }
+
+    /// Makes a fully written temporary file durable and read-only, then publishes it.
+    fn publish(&self, temp: NamedTempFile, namespace: Namespace, digest: &Digest) -> Result<()> {
+        let file = temp.as_file();
+        file.set_permissions(Permissions::from_mode(STORED_MODE))
+            .and_then(|()| file.sync_all())
+            .map_err(CasError::io("sync", temp.path()))?;
+        self.publish_path(temp.into_temp_path(), namespace, digest)
+    }
+
+    /// Renames a durable temporary file to the object's name unless that name exists (an
+    /// existing object is kept, the temporary file discarded), then syncs the folder so the
+    /// new name survives a power cut.
+    fn publish_path(&self, temp: TempPath, namespace: Namespace, digest: &Digest) -> Result<()> {
+        let dest = self.object_path(namespace, digest);
+        let shard = dest.parent().expect("objects live in a shard folder");
+        fs::create_dir_all(shard).map_err(CasError::io("create folder", shard))?;
+        match temp.persist_noclobber(&dest) {
+            Ok(()) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(CasError::io("publish", &dest)(e.error)),
+        }
+        File::open(shard)
+            .and_then(|dir| dir.sync_all())
+            .map_err(CasError::io("sync", shard))
+    }
+}
+
+/// A file being written, with its path (for errors and for hashing).
+trait FileAt {
+    fn file(&mut self) -> &mut File;
+    fn path(&self) -> &Path;
+}
+
+impl FileAt for NamedTempFile {
+    fn file(&mut self) -> &mut File {
+        self.as_file_mut()
+    }
+    fn path(&self) -> &Path {
+        NamedTempFile::path(self)
+    }
+}
+
+/// A plain open file and its path.
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileAt for OpenFile {
+    fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Fills the empty file `dest` with the content of `source`: a copy-on-write clone where the
+/// file system offers one, a kernel-side copy (`copy_file_range`) otherwise.
+fn clone_or_copy(source: &mut File, dest: &mut File) -> io::Result<()> {
+    if reflink_copy::reflink_file(source, dest).is_ok() {
+        return Ok(());
+    }
+    io::copy(source, dest)?;
+    Ok(())
+}
+
+/// Whether anything is at `path` (a dangling link counts), without following links.
+fn exists(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CasError::io("inspect", path)(e)),
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (folders included, which `rename(2)` would
+/// otherwise replace when empty).
+pub(crate) fn rename_noclobber(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => Err(CasError::DestinationExists { path: to.into() }),
+        // The file system or kernel lacks RENAME_NOREPLACE: check, then rename.
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            if exists(to)? {
+                return Err(CasError::DestinationExists { path: to.into() });
+            }
+            fs::rename(from, to).map_err(CasError::io("rename into", to))
+        }
+        Err(e) => Err(CasError::io("rename into", to)(e.into())),
+    }
+}
