@@ -1,0 +1,277 @@
+//! The run record: an append-only JSON-lines file written as the run goes.
+//!
+//! Every line is one [`RecordEvent`]. A run that crashed leaves a readable prefix; readers
+//! ignore a torn last line.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// One line of a run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RecordEvent {
+    /// The run began.
+    RunStarted {
+        /// Run id.
+        run_id: String,
+        /// Pipeline name.
+        pipeline: String,
+        /// Digest of the pipeline file's bytes.
+        pipeline_digest: String,
+        /// Digest of the params' canonical JSON.
+        params_digest: String,
+        /// The params of this run.
+        params: BTreeMap<String, kiln_spec::Value>,
+        /// The pipeline file, as given.
+        pipeline_file: String,
+        /// kiln's version.
+        kiln_version: String,
+        /// The runtime's determinism version (part of every cache key).
+        determinism_version: u32,
+        /// Unix time in milliseconds.
+        at_ms: u64,
+    },
+    /// An attempt of a step began.
+    StepStarted {
+        /// Planned step id.
+        step: String,
+        /// Attempt, from 1.
+        attempt: u32,
+        /// Unix time in milliseconds.
+        at_ms: u64,
+    },
+    /// A step attempt ended, or a step was served from the cache.
+    StepFinished(Box<StepRecord>),
+    /// A step did not run.
+    StepSkipped {
+        /// Planned step id.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// The run ended.
+    RunFinished {
+        /// `succeeded`, `failed` or `cancelled`.
+        status: RunStatus,
+        /// Unix time in milliseconds.
+        at_ms: u64,
+        /// Wall time of the whole run.
+        duration_ms: u64,
+    },
+}
+
+/// What the record keeps of one finished step attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Planned step id.
+    pub step: String,
+    /// Attempt, from 1 (0 for a cache hit).
+    pub attempt: u32,
+    /// `succeeded`, `cached` or `failed`.
+    pub status: AttemptStatus,
+    /// The cache key (`blake3:<hex>`).
+    pub cache_key: String,
+    /// Everything the key was computed from, to explain a miss later.
+    pub key: serde_json::Value,
+    /// The executor that ran it (`wasm`, `process`, `podman`...).
+    pub executor: String,
+    /// Input digests by name.
+    pub inputs: BTreeMap<String, String>,
+    /// Output digests by name (empty when failed).
+    pub outputs: BTreeMap<String, String>,
+    /// Wall time of the attempt.
+    pub duration_ms: u64,
+    /// For failures: what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For failures: a stable kind (`exit`, `timeout`, `out-of-fuel`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<String>,
+    /// For failures: the exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Metrics the step reported.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Executor facts: fuel used, seed, clock start...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, serde_json::Value>,
+    /// For a cache hit: the run whose outputs were reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
+}
+
+/// How a step attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Ran and succeeded.
+    Succeeded,
+    /// Served from the cache.
+    Cached,
+    /// Ran and failed.
+    Failed,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every step succeeded, was cached or was skipped by its condition.
+    Succeeded,
+    /// Some step failed.
+    Failed,
+    /// Stopped by the user.
+    Cancelled,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// Appends events to a record file, one JSON line each, flushed as they come.
+pub struct RecordWriter {
+    file: File,
+}
+
+impl RecordWriter {
+    /// Creates the record (it must not exist).
+    pub fn create(path: &Path) -> Result<Self, EngineError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| EngineError::io(path, e))?;
+        Ok(Self { file })
+    }
+
+    /// Appends one event.
+    pub fn append(&mut self, event: &RecordEvent) -> Result<(), EngineError> {
+        let mut line = serde_json::to_vec(event).expect("record events serialise");
+        line.push(b'\n');
+        // One write per line: a crash leaves whole lines and at most one torn tail.
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.flush())
+            .map_err(|e| EngineError::Record(e.to_string()))
+    }
+}
+
+/// Reads a record; a torn last line (a crash mid-write) is ignored.
+pub fn read_record(path: &Path) -> Result<Vec<RecordEvent>, EngineError> {
+    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| EngineError::io(path, e))?;
+    let mut events = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(event) => events.push(event),
+            Err(_) if i + 1 == lines.len() => break,
+            Err(e) => {
+                return Err(EngineError::Record(format!(
+                    "{}: line {} is not a record event: {e}",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// What a record says about each step, folded from its events.
+#[derive(Debug, Clone, Default)]
+pub struct RunView {
+    /// The first event, if present.
+    pub started: Option<RecordEvent>,
+    /// The last event, if the run finished.
+    pub finished: Option<RecordEvent>,
+    /// Per step id (in the order they first appear): the last finished attempt.
+    pub steps: Vec<(String, StepView)>,
+}
+
+/// One step's state in a record.
+#[derive(Debug, Clone, Default)]
+pub struct StepView {
+    /// Attempts started.
+    pub attempts: u32,
+    /// The last finished attempt.
+    pub last: Option<StepRecord>,
+    /// Why it was skipped, if it was.
+    pub skipped: Option<String>,
+}
+
+impl RunView {
+    /// Folds events into a view.
+    pub fn from_events(events: &[RecordEvent]) -> Self {
+        let mut view = RunView::default();
+        for event in events {
+            match event {
+                RecordEvent::RunStarted { .. } => view.started = Some(event.clone()),
+                RecordEvent::RunFinished { .. } => view.finished = Some(event.clone()),
+                RecordEvent::StepStarted { step, attempt, .. } => {
+                    view.step_mut(step).attempts = *attempt;
+                }
+                RecordEvent::StepFinished(rec) => {
+                    view.step_mut(&rec.step).last = Some((**rec).clone())
+                }
+                RecordEvent::StepSkipped { step, reason } => {
+                    view.step_mut(step).skipped = Some(reason.clone());
+                }
+            }
+        }
+        view
+    }
+
+    fn step_mut(&mut self, id: &str) -> &mut StepView {
+        if let Some(i) = self.steps.iter().position(|(s, _)| s == id) {
+            return &mut self.steps[i].1;
+        }
+        self.steps.push((id.to_owned(), StepView::default()));
+        &mut self.steps.last_mut().expect("just pushed").1
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&StepView> {
+        self.steps.iter().find(|(s, _)| s == id).map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.jsonl");
+        let mut w = RecordWriter::create(&path).unwrap();
+        w.append(&RecordEvent::StepSkipped {
+            step: "a".into(),
+            reason: "r".into(),
+        })
+        .unwrap();
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"event\":\"step_sta").unwrap();
+        let events = read_record(&path).unwrap();
+        assert_eq!(events.len(), 1);
+    }
+}

@@ -1,0 +1,536 @@
+//! The engine against a fake executor, under tokio's paused clock: no test sleeps for real.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kiln_engine::{
+    Engine, EngineConfig, Event, ExecOutcome, Executor, ExecutorError, Executors, RecordEvent,
+    RunInput, RunStatus, StateDir, StepStatus, StepTask, read_record,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What the fake does for one step (by step name; every fan-out instance alike).
+#[derive(Clone, Default)]
+struct Behaviour {
+    /// Virtual time the step takes.
+    takes: Duration,
+    /// Fail this many attempts before succeeding.
+    fail_first: u32,
+    /// Fail every attempt.
+    always_fail: bool,
+    /// Write this to every output instead of the default content.
+    content: Option<String>,
+}
+
+/// A fake executor: sleeps on tokio's clock, writes outputs derived from its inputs, and
+/// remembers what it saw.
+#[derive(Default)]
+struct Fake {
+    behaviour: HashMap<String, Behaviour>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    started: Mutex<Vec<String>>,
+    attempts: Mutex<HashMap<String, u32>>,
+    inputs_seen: Mutex<HashMap<String, BTreeMap<String, String>>>,
+}
+
+impl Fake {
+    fn with(mut self, step: &str, b: Behaviour) -> Self {
+        self.behaviour.insert(step.to_owned(), b);
+        self
+    }
+
+    fn started(&self) -> Vec<String> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+fn read_input(path: &Path) -> String {
+    if path.is_dir() {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                format!(
+                    "{}={}",
+                    e.file_name().to_string_lossy(),
+                    read_input(&e.path())
+                )
+            })
+            .collect();
+        names.sort();
+        format!("[{}]", names.join(","))
+    } else {
+        std::fs::read_to_string(path).unwrap()
+    }
+}
+
+#[async_trait]
+impl Executor for Fake {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+        let b = self
+            .behaviour
+            .get(&task.step.step)
+            .cloned()
+            .unwrap_or_default();
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        self.started.lock().unwrap().push(task.step.id.clone());
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let a = attempts.entry(task.step.id.clone()).or_default();
+            *a += 1;
+            *a
+        };
+        let seen: BTreeMap<String, String> = task
+            .inputs
+            .iter()
+            .map(|(k, p)| (k.clone(), read_input(p)))
+            .collect();
+        self.inputs_seen
+            .lock()
+            .unwrap()
+            .insert(task.step.id.clone(), seen.clone());
+        // Write outputs first, so a cancelled step leaves half-done work in its scratch folder.
+        for (name, path) in &task.outputs {
+            let content = b.content.clone().unwrap_or_else(|| {
+                format!("{}:{name}:{seen:?}:{:?}", task.step.step, task.step.params)
+            });
+            std::fs::write(path, content).unwrap();
+        }
+        tokio::time::sleep(b.takes).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if b.always_fail || attempt <= b.fail_first {
+            return Ok(ExecOutcome::failure(
+                "exit",
+                format!("attempt {attempt} failed"),
+                Some(1),
+            ));
+        }
+        Ok(ExecOutcome::success())
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn file(&self, name: &str, content: &str) {
+        std::fs::write(self.dir.path().join(name), content).unwrap();
+    }
+
+    fn input(&self, yaml: &str) -> RunInput {
+        let text = format!("apiVersion: kiln/v1\nname: t\n{yaml}");
+        let pipeline = kiln_spec::parse(&text).unwrap_or_else(|d| panic!("{d:?}"));
+        let compiled = kiln_plan::compile(
+            &pipeline,
+            &kiln_plan::PlanOptions {
+                base_dir: self.dir.path().to_path_buf(),
+                overrides: vec![],
+            },
+        );
+        let plan = compiled
+            .plan
+            .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics));
+        RunInput {
+            plan,
+            base_dir: self.dir.path().to_path_buf(),
+            pipeline_file: "pipeline.yaml".into(),
+            pipeline_text: text,
+        }
+    }
+
+    fn engine(&self, fake: Arc<Fake>, config: EngineConfig) -> Engine {
+        Engine::new(
+            StateDir::new(self.dir.path().join(".kiln")),
+            Executors {
+                wasm: None,
+                container: Some(fake),
+            },
+            config,
+        )
+    }
+}
+
+fn config(jobs: usize) -> EngineConfig {
+    EngineConfig {
+        jobs,
+        ..EngineConfig::default()
+    }
+}
+
+fn secs(s: u64) -> Behaviour {
+    Behaviour {
+        takes: Duration::from_secs(s),
+        ..Behaviour::default()
+    }
+}
+
+fn status<'a>(summary: &'a kiln_engine::RunSummary, id: &str) -> &'a StepStatus {
+    &summary.steps.iter().find(|s| s.id == id).unwrap().status
+}
+
+const C: &str = "container: {image: fake}";
+
+#[tokio::test(start_paused = true)]
+async fn runs_in_dependency_order() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  c:\n    {C}\n    inputs: {{x: b.out}}\n    outputs: [out]\n  a:\n    {C}\n    outputs: [out]\n  b:\n    {C}\n    inputs: {{x: a.out}}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(Fake::default());
+    let summary = s
+        .engine(fake.clone(), config(4))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(fake.started(), vec!["a", "b", "c"]);
+    // c saw b's output, which saw a's.
+    let seen = fake.inputs_seen.lock().unwrap();
+    assert!(seen["c"]["x"].starts_with("b:out:"), "{:?}", seen["c"]);
+    assert!(seen["c"]["x"].contains("a:out:"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallelism_is_bounded_by_jobs() {
+    let s = Setup::new();
+    let mut yaml = String::from("steps:\n");
+    // Different params, so no step is a cache hit of another.
+    for i in 0..10 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    {C}\n    with: {{i: {i}}}\n    outputs: [out]\n"
+        ));
+    }
+    let fake = Arc::new(Fake::default().with_all(10, secs(1)));
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(3))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(fake.max_running.load(Ordering::SeqCst), 3);
+    // Ten one-second steps, three at a time: four rounds of virtual time.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(4) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+}
+
+impl Fake {
+    fn with_all(mut self, n: usize, b: Behaviour) -> Self {
+        for i in 0..n {
+            self.behaviour.insert(format!("s{i}"), b.clone());
+        }
+        self
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_exponential_backoff() {
+    let s = Setup::new();
+    let yaml = format!("steps:\n  flaky:\n    {C}\n    outputs: [out]\n    retries: 3\n");
+    let fake = Arc::new(Fake::default().with(
+        "flaky",
+        Behaviour {
+            fail_first: 2,
+            ..Behaviour::default()
+        },
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), Some(tx))
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(summary.steps[0].attempts, 3);
+    // Waits of 1 s and then 2 s between the three attempts.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    let mut delays = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let Event::StepRetrying { delay, .. } = event {
+            delays.push(delay);
+        }
+    }
+    assert_eq!(delays, vec![Duration::from_secs(1), Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_run_out() {
+    let s = Setup::new();
+    let yaml = format!("steps:\n  bad:\n    {C}\n    outputs: [out]\n    retries: 1\n");
+    let fake = Arc::new(Fake::default().with(
+        "bad",
+        Behaviour {
+            always_fail: true,
+            ..Behaviour::default()
+        },
+    ));
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(summary.steps[0].attempts, 2);
+    assert!(matches!(
+        status(&summary, "bad"),
+        StepStatus::Failed { kind, message } if kind == "exit" && message == "attempt 2 failed"
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_past_its_timeout_is_stopped() {
+    let s = Setup::new();
+    let yaml = format!("steps:\n  slow:\n    {C}\n    outputs: [out]\n    timeout: 2s\n");
+    let fake = Arc::new(Fake::default().with("slow", secs(3600)));
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert!(matches!(
+        status(&summary, "slow"),
+        StepStatus::Failed { kind, message } if kind == "timeout" && message == "timed out after 2s"
+    ));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The executor's future was dropped: it never finished its sleep.
+    assert_eq!(fake.running.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_skips_dependents_and_independent_branches_finish() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  a:\n    {C}\n    outputs: [out]\n  b:\n    {C}\n    inputs: {{x: a.out}}\n    outputs: [out]\n  c:\n    {C}\n    inputs: {{x: b.out}}\n    outputs: [out]\n  other:\n    {C}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(
+        Fake::default()
+            .with(
+                "a",
+                Behaviour {
+                    always_fail: true,
+                    ..Behaviour::default()
+                },
+            )
+            .with("other", secs(5)),
+    );
+    let summary = s
+        .engine(fake.clone(), config(2))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(
+        status(&summary, "b"),
+        &StepStatus::Skipped {
+            reason: "upstream `a` failed".into()
+        }
+    );
+    assert_eq!(
+        status(&summary, "c"),
+        &StepStatus::Skipped {
+            reason: "upstream `b` was skipped".into()
+        }
+    );
+    assert_eq!(status(&summary, "other"), &StepStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_stops_everything_else() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  a:\n    {C}\n    outputs: [out]\n  slow:\n    {C}\n    outputs: [out]\n  later:\n    {C}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(
+        Fake::default()
+            .with(
+                "a",
+                Behaviour {
+                    always_fail: true,
+                    takes: Duration::from_secs(1),
+                    ..Behaviour::default()
+                },
+            )
+            .with("slow", secs(100)),
+    );
+    let config = EngineConfig {
+        fail_fast: true,
+        ..config(2)
+    };
+    let summary = s
+        .engine(fake.clone(), config)
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(status(&summary, "slow"), &StepStatus::Cancelled);
+    assert!(matches!(
+        status(&summary, "later"),
+        StepStatus::Skipped { .. }
+    ));
+    assert_eq!(fake.started(), vec!["a", "slow"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_stops_running_steps_and_publishes_nothing() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  a:\n    {C}\n    outputs: [out]\n  b:\n    {C}\n    inputs: {{x: a.out}}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(Fake::default().with("a", secs(100)));
+    let cancel = CancellationToken::new();
+    let canceller = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        canceller.cancel();
+    });
+    let state = s.dir.path().join(".kiln");
+    let summary = s
+        .engine(fake.clone(), config(2))
+        .run(s.input(&yaml), cancel, None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Cancelled);
+    assert_eq!(status(&summary, "a"), &StepStatus::Cancelled);
+    assert_eq!(status(&summary, "b"), &StepStatus::Cancelled);
+    // `a` wrote its output into scratch before it was stopped: nothing reached the store or
+    // the cache, and the scratch folder is gone.
+    assert!(!state.join("cas/blobs").exists(), "a blob was published");
+    assert!(!state.join("cache").exists());
+    assert!(!state.join("scratch").join(&summary.run_id).exists());
+    let events = read_record(
+        &state
+            .join("runs")
+            .join(&summary.run_id)
+            .join("record.jsonl"),
+    )
+    .unwrap();
+    assert!(matches!(
+        events.last(),
+        Some(RecordEvent::RunFinished {
+            status: RunStatus::Cancelled,
+            ..
+        })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fan_out_instances_run_and_a_collector_sees_them_all() {
+    let s = Setup::new();
+    let yaml = format!(
+        "params:\n  lrs: {{type: 'list[float]', default: [0.1, 0.2, 0.3], description: x}}\nsteps:\n  train:\n    {C}\n    for_each: '{{{{params.lrs}}}}'\n    with: {{lr: '{{{{item}}}}'}}\n    outputs: [model]\n  pick:\n    {C}\n    inputs: {{models: train.model}}\n    outputs: [best]\n"
+    );
+    let fake = Arc::new(Fake::default().with("train", secs(1)));
+    let summary = s
+        .engine(fake.clone(), config(8))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(fake.max_running.load(Ordering::SeqCst), 3);
+    let seen = fake.inputs_seen.lock().unwrap();
+    let models = &seen["pick"]["models"];
+    assert!(models.starts_with("[0=train:model:"), "{models}");
+    for lr in ["0.1", "0.2", "0.3"] {
+        assert!(models.contains(&format!("Float({lr})")), "{models}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_reads_params_and_upstream_outputs() {
+    let s = Setup::new();
+    let yaml = format!(
+        "params:\n  go: {{type: bool, default: true, description: x}}\nsteps:\n  check:\n    {C}\n    outputs: [report]\n  yes:\n    {C}\n    when: params.go && steps.check.report.ok\n    outputs: [out]\n  no:\n    {C}\n    when: steps.check.report.rows > 10\n    outputs: [out]\n  after_no:\n    {C}\n    inputs: {{x: no.out}}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(Fake::default().with(
+        "check",
+        Behaviour {
+            content: Some(r#"{"ok": true, "rows": 3}"#.into()),
+            ..Behaviour::default()
+        },
+    ));
+    let summary = s
+        .engine(fake.clone(), config(2))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(status(&summary, "yes"), &StepStatus::Succeeded);
+    assert_eq!(
+        status(&summary, "no"),
+        &StepStatus::Skipped {
+            reason: "condition is false: steps.check.report.rows > 10".into()
+        }
+    );
+    assert_eq!(
+        status(&summary, "after_no"),
+        &StepStatus::Skipped {
+            reason: "upstream `no` was skipped (its condition was false)".into()
+        }
+    );
+    // A false condition is not a failure.
+    assert_eq!(summary.status, RunStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn second_run_is_cached_and_a_changed_byte_reruns_only_its_dependents() {
+    let s = Setup::new();
+    s.file("a.csv", "1,2,3\n");
+    s.file("b.csv", "4,5,6\n");
+    let yaml = format!(
+        "steps:\n  pa:\n    {C}\n    inputs: {{data: ./a.csv}}\n    outputs: [out]\n  pb:\n    {C}\n    inputs: {{data: ./b.csv}}\n    outputs: [out]\n  join:\n    {C}\n    inputs: {{a: pa.out, b: pb.out}}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(Fake::default());
+    let engine = s.engine(fake.clone(), config(2));
+    let first = engine
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert!(
+        first
+            .steps
+            .iter()
+            .all(|s| s.status == StepStatus::Succeeded)
+    );
+    let second = engine
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert!(second.steps.iter().all(|s| s.status == StepStatus::Cached));
+    assert_eq!(fake.started().len(), 3);
+
+    s.file("b.csv", "4,5,7\n");
+    let third = engine
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(status(&third, "pa"), &StepStatus::Cached);
+    assert_eq!(status(&third, "pb"), &StepStatus::Succeeded);
+    assert_eq!(status(&third, "join"), &StepStatus::Succeeded);
+}
