@@ -625,7 +625,7 @@ async fn schedule(shared: Arc<Shared>, cancel: CancellationToken) -> (Vec<StepSu
                 metrics: BTreeMap::new(),
             };
             shared.emit(Event::StepFinished(summary.clone()));
-            results[i] = Some(summary);
+            *result = Some(summary);
         }
     }
     (
