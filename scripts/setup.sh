@@ -22,4 +22,6 @@ if ! python3 -c 'import numpy, jsonschema, yaml' 2>/dev/null; then
   log "installing Python packages (numpy for the training step, jsonschema and pyyaml for tests)"
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
+# Container steps: podman with runc and a tiny local busybox image for the podman tests.
+scripts/setup-containers.sh
 log "done"

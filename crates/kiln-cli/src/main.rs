@@ -28,6 +28,18 @@ enum Command {
     Graph(commands::graph::Args),
     /// Print the JSON Schema of the pipeline format, for editors
     Schema(commands::schema::Args),
+    /// Run a pipeline on this machine
+    Run(commands::run::Args),
+    /// List the runs in the state folder
+    Runs(commands::runs::Args),
+    /// Show one run step by step
+    Show(commands::show::Args),
+    /// Print a step's log from a run
+    Logs(commands::logs::Args),
+    /// Say why a step ran instead of coming from the cache
+    Explain(commands::explain::Args),
+    /// Copy artifacts out of the store
+    Artifact(commands::artifact::Args),
 }
 
 /// How results are printed.
@@ -53,12 +65,26 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The executor for wasm steps.
+pub fn wasm_executor(
+    _state: &kiln_engine::StateDir,
+    _jobs: usize,
+) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
+    Ok(None)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
         Command::Graph(args) => commands::graph::run(args),
         Command::Schema(args) => commands::schema::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Runs(args) => commands::runs::run(args),
+        Command::Show(args) => commands::show::run(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Explain(args) => commands::explain::run(args),
+        Command::Artifact(args) => commands::artifact::run(args),
     };
     match result {
         Ok(code) => code,

@@ -40,7 +40,10 @@ fn reports_every_error_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("there is no step `prep`"), "{stderr}");
-    assert!(stderr.contains("runs after `c`, which is not a step"), "{stderr}");
+    assert!(
+        stderr.contains("runs after `c`, which is not a step"),
+        "{stderr}"
+    );
     assert!(stderr.contains("broken.yaml:6:17"), "{stderr}");
     assert!(stderr.contains("2 errors"), "{stderr}");
 
@@ -70,7 +73,12 @@ fn params_are_overridden_and_checked() {
     ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("(8 planned)"));
-    let out = kiln(&["validate", "examples/digits/pipeline.yaml", "-p", "epochs=many"]);
+    let out = kiln(&[
+        "validate",
+        "examples/digits/pipeline.yaml",
+        "-p",
+        "epochs=many",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("`many` is not an int"));
 }
@@ -84,7 +92,12 @@ fn graph_shows_kinds_and_fan_out() {
     assert!(dot.contains("train ×3\\ncontainer · gpu 1"), "{dot}");
     assert!(dot.contains("shape=box3d"));
     assert!(dot.contains("metrics (all 3)"));
-    let out = kiln(&["graph", "examples/digits/pipeline.yaml", "--format", "mermaid"]);
+    let out = kiln(&[
+        "graph",
+        "examples/digits/pipeline.yaml",
+        "--format",
+        "mermaid",
+    ]);
     let mermaid = text(&out.stdout);
     assert!(mermaid.starts_with("flowchart LR"));
     assert!(mermaid.contains("==>|\"metrics (all 3)\"|"), "{mermaid}");

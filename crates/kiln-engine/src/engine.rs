@@ -231,6 +231,11 @@ impl Shared {
 impl Engine {
     /// An engine over a state folder.
     pub fn new(state: StateDir, executors: Executors, config: EngineConfig) -> Self {
+        // Executors run steps in other working folders: every path they get must be absolute.
+        let state = match std::path::absolute(state.root()) {
+            Ok(root) => StateDir::new(root),
+            Err(_) => state,
+        };
         Self {
             state,
             executors,
@@ -250,6 +255,10 @@ impl Engine {
         events: Option<UnboundedSender<Event>>,
     ) -> Result<RunSummary, EngineError> {
         let started = Instant::now();
+        let mut input = input;
+        if let Ok(base) = std::path::absolute(&input.base_dir) {
+            input.base_dir = base;
+        }
         let run_id = new_run_id();
         let run_dir = self.state.run_dir(&run_id);
         let logs = run_dir.join("logs");

@@ -1,5 +1,12 @@
 //! One module per subcommand.
 
+pub mod artifact;
+pub mod explain;
 pub mod graph;
+pub mod logs;
+pub mod run;
+pub mod runs;
 pub mod schema;
+pub mod show;
+pub mod state;
 pub mod validate;

@@ -1,0 +1,391 @@
+//! `kiln run`: plan a pipeline and run it here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_engine::{
+    Engine, EngineConfig, Event, Executors, RunInput, RunStatus, RunSummary, StepStatus,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{StateArgs, human_duration, short_digest, table};
+use crate::Output;
+
+/// Run a pipeline on this machine.
+///
+/// Wasm steps run in-process; container steps run as local processes (the default: the image
+/// is not used) or with podman or docker. Results are cached by content in the state folder:
+/// a second run with the same inputs is served from the cache. Ctrl-C stops running steps
+/// and records the run as cancelled.
+///
+/// Exit code: 0 when every step succeeded or was cached or skipped by its condition, 1 when a
+/// step failed, 130 when cancelled, 2 when the run could not start.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pipeline file
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Set a param: NAME=VALUE (repeatable)
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = crate::parse_param)]
+    params: Vec<(String, String)>,
+    /// Most steps running at once [default: the number of cores]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Stop everything at the first failure instead of finishing independent branches
+    #[arg(long)]
+    fail_fast: bool,
+    /// Run every step even when a cached result exists
+    #[arg(long)]
+    no_cache: bool,
+    /// How container steps run: process (on the host, image unused), podman or docker
+    #[arg(long, value_name = "BACKEND", default_value = "process")]
+    containers: kiln_container::Backend,
+    /// Stream each step's output as it runs
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print the result as JSON on stdout
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (source, compiled) = kiln_plan::plan_file(&args.file, &args.params)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let color = crate::stderr_color();
+    if !compiled.diagnostics.is_empty() {
+        eprint!("{}", source.render(&compiled.diagnostics, color));
+    }
+    let Some(plan) = compiled.plan else {
+        return Ok(ExitCode::from(2));
+    };
+    let state = args.state.for_pipeline(&args.file);
+    let base_dir = args
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let mut config = EngineConfig {
+        fail_fast: args.fail_fast,
+        use_cache: !args.no_cache,
+        ..EngineConfig::default()
+    };
+    if let Some(jobs) = args.jobs {
+        config.jobs = jobs.max(1);
+    }
+    let executors = Executors {
+        wasm: crate::wasm_executor(&state, config.jobs)?,
+        container: Some(args.containers.executor()),
+    };
+    let engine = Engine::new(state.clone(), executors, config);
+    let input = RunInput {
+        plan,
+        base_dir,
+        pipeline_file: args.file.display().to_string(),
+        pipeline_text: source.text.to_string(),
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let summary = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\ncancelling: stopping running steps (Ctrl-C again to quit at once)");
+                on_signal.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = tokio::spawn(report(rx, state.clone(), args.verbose));
+        let result = engine.run(input, cancel, Some(tx)).await;
+        let _ = reporter.await;
+        result
+    });
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(kiln_engine::EngineError::Preflight(problems)) => {
+            eprintln!("error: the run cannot start:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match args.output {
+        Output::Text => print_summary(&summary, &state, &args.state),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?),
+    }
+    Ok(match summary.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Failed => ExitCode::FAILURE,
+        RunStatus::Cancelled => ExitCode::from(130),
+    })
+}
+
+/// Shows progress: a bar on a terminal, one line per event otherwise.
+async fn report(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    state: kiln_engine::StateDir,
+    verbose: bool,
+) {
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut total = 0;
+    let mut done = 0;
+    let mut run_id = String::new();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut tails: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let say = |bar: &Option<ProgressBar>, line: String| match bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
+    };
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if verbose {
+                    for (id, offset) in tails.iter_mut() {
+                        for line in read_new_lines(&state.log_path(&run_id, id), offset) {
+                            say(&bar, format!("  {id} | {line}"));
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        match event {
+            Event::RunStarted {
+                run_id: id,
+                total: n,
+            } => {
+                total = n;
+                run_id = id;
+                say(&bar, format!("run {run_id}: {total} steps"));
+                if terminal {
+                    let b = ProgressBar::new(total as u64);
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+                        )
+                        .expect("a valid template"),
+                    );
+                    b.enable_steady_tick(Duration::from_millis(100));
+                    bar = Some(b);
+                }
+            }
+            Event::Building { step, command } => say(&bar, format!("building {step}: {command}")),
+            Event::StepStarted { id, attempt } => {
+                running.insert(id.clone());
+                tails.entry(id.clone()).or_insert(0);
+                let retry = if attempt > 1 {
+                    format!(" (attempt {attempt})")
+                } else {
+                    String::new()
+                };
+                if bar.is_none() {
+                    eprintln!(
+                        "[{done:>w$}/{total}] started   {id}{retry}",
+                        w = digits(total)
+                    );
+                }
+            }
+            Event::StepRetrying {
+                id,
+                attempt,
+                delay,
+                message,
+            } => {
+                say(
+                    &bar,
+                    format!(
+                        "retrying {id} in {} (attempt {attempt} failed: {})",
+                        human_duration(delay),
+                        first_line(&message)
+                    ),
+                );
+            }
+            Event::StepFinished(step) => {
+                done += 1;
+                running.remove(&step.id);
+                if verbose && let Some(offset) = tails.get_mut(&step.id) {
+                    for line in read_new_lines(&state.log_path(&run_id, &step.id), offset) {
+                        say(&bar, format!("  {} | {line}", step.id));
+                    }
+                }
+                tails.remove(&step.id);
+                let detail = match &step.status {
+                    StepStatus::Failed { message, .. } => format!(": {}", first_line(message)),
+                    StepStatus::Skipped { reason } => format!(": {reason}"),
+                    _ => String::new(),
+                };
+                let line = format!(
+                    "[{done:>w$}/{total}] {:<9} {} ({}){detail}",
+                    step.status.word(),
+                    step.id,
+                    human_duration(step.duration),
+                    w = digits(total)
+                );
+                say(&bar, line);
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                }
+            }
+            Event::RunFinished { .. } => {}
+        }
+        if let Some(b) = &bar {
+            b.set_message(running.iter().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
+fn digits(n: usize) -> usize {
+    n.to_string().len()
+}
+
+/// The line of a failure message worth a progress line: the last one, which for a command
+/// is the end of its log.
+fn first_line(s: &str) -> &str {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}
+
+/// New complete lines of a growing log file since `offset`.
+fn read_new_lines(path: &std::path::Path, offset: &mut u64) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    if file.seek(SeekFrom::Start(*offset)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if file.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+        return Vec::new();
+    };
+    *offset += end as u64 + 1;
+    String::from_utf8_lossy(&buf[..end])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn print_summary(summary: &RunSummary, state: &kiln_engine::StateDir, state_args: &StateArgs) {
+    let rows: Vec<Vec<String>> = summary
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.status.word().to_owned(),
+                human_duration(s.duration),
+                if s.status == StepStatus::Cached {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                s.outputs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", short_digest(&v.to_string())))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    eprintln!();
+    eprint!(
+        "{}",
+        table(&["STEP", "STATUS", "TIME", "CACHED", "OUTPUTS"], &rows)
+    );
+    let failed: Vec<_> = summary
+        .steps
+        .iter()
+        .filter_map(|s| match &s.status {
+            StepStatus::Failed { message, kind } => Some((s, kind, message)),
+            _ => None,
+        })
+        .collect();
+    for (step, kind, message) in &failed {
+        eprintln!("\nstep {} failed ({kind}):\n{}", step.id, indent(message));
+    }
+    let cached = summary
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Cached)
+        .count();
+    let here = std::path::absolute(".kiln").ok();
+    let state_flag = if state_args.state.is_none() && std::path::absolute(state.root()).ok() != here
+    {
+        format!(" --state {}", state.root().display())
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "\nrun {} {} in {} ({} steps, {cached} cached)\n  details: kiln show {}{state_flag}",
+        summary.run_id,
+        summary.status,
+        human_duration(summary.duration),
+        summary.steps.len(),
+        summary.run_id,
+    );
+    if !failed.is_empty() {
+        eprintln!(
+            "  logs:    kiln logs {} {}{state_flag}",
+            summary.run_id, failed[0].0.id
+        );
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn summary_json(summary: &RunSummary) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": summary.run_id,
+        "status": summary.status,
+        "duration_ms": summary.duration.as_millis() as u64,
+        "steps": summary.steps.iter().map(|s| {
+            let (reason, kind) = match &s.status {
+                StepStatus::Failed { kind, message } => (Some(message.clone()), Some(kind.clone())),
+                StepStatus::Skipped { reason } => (Some(reason.clone()), None),
+                _ => (None, None),
+            };
+            serde_json::json!({
+                "id": s.id,
+                "status": s.status.word(),
+                "attempts": s.attempts,
+                "duration_ms": s.duration.as_millis() as u64,
+                "outputs": s.outputs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect::<BTreeMap<_, _>>(),
+                "metrics": s.metrics,
+                "message": reason,
+                "failure_kind": kind,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}

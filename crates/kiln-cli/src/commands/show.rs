@@ -1,0 +1,129 @@
+//! `kiln show`: one run, step by step.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kiln_engine::{AttemptStatus, RecordEvent, RunView, read_record};
+
+use super::state::{StateArgs, human_duration, short_digest, table};
+use crate::Output;
+
+/// Show one run: each step's status, time, attempts, cache use and output digests.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run id, a unique prefix of it, or `latest`
+    #[arg(value_name = "RUN")]
+    run: String,
+    /// Print the folded record as JSON on stdout
+    #[arg(long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    state: StateArgs,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let state = args.state.existing()?;
+    let run_id = state.resolve_run(&args.run).map_err(anyhow::Error::msg)?;
+    let events = read_record(&state.record_path(&run_id))?;
+    let view = RunView::from_events(&events);
+    if args.output == Output::Json {
+        let steps: Vec<_> = view
+            .steps
+            .iter()
+            .map(|(id, s)| serde_json::json!({"step": id, "attempts": s.attempts, "skipped": s.skipped, "last": s.last}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "run_id": run_id, "started": view.started, "finished": view.finished, "steps": steps,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(RecordEvent::RunStarted {
+        pipeline,
+        pipeline_file,
+        params,
+        ..
+    }) = &view.started
+    {
+        println!("run       {run_id}");
+        println!("pipeline  {pipeline} ({pipeline_file})");
+        let params: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("params    {}", params.join(" "));
+    }
+    match &view.finished {
+        Some(RecordEvent::RunFinished {
+            status,
+            duration_ms,
+            ..
+        }) => println!(
+            "status    {status} in {}",
+            human_duration(Duration::from_millis(*duration_ms))
+        ),
+        _ => {
+            println!("status    unfinished (the run is going on, or kiln stopped before it ended)")
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = view
+        .steps
+        .iter()
+        .map(|(id, s)| {
+            let skipped = s
+                .skipped
+                .as_ref()
+                .filter(|reason| s.last.is_none() || reason.starts_with("cancelled"));
+            let (status, time, outputs, note) = match (&s.last, skipped) {
+                (_, Some(reason)) => (
+                    "skipped".to_owned(),
+                    "-".to_owned(),
+                    String::new(),
+                    reason.clone(),
+                ),
+                (Some(r), None) => (
+                    match r.status {
+                        AttemptStatus::Succeeded => "succeeded",
+                        AttemptStatus::Cached => "cached",
+                        AttemptStatus::Failed => "failed",
+                    }
+                    .to_owned(),
+                    human_duration(Duration::from_millis(r.duration_ms)),
+                    r.outputs
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", short_digest(v)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    match (&r.message, &r.reused_from) {
+                        (Some(m), _) => m.lines().next().unwrap_or("").to_owned(),
+                        (None, Some(from)) => format!("from run {from}"),
+                        _ => String::new(),
+                    },
+                ),
+                (None, None) => (
+                    "running".to_owned(),
+                    "-".to_owned(),
+                    String::new(),
+                    String::new(),
+                ),
+            };
+            vec![
+                id.clone(),
+                status,
+                s.attempts.to_string(),
+                time,
+                outputs,
+                note,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["STEP", "STATUS", "ATTEMPTS", "TIME", "OUTPUTS", "NOTE"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,87 @@
+//! Where the state folder is, for every command that reads or writes runs.
+
+use std::path::{Path, PathBuf};
+
+use kiln_engine::StateDir;
+
+/// `--state DIR` and `KILN_HOME`, shared by the commands that use runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StateArgs {
+    /// The state folder (store, cache, runs) [default: `.kiln` next to the pipeline for
+    /// `run`, `.kiln` in the current folder otherwise]
+    #[arg(long, value_name = "DIR", env = "KILN_HOME", global = true)]
+    pub state: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The state folder of a run of `pipeline`.
+    pub fn for_pipeline(&self, pipeline: &Path) -> StateDir {
+        match &self.state {
+            Some(dir) => StateDir::new(dir),
+            None => StateDir::new(
+                pipeline
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .join(".kiln"),
+            ),
+        }
+    }
+
+    /// The state folder for commands that read runs.
+    pub fn existing(&self) -> anyhow::Result<StateDir> {
+        let dir = self.state.clone().unwrap_or_else(|| PathBuf::from(".kiln"));
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "no state folder at {}: pass `--state DIR` (the `.kiln` folder next to the pipeline) or set KILN_HOME",
+                dir.display()
+            );
+        }
+        Ok(StateDir::new(dir))
+    }
+}
+
+/// `12ms`, `1.3s`, `2m 5s`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        let s = d.as_secs();
+        format!("{}m {}s", s / 60, s % 60)
+    }
+}
+
+/// The first 12 hex digits of a digest, enough to tell artifacts apart in a table.
+pub fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("blake3:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// Prints rows as left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}

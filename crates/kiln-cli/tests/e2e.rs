@@ -1,0 +1,143 @@
+//! End-to-end cases: each folder under `tests/e2e/` is a pipeline, its files and a script
+//! (`case.json`) played against the real `kiln` binary. See `tests/e2e/README.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Plays one case; returns a description of the first mismatch.
+fn play(case: &Path) -> Result<(), String> {
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(case, work.path());
+    let script: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(case.join("case.json")).map_err(|e| format!("case.json: {e}"))?,
+    )
+    .map_err(|e| format!("case.json: {e}"))?;
+    let mut last: Option<Value> = None;
+    for (n, action) in script.iter().enumerate() {
+        let at = format!("action {} ({action})", n + 1);
+        let obj = action.as_object().ok_or(format!("{at}: not an object"))?;
+        if let Some(args) = obj.get("run") {
+            let args: Vec<&str> = args
+                .as_array()
+                .ok_or(format!("{at}: `run` takes a list"))?
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .arg("run")
+                .arg("pipeline.yaml")
+                .args(["--output", "json"])
+                .args(&args)
+                .current_dir(work.path())
+                .env("NO_COLOR", "1")
+                .env_remove("KILN_HOME")
+                .output()
+                .map_err(|e| format!("{at}: {e}"))?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let want_exit = obj.get("exit").and_then(Value::as_i64).unwrap_or(0);
+            if out.status.code() != Some(want_exit as i32) {
+                return Err(format!("{at}: exit {:?}, expected {want_exit}\n{stderr}", out.status.code()));
+            }
+            let json: Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("{at}: stdout is not JSON ({e})\n{stderr}"))?;
+            if let Some(want) = obj.get("steps").and_then(Value::as_object) {
+                for (step, status) in want {
+                    let got = step_of(&json, step).map(|s| s["status"].clone());
+                    if got.as_ref() != Some(status) {
+                        return Err(format!("{at}: step `{step}` is {got:?}, expected {status}\n{stderr}"));
+                    }
+                }
+            }
+            last = Some(json);
+        } else if let Some(want) = obj.get("messages").and_then(Value::as_object) {
+            let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
+            for (step, text) in want {
+                let message = step_of(json, step).and_then(|s| s["message"].as_str().map(str::to_owned)).unwrap_or_default();
+                if !message.contains(text.as_str().unwrap()) {
+                    return Err(format!("{at}: step `{step}` message {message:?} lacks {text}"));
+                }
+            }
+        } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {
+            let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
+            let (step, output, want) = (spec[0].as_str().unwrap(), spec[1].as_str().unwrap(), spec[2].as_str().unwrap());
+            let run_id = json["run_id"].as_str().unwrap();
+            let dest = work.path().join(format!("got-{n}"));
+            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["artifact", "get", run_id, step, output, "-o"])
+                .arg(&dest)
+                .args(["--state", ".kiln"])
+                .current_dir(work.path())
+                .output()
+                .map_err(|e| format!("{at}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("{at}: artifact get failed: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            let got = std::fs::read_to_string(&dest).unwrap();
+            if got != want {
+                return Err(format!("{at}: output is {got:?}, expected {want:?}"));
+            }
+        } else if let Some(spec) = obj.get("write").and_then(Value::as_array) {
+            std::fs::write(work.path().join(spec[0].as_str().unwrap()), spec[1].as_str().unwrap()).unwrap();
+        } else if let Some(spec) = obj.get("rename").and_then(Value::as_array) {
+            std::fs::rename(
+                work.path().join(spec[0].as_str().unwrap()),
+                work.path().join(spec[1].as_str().unwrap()),
+            )
+            .unwrap();
+        } else if let Some(spec) = obj.get("replace").and_then(Value::as_array) {
+            let path = work.path().join(spec[0].as_str().unwrap());
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (from, to) = (spec[1].as_str().unwrap(), spec[2].as_str().unwrap());
+            if !text.contains(from) {
+                return Err(format!("{at}: {from:?} is not in the file"));
+            }
+            std::fs::write(&path, text.replace(from, to)).unwrap();
+        } else {
+            return Err(format!("{at}: unknown action"));
+        }
+    }
+    Ok(())
+}
+
+fn step_of<'a>(run: &'a Value, id: &str) -> Option<&'a Value> {
+    run["steps"].as_array()?.iter().find(|s| s["id"] == id)
+}
+
+#[test]
+fn end_to_end_cases() {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("case.json").is_file())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "the e2e cases are missing");
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            play(case)
+                .err()
+                .map(|e| format!("{}: {e}", case.file_name().unwrap().to_string_lossy()))
+        })
+        .collect();
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
