@@ -146,18 +146,29 @@ impl<'a> Checker<'a> {
             {
                 self.error(
                     "kiln::plan::type-mismatch",
-                    format!("default of param `{name}` does not match its type {ty}: {e}"),
+                    format!("default of param `{name}` does not match its type: {e}"),
                     default.span,
-                );
+                )
+                .help = Some(format!(
+                    "write a default that is {}, or change the `type`",
+                    with_article(ty)
+                ));
             }
             let value = if let Some(text) = overrides.get(name.as_str()) {
                 match ty.parse_text(text) {
                     Ok(v) => Some(v),
                     Err(e) => {
-                        self.diagnostics.push(Diagnostic::error(
-                            "kiln::plan::bad-override",
-                            format!("`-p {name}={text}` is not a {ty}: {e}"),
-                        ));
+                        self.diagnostics.push(
+                            Diagnostic::error(
+                                "kiln::plan::bad-override",
+                                format!("`-p {name}={text}`: {e}"),
+                            )
+                            .help(format!(
+                                "`{name}` is {}: write it like `-p {name}={}`",
+                                with_article(ty),
+                                example_of(ty)
+                            )),
+                        );
                         None
                     }
                 }
@@ -205,12 +216,15 @@ impl<'a> Checker<'a> {
                 );
             }
             (Some(_), Some(container)) => {
-                self.error(
+                let d = self.error(
                     "kiln::plan::step-kind",
                     format!("step `{name}` has both `wasm` and `container`"),
                     container.span,
-                )
-                .help = Some("a step runs one thing: split it into two steps".into());
+                );
+                d.label = Some("the `container` starts here".into());
+                d.help = Some(
+                    "a step runs one thing: keep one of them, or split it into two steps".into(),
+                );
             }
             (Some(wasm), None) => self.check_component(name, wasm),
             (None, Some(_)) => {}
@@ -218,12 +232,13 @@ impl<'a> Checker<'a> {
         if step.container.is_some()
             && let Some(limits) = &step.limits
         {
-            self.error(
+            let d = self.error(
                 "kiln::plan::limits-on-container",
                 format!("step `{name}` is a container step; `limits` applies to wasm steps only"),
                 limits.span,
-            )
-            .help = Some("use `container.resources` (`cpu`, `memory`, `gpu`) instead".into());
+            );
+            d.label = Some("these limits".into());
+            d.help = Some("use `container.resources` (`cpu`, `memory`, `gpu`) instead".into());
         }
         if let Some(retries) = &step.retries
             && retries.value > MAX_RETRIES
@@ -396,14 +411,26 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        for (k, item) in items.iter().enumerate() {
-            if matches!(item, Value::List(_)) {
-                self.error(
-                    "kiln::plan::fan-out-item",
-                    format!("item {k} of step `{name}`'s `for_each` is a list; items must be single values"),
-                    for_each.span,
-                );
-            }
+        let nested: Vec<String> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| matches!(item, Value::List(_)))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        if !nested.is_empty() {
+            let which = match nested.as_slice() {
+                [one] => format!("item {one} is a list"),
+                [first @ .., last] => format!("items {} and {last} are lists", first.join(", ")),
+                [] => unreachable!("not empty"),
+            };
+            self.error(
+                "kiln::plan::fan-out-item",
+                format!("step `{name}` fans out over lists: {which}; items must be single values"),
+                for_each.span,
+            )
+            .help = Some(
+                "fan out over one list of values, and pass what does not vary in `with`".into(),
+            );
         }
         Some(items)
     }
@@ -414,47 +441,89 @@ impl<'a> Checker<'a> {
                 if let Some(rel) = self.workspace_path(name, path, wasm.span)
                     && !self.options.base_dir.join(&rel).is_file()
                 {
+                    let hint = self.near_path(path, &rel, |p| p.is_file());
                     self.error(
                         "kiln::plan::missing-component",
-                        format!("step `{name}` uses component `{path}`, which does not exist"),
+                        format!("step `{name}` uses component `{path}`, which does not exist{hint}"),
                         wasm.span,
                     )
                     .help = Some("build it first, or write `wasm: {source: FOLDER, command: BUILD COMMAND, artifact: FILE.wasm}` so kiln builds it".into());
                 }
             }
             WasmRef::Build(build) => {
-                if let Some(rel) = self.workspace_path(name, &build.source, wasm.span)
+                let source = &build.source;
+                if let Some(rel) = self.workspace_path(name, source, source.span)
                     && !self.options.base_dir.join(&rel).is_dir()
                 {
+                    let hint = self.near_path(source, &rel, |p| p.is_dir());
                     self.error(
                         "kiln::plan::missing-source",
                         format!(
-                            "step `{name}` builds from `{}`, which is not a folder",
-                            build.source
+                            "step `{name}` builds from `{}`, which is not a folder{hint}",
+                            source.value
                         ),
-                        wasm.span,
-                    );
+                        source.span,
+                    )
+                    .help = Some("`source` is the folder the build command runs in, relative to the pipeline file".into());
                 }
-                if !build.artifact.ends_with(".wasm") {
+                let artifact = &build.artifact;
+                if !artifact.ends_with(".wasm") {
                     self.error(
                         "kiln::plan::bad-artifact",
                         format!(
                             "step `{name}` names build artifact `{}`; it must be a `.wasm` file",
-                            build.artifact
+                            artifact.value
                         ),
-                        wasm.span,
-                    );
+                        artifact.span,
+                    )
+                    .help = Some("name the component file the build writes, like `target/wasm32-wasip2/release/step.wasm`".into());
+                } else if Path::new(artifact.as_str()).is_absolute() {
+                    self.error(
+                        "kiln::plan::bad-artifact",
+                        format!(
+                            "step `{name}` names build artifact `{}`, an absolute path",
+                            artifact.value
+                        ),
+                        artifact.span,
+                    )
+                    .help = Some("write the artifact relative to the `source` folder".into());
                 }
                 if build.command.trim().is_empty() {
                     self.error(
                         "kiln::plan::empty-build-command",
                         format!("step `{name}` has an empty build `command`"),
-                        wasm.span,
-                    );
+                        build.command.span,
+                    )
+                    .help = Some("write the shell command that builds the component, like `cargo build --release --target wasm32-wasip2`".into());
                 }
             }
             WasmRef::Registry { .. } | WasmRef::Digest(_) => {}
         }
+    }
+
+    /// ` (did you mean `...`?)` with a file beside a missing one whose name is close.
+    fn near_path(&self, written: &str, rel: &str, fits: impl Fn(&Path) -> bool) -> String {
+        let rel = Path::new(rel);
+        let (Some(parent), Some(wanted)) = (rel.parent(), rel.file_name().and_then(|f| f.to_str()))
+        else {
+            return String::new();
+        };
+        let folder = self.options.base_dir.join(parent);
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            return String::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| fits(&e.path()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let Some(found) = crate::suggest::closest(wanted, names.iter().map(String::as_str)) else {
+            return String::new();
+        };
+        let trimmed = written.trim_end_matches('/');
+        let prefix = trimmed.rfind('/').map_or("", |i| &trimmed[..=i]);
+        format!(" (did you mean `{prefix}{found}`?)")
     }
 
     /// Normalises a workspace path; `None` (with an error) when it leaves the pipeline folder.
@@ -503,7 +572,12 @@ impl<'a> Checker<'a> {
                 let producer = &self.pipeline.steps[j];
                 if !producer.outputs.iter().any(|o| o.as_str() == output) {
                     let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
-                    let outputs: Vec<&str> = producer.outputs.iter().map(|o| o.as_str()).collect();
+                    let mut outputs: Vec<&str> = Vec::new();
+                    for o in &producer.outputs {
+                        if !outputs.contains(&o.as_str()) {
+                            outputs.push(o.as_str());
+                        }
+                    }
                     let d = self.error(
                         "kiln::plan::unknown-output",
                         format!("step `{name}` reads `{step}.{output}`, but `{step}` has no output `{output}`{hint}"),
@@ -536,9 +610,10 @@ impl<'a> Checker<'a> {
                 if let Some(rel) = self.workspace_path(name, path, input.span)
                     && !self.options.base_dir.join(&rel).exists()
                 {
+                    let hint = self.near_path(path, &rel, |p| p.exists());
                     self.error(
                         "kiln::plan::missing-file",
-                        format!("input `{input_name}` of step `{name}` reads `{path}`, which does not exist"),
+                        format!("input `{input_name}` of step `{name}` reads `{path}`, which does not exist{hint}"),
                         input.span,
                     )
                     .help = Some("paths are relative to the folder of the pipeline file".into());
@@ -671,25 +746,103 @@ impl<'a> Checker<'a> {
         in_fan_out: bool,
         params: &BTreeMap<String, Value>,
     ) {
-        let (program, refs) = match when::analyze(condition) {
+        let refs = match when::analyze(condition) {
             Ok(x) => x,
             Err(e) => {
-                self.error(
+                let span = match e.offset {
+                    Some(offset) => inner_span(condition, offset),
+                    None => condition.span,
+                };
+                let d = self.error(
                     "kiln::plan::bad-when",
-                    format!("step `{name}`: {e}"),
-                    condition.span,
+                    format!(
+                        "step `{name}`'s `when` is not a valid CEL expression: {}",
+                        e.message
+                    ),
+                    span,
+                );
+                if span != condition.span {
+                    d.label = Some("here".into());
+                }
+                d.help = Some(
+                    "a condition reads like `params.epochs > 3 && steps.validate.report.ok`".into(),
                 );
                 return;
             }
         };
         let mut ok = true;
-        for problem in &refs.problems {
+        for root in &refs.unknown_roots {
+            ok = false;
+            let hint = if self.pipeline.params.contains_key(root.as_str()) {
+                format!(" (did you mean `params.{root}`?)")
+            } else if self.index.contains_key(root.as_str()) {
+                format!(" (did you mean `steps.{root}.OUTPUT`?)")
+            } else {
+                did_you_mean(root, ["params", "steps", "item"])
+            };
+            self.error(
+                "kiln::plan::bad-when",
+                format!("step `{name}`'s `when` reads `{root}`, which a condition cannot read{hint}"),
+                condition.span,
+            )
+            .help = Some("a condition reads `params.NAME`, `steps.STEP.OUTPUT` (a small JSON output), and `item` in a step with `for_each`".into());
+        }
+        if refs.bare_params {
             ok = false;
             self.error(
                 "kiln::plan::bad-when",
-                format!("step `{name}` has a `when` with an {problem}"),
+                format!("step `{name}`'s `when` uses `params` without a name"),
                 condition.span,
-            );
+            )
+            .help = Some("write `params.NAME`".into());
+        }
+        for step in &refs.steps_without_output {
+            ok = false;
+            let (code, message, help) = match step
+                .as_deref()
+                .map(|s| (s, self.index.get(s).copied()))
+            {
+                None => (
+                    "kiln::plan::bad-when",
+                    format!("step `{name}`'s `when` uses `steps` without a step and an output"),
+                    "write `steps.STEP.OUTPUT`, like `steps.validate.report.ok`".to_owned(),
+                ),
+                Some((s, Some(j))) => {
+                    let outputs: Vec<&str> = self.pipeline.steps[j]
+                        .outputs
+                        .iter()
+                        .map(|o| o.as_str())
+                        .collect();
+                    let help = match outputs.as_slice() {
+                        [] => format!(
+                            "`{s}` declares no outputs: add one and read `steps.{s}.OUTPUT`"
+                        ),
+                        [one] => format!("write `steps.{s}.{one}`"),
+                        many => format!(
+                            "write `steps.{s}.OUTPUT`; `{s}` declares: {}",
+                            many.join(", ")
+                        ),
+                    };
+                    (
+                        "kiln::plan::bad-when",
+                        format!(
+                            "step `{name}`'s `when` reads `steps.{s}` without naming an output"
+                        ),
+                        help,
+                    )
+                }
+                Some((s, None)) => {
+                    let hint = did_you_mean(s, self.step_names());
+                    (
+                        "kiln::plan::unknown-step",
+                        format!(
+                            "step `{name}`'s `when` reads `steps.{s}`, but there is no step `{s}`{hint}"
+                        ),
+                        "write `steps.STEP.OUTPUT`".to_owned(),
+                    )
+                }
+            };
+            self.error(code, message, condition.span).help = Some(help);
         }
         for p in &refs.params {
             if !self.pipeline.params.contains_key(p.as_str()) {
@@ -736,10 +889,13 @@ impl<'a> Checker<'a> {
                 "kiln::plan::item-outside-fan-out",
                 format!("step `{name}`'s `when` uses `item` but the step has no `for_each`"),
                 condition.span,
+            )
+            .help = Some(
+                "`item` is the current item of a fan-out step: add `for_each` or remove it".into(),
             );
         }
         if ok && refs.steps.is_empty() && !refs.uses_item {
-            match when::evaluate_static(&program, params) {
+            match when::evaluate_static(condition, params) {
                 Ok(Some(false)) => {
                     self.warn(
                         "kiln::plan::unreachable",
@@ -751,7 +907,7 @@ impl<'a> Checker<'a> {
                 Err(e) => {
                     self.error(
                         "kiln::plan::bad-when",
-                        format!("step `{name}`: {e}"),
+                        format!("step `{name}`'s `when` {e}"),
                         condition.span,
                     );
                 }
@@ -780,6 +936,10 @@ impl<'a> Checker<'a> {
     }
 
     fn warn_unused(&mut self) {
+        // With errors, the graph is missing edges, and its shape says little.
+        if self.diagnostics.iter().any(Diagnostic::is_error) {
+            return;
+        }
         let several = self.pipeline.steps.len() > 1;
         for (i, (name, step)) in self.pipeline.steps.iter().enumerate() {
             if several && !self.graph.is_connected(i) {
@@ -844,7 +1004,13 @@ impl<'a> Checker<'a> {
         ) else {
             return false;
         };
-        cf.value == pf.value
+        match (&cf.value, &pf.value) {
+            // `{{params.lr}}` and `{{ params.lr }}` name the same list.
+            (ForEach::Template(a), ForEach::Template(b)) => {
+                a == b || template::whole_ref(a).is_some_and(|r| Some(r) == template::whole_ref(b))
+            }
+            (a, b) => a == b,
+        }
     }
 
     fn plan_step(
@@ -912,7 +1078,7 @@ impl<'a> Checker<'a> {
             }
         }
         if let Some(condition) = &step.when
-            && let Ok((_, refs)) = when::analyze(condition)
+            && let Ok(refs) = when::analyze(condition)
         {
             for (s, o) in &refs.steps {
                 source_of(self.index[s.as_str()], o, &mut depends_on);
@@ -1020,10 +1186,53 @@ fn component_source(wasm: &WasmRef) -> ComponentSource {
         },
         WasmRef::Digest(d) => ComponentSource::Digest { digest: d.clone() },
         WasmRef::Build(b) => ComponentSource::Build {
-            source: normalise(&b.source).unwrap_or_else(|| b.source.clone()),
-            command: b.command.clone(),
-            artifact: b.artifact.clone(),
+            source: normalise(&b.source).unwrap_or_else(|| b.source.value.clone()),
+            command: b.command.value.clone(),
+            artifact: b.artifact.value.clone(),
         },
+    }
+}
+
+/// "an int", "a list[float]".
+fn with_article(ty: ParamType) -> String {
+    let name = ty.to_string();
+    if name.starts_with('i') {
+        format!("an {name}")
+    } else {
+        format!("a {name}")
+    }
+}
+
+/// An example value of a type, for help texts.
+fn example_of(ty: ParamType) -> &'static str {
+    use kiln_spec::ScalarType;
+    match ty {
+        ParamType::Scalar(ScalarType::String) => "text",
+        ParamType::Scalar(ScalarType::Int) => "3",
+        ParamType::Scalar(ScalarType::Float) => "0.5",
+        ParamType::Scalar(ScalarType::Bool) => "true",
+        ParamType::List(ScalarType::String) => "a,b",
+        ParamType::List(ScalarType::Int) => "1,2,3",
+        ParamType::List(ScalarType::Float) => "0.1,0.01",
+        ParamType::List(ScalarType::Bool) => "true,false",
+    }
+}
+
+/// The span of byte `offset` of a string value, when the value is written as it is (a plain
+/// scalar, or a quoted one without escapes); otherwise the whole value.
+fn inner_span(value: &Located<String>, offset: usize) -> Span {
+    let span = value.span;
+    let len = value.len();
+    if value.contains('\n') || offset > len {
+        return span;
+    }
+    let width = value[offset..].chars().next().map_or(0, char::len_utf8);
+    if span.len == len {
+        Span::new(span.offset + offset, width)
+    } else if span.len == len + 2 {
+        Span::new(span.offset + 1 + offset, width)
+    } else {
+        span
     }
 }
 

@@ -144,8 +144,15 @@ impl SourceFile {
                 name: &self.name,
                 source: source.clone(),
             };
-            // Rendering into a String cannot fail.
-            let _ = handler.render_report(&mut out, &report);
+            let before = out.len();
+            if handler.render_report(&mut out, &report).is_err() {
+                // Never lose a diagnostic because its snippet could not be drawn.
+                out.truncate(before);
+                out.push_str(&format!(
+                    "{}: {}: {}\n",
+                    self.name, diagnostic.code, diagnostic.message
+                ));
+            }
         }
         out
     }
@@ -229,9 +236,14 @@ impl miette::Diagnostic for Report<'_> {
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let span = self.diagnostic.span?;
+        // A span past the end of the text (or inside a character) would make the report fail to
+        // render; clamp it so a diagnostic is always shown.
+        let text: &str = self.source.inner();
+        let offset = floor_char_boundary(text, span.offset.min(text.len()));
+        let end = floor_char_boundary(text, span.offset.saturating_add(span.len).min(text.len()));
         let label = LabeledSpan::new_with_span(
             self.diagnostic.label.clone(),
-            SourceSpan::new(span.offset.into(), span.len),
+            SourceSpan::new(offset.into(), end.saturating_sub(offset)),
         );
         Some(Box::new(std::iter::once(label)))
     }

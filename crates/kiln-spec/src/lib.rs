@@ -12,8 +12,10 @@ mod located;
 mod names;
 mod pipeline;
 mod quantity;
+mod suggest;
 pub mod template;
 mod value;
+mod yaml_error;
 
 pub use diag::{Diagnostic, LineCol, Severity, SourceFile};
 pub use located::{Located, Span};
@@ -27,7 +29,7 @@ pub use pipeline::{
 pub use quantity::{Cpu, HumanDuration, Memory};
 pub use value::{PARAM_TYPES, ParamType, ScalarType, Value};
 
-use serde_saphyr::{Budget, DuplicateKeyPolicy, MessageFormatter, UserMessageFormatter};
+use serde_saphyr::{Budget, DuplicateKeyPolicy};
 
 /// The largest pipeline file kiln reads.
 pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
@@ -48,7 +50,7 @@ pub fn parse(text: &str) -> Result<Pipeline, Diagnostic> {
         )
         .help("split the data out of the pipeline: large values belong in input files"));
     }
-    if text.trim().is_empty() {
+    if is_blank(text) {
         return Err(
             Diagnostic::error("kiln::spec::empty", "the pipeline file is empty").help(format!(
                 "a pipeline needs at least `apiVersion: {API_VERSION}`, `name` and `steps`"
@@ -56,64 +58,60 @@ pub fn parse(text: &str) -> Result<Pipeline, Diagnostic> {
         );
     }
     let mut budget = Budget::default();
-    budget.max_depth = 32;
-    budget.max_nodes = 2_000_000;
-    budget.max_events = 4_000_000;
-    budget.max_aliases = 1_000;
-    budget.max_anchors = 1_000;
+    budget.max_depth = yaml_error::MAX_DEPTH;
+    budget.max_nodes = yaml_error::MAX_NODES;
+    budget.max_events = 4 * yaml_error::MAX_NODES;
+    budget.max_aliases = yaml_error::MAX_ALIASES;
+    budget.max_anchors = yaml_error::MAX_ALIASES;
     budget.max_documents = 1;
     budget.max_total_scalar_bytes = MAX_SOURCE_BYTES;
+    // Anchors are for sharing a few small values; a bomb is refused in milliseconds.
+    budget.max_recorded_anchor_events = 20_000;
     budget.max_recorded_anchor_bytes = 1024 * 1024;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = 50_000;
     options.duplicate_keys = DuplicateKeyPolicy::Error;
-    serde_saphyr::from_str_with_options::<Pipeline>(text, options).map_err(|e| yaml_error(&e))
+    // YAML 1.2 booleans only: `country: no` stays a string (the "Norway problem").
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options::<Pipeline>(text, options)
+        .map_err(|e| yaml_error::diagnose(&e, text))
 }
 
-fn yaml_error(err: &serde_saphyr::Error) -> Diagnostic {
-    let raw = UserMessageFormatter.format_message(err).into_owned();
-    let (code, message, help) = classify(&raw);
-    let span = err
-        .location()
-        .and_then(|loc| Span::from_location(&loc))
-        .unwrap_or_default();
-    let mut d = Diagnostic::error(code, message).at(span);
-    if let Some(help) = help {
-        d = d.help(help);
-    }
-    d
+/// Whether the text holds nothing but blank lines, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
 }
 
-fn classify(raw: &str) -> (&'static str, String, Option<String>) {
-    let first = raw.lines().next().unwrap_or(raw).trim().to_owned();
-    if let Some(rest) = first.strip_prefix("duplicate mapping key: ") {
-        let key = rest
-            .split(", set DuplicateKeyPolicy")
-            .next()
-            .unwrap_or(rest);
-        return (
-            "kiln::spec::duplicate-key",
-            format!("duplicate key `{key}`"),
-            Some("each name may appear once in a mapping: rename or remove one".into()),
-        );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_files_are_empty() {
+        for text in ["", "\n\n", "# only a comment\n", "---\n# x\n..."] {
+            assert_eq!(
+                parse(text).unwrap_err().code,
+                "kiln::spec::empty",
+                "{text:?}"
+            );
+        }
     }
-    if first.starts_with("unknown field") {
-        return ("kiln::spec::unknown-field", first, None);
+
+    #[test]
+    fn oversized_files_are_refused_before_parsing() {
+        let text = format!("name: x\ndescription: {}\n", "a".repeat(MAX_SOURCE_BYTES));
+        assert_eq!(parse(&text).unwrap_err().code, "kiln::spec::too-large");
     }
-    if first.starts_with("missing field") {
-        return ("kiln::spec::missing-field", first, None);
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let text = "apiVersion: kiln/v1\nname: x\nsteps:\n  a:\n\twasm: a@1.0.0\n";
+        let d = parse(text).unwrap_err();
+        assert_eq!(d.code, "kiln::spec::syntax");
+        assert!(d.span.is_some(), "{d:?}");
     }
-    if first.contains("too large or too complex")
-        || first.contains("limit") && first.contains("exceed")
-    {
-        return (
-            "kiln::spec::budget",
-            first,
-            Some("kiln refuses deeply nested, alias-heavy or huge YAML to protect itself".into()),
-        );
-    }
-    if first.starts_with("invalid") || first.starts_with("unsupported") || first.starts_with('`') {
-        return ("kiln::spec::invalid-value", first, None);
-    }
-    ("kiln::spec::syntax", first, None)
 }

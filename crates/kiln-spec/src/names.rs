@@ -16,10 +16,12 @@ fn check_kebab(kind: &str, s: &str) -> Result<(), String> {
     let ok_rest = s
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if s.is_empty() || !ok_start || !ok_rest || s.len() > MAX_NAME_LEN {
+    check_length(kind, s)?;
+    if !ok_start || !ok_rest {
         return Err(format!(
-            "invalid {kind} name `{s}`: use lowercase letters, digits, `_` and `-`, \
-             starting with a letter, at most {MAX_NAME_LEN} characters"
+            "invalid {kind} name `{s}`{}: use lowercase letters, digits, `_` and `-`, \
+             starting with a letter",
+            suggestion(s, '-', |c| check_kebab(kind, c))
         ));
     }
     Ok(())
@@ -33,13 +35,48 @@ fn check_snake(kind: &str, s: &str) -> Result<(), String> {
     let ok_rest = s
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if s.is_empty() || !ok_start || !ok_rest || s.len() > MAX_NAME_LEN {
+    check_length(kind, s)?;
+    if !ok_start || !ok_rest {
         return Err(format!(
-            "invalid {kind} name `{s}`: use lowercase letters, digits and `_`, \
-             starting with a letter or `_`, at most {MAX_NAME_LEN} characters"
+            "invalid {kind} name `{s}`{}: use lowercase letters, digits and `_`, \
+             starting with a letter or `_`",
+            suggestion(s, '_', |c| check_snake(kind, c))
         ));
     }
     Ok(())
+}
+
+fn check_length(kind: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("a {kind} name cannot be empty"));
+    }
+    let n = s.chars().count();
+    if n > MAX_NAME_LEN {
+        return Err(format!(
+            "{kind} name `{s}` is {n} characters long; the most is {MAX_NAME_LEN} \
+             (names must fit in a Kubernetes label)"
+        ));
+    }
+    Ok(())
+}
+
+/// ` (did you mean `x`?)` where lowercasing and replacing odd characters gives a valid name.
+fn suggestion(s: &str, separator: char, valid: impl Fn(&str) -> Result<(), String>) -> String {
+    let mut fixed = String::new();
+    for c in s.trim().chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == separator {
+            fixed.push(c);
+        } else if !fixed.ends_with(separator) {
+            fixed.push(separator);
+        }
+    }
+    let fixed = fixed.trim_matches(separator);
+    if fixed != s && valid(fixed).is_ok() {
+        format!(" (did you mean `{fixed}`?)")
+    } else {
+        String::new()
+    }
 }
 
 macro_rules! name_type {
@@ -156,6 +193,31 @@ mod tests {
         assert!(StepName::new("params").is_err());
         assert!(StepName::new("a".repeat(64)).is_err());
         assert!(StepName::new("a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn messages_suggest_a_valid_name() {
+        assert!(
+            StepName::new("Prep")
+                .unwrap_err()
+                .contains("did you mean `prep`?")
+        );
+        assert!(
+            ParamName::new("learning-rate")
+                .unwrap_err()
+                .contains("did you mean `learning_rate`?")
+        );
+        assert!(
+            PipelineName::new("My Pipeline")
+                .unwrap_err()
+                .contains("did you mean `my-pipeline`?")
+        );
+        assert!(
+            StepName::new("a".repeat(64))
+                .unwrap_err()
+                .contains("64 characters")
+        );
+        assert!(!StepName::new("2x").unwrap_err().contains("did you mean"));
     }
 
     #[test]

@@ -216,11 +216,11 @@ pub enum WasmRef {
 #[serde(deny_unknown_fields)]
 pub struct BuildSpec {
     /// The source folder, relative to the pipeline file; the command runs there.
-    pub source: String,
+    pub source: Located<String>,
     /// The build command, run by the shell in the source folder.
-    pub command: String,
+    pub command: Located<String>,
     /// The `.wasm` file the command writes, relative to the source folder.
-    pub artifact: String,
+    pub artifact: Located<String>,
 }
 
 impl fmt::Display for WasmRef {
@@ -238,6 +238,13 @@ impl std::str::FromStr for WasmRef {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((first, rest)) = s.trim().split_once(char::is_whitespace) {
+            let next = rest.split([':', ' ']).next().unwrap_or(rest);
+            return Err(format!(
+                "component reference `{s}` has a space in it: if `{next}` is a field of the step, \
+                 indent its line exactly like `wasm`; otherwise write just `{first}`"
+            ));
+        }
         if let Some(hex) = s.strip_prefix("blake3:") {
             if hex.len() == 64
                 && hex
