@@ -9,12 +9,12 @@ use kiln_spec::{
 };
 
 use crate::graph::StepGraph;
-use crate::suggest::did_you_mean;
 use crate::when;
 use crate::{
     CacheKeyMaterial, Compiled, ComponentSource, ContainerKey, ContainerPlan, FanOutInstance,
     InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepKind,
 };
+use kiln_spec::suggest::did_you_mean;
 
 /// The most retries a step may ask for.
 const MAX_RETRIES: u32 = 100;
@@ -23,7 +23,14 @@ const MAX_RETRIES: u32 = 100;
 const MAX_FAN_OUT: usize = 100_000;
 
 /// Plans a parsed pipeline: every check runs, and all diagnostics come back sorted.
+///
+/// The work runs on one thread with a large stack: CEL's parser and deep step graphs
+/// recurse more than a default thread allows.
 pub fn compile(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
+    when::on_big_stack(|| compile_here(pipeline, options))
+}
+
+fn compile_here(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
     let mut cx = Checker {
         pipeline,
         options,
@@ -38,6 +45,8 @@ pub fn compile(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
         fan_out: vec![None; pipeline.steps.len()],
         consumed: BTreeSet::new(),
         consumers: vec![0; pipeline.steps.len()],
+        when_refs: vec![None; pipeline.steps.len()],
+        step_hints: HashMap::new(),
     };
     let params = cx.resolve_params();
     for (i, (name, step)) in pipeline.steps.iter().enumerate() {
@@ -77,6 +86,11 @@ struct Checker<'a> {
     fan_out: Vec<Option<Vec<Value>>>,
     /// `(step index, output)` pairs that some step reads.
     consumed: BTreeSet<(usize, String)>,
+    /// What each step's `when` refers to, analysed once.
+    when_refs: Vec<Option<when::WhenRefs>>,
+    /// "Did you mean" for unknown step names, computed once per wrong name: a pipeline with
+    /// thousands of references to one misspelt step must not compare each with every step.
+    step_hints: HashMap<String, String>,
     /// How many references point at each step.
     consumers: Vec<usize>,
 }
@@ -103,6 +117,15 @@ impl<'a> Checker<'a> {
         self.diagnostics
             .push(Diagnostic::warning(code, message).at(span));
         self.diagnostics.last_mut().expect("just pushed")
+    }
+
+    fn step_hint(&mut self, wrong: &str) -> String {
+        if let Some(hint) = self.step_hints.get(wrong) {
+            return hint.clone();
+        }
+        let hint = did_you_mean(wrong, self.pipeline.steps.keys().map(|k| k.as_str()));
+        self.step_hints.insert(wrong.to_owned(), hint.clone());
+        hint
     }
 
     fn param_names(&self) -> impl Iterator<Item = &'a str> + use<'a> {
@@ -283,7 +306,7 @@ impl<'a> Checker<'a> {
                     self.consumers[j] += 1;
                 }
                 None => {
-                    let hint = did_you_mean(after.as_str(), self.step_names());
+                    let hint = self.step_hint(after.as_str());
                     self.error(
                         "kiln::plan::unknown-step",
                         format!("step `{name}` runs after `{after}`, which is not a step{hint}"),
@@ -518,7 +541,8 @@ impl<'a> Checker<'a> {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         names.sort();
-        let Some(found) = crate::suggest::closest(wanted, names.iter().map(String::as_str)) else {
+        let Some(found) = kiln_spec::suggest::closest(wanted, names.iter().map(String::as_str))
+        else {
             return String::new();
         };
         let trimmed = written.trim_end_matches('/');
@@ -558,7 +582,7 @@ impl<'a> Checker<'a> {
         match &input.value {
             InputRef::StepOutput { step, output } => {
                 let Some(&j) = self.index.get(step.as_str()) else {
-                    let hint = did_you_mean(step, self.step_names());
+                    let hint = self.step_hint(step);
                     let d = self.error(
                         "kiln::plan::unknown-step",
                         format!("step `{name}` reads `{step}.{output}`, but there is no step `{step}`{hint}"),
@@ -747,7 +771,10 @@ impl<'a> Checker<'a> {
         params: &BTreeMap<String, Value>,
     ) {
         let refs = match when::analyze(condition) {
-            Ok(x) => x,
+            Ok(x) => {
+                self.when_refs[i] = Some(x.clone());
+                x
+            }
             Err(e) => {
                 let span = match e.offset {
                     Some(offset) => inner_span(condition, offset),
@@ -832,7 +859,7 @@ impl<'a> Checker<'a> {
                     )
                 }
                 Some((s, None)) => {
-                    let hint = did_you_mean(s, self.step_names());
+                    let hint = self.step_hint(s);
                     (
                         "kiln::plan::unknown-step",
                         format!(
@@ -860,7 +887,7 @@ impl<'a> Checker<'a> {
         for (s, o) in &refs.steps {
             let Some(&j) = self.index.get(s.as_str()) else {
                 ok = false;
-                let hint = did_you_mean(s, self.step_names());
+                let hint = self.step_hint(s);
                 self.error(
                     "kiln::plan::unknown-step",
                     format!("step `{name}`'s `when` reads `steps.{s}.{o}`, but there is no step `{s}`{hint}"),
@@ -977,7 +1004,7 @@ impl<'a> Checker<'a> {
                 None => vec![name.to_string()],
             })
             .collect();
-        let mut steps = Vec::new();
+        let mut steps = Vec::with_capacity(ids.iter().map(Vec::len).sum());
         for i in order {
             let (name, step) = self.pipeline.steps.get_index(i).expect("index from graph");
             let instances: Vec<Option<(usize, Value)>> = match &self.fan_out[i] {
@@ -1077,9 +1104,7 @@ impl<'a> Checker<'a> {
                 depends_on.extend(ids[j].iter().cloned());
             }
         }
-        if let Some(condition) = &step.when
-            && let Ok(refs) = when::analyze(condition)
-        {
+        if let Some(refs) = &self.when_refs[i] {
             for (s, o) in &refs.steps {
                 source_of(self.index[s.as_str()], o, &mut depends_on);
             }

@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
-use petgraph::algo::tarjan_scc;
+use petgraph::algo::kosaraju_scc;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 /// Edges `from -> to` mean `to` needs `from`; nodes are numbered in declaration order.
@@ -40,7 +40,8 @@ impl StepGraph {
             }
         }
         let mut cycles = Vec::new();
-        for scc in tarjan_scc(&g) {
+        // Kosaraju's algorithm walks iteratively: a 100,000-step chain does not recurse.
+        for scc in kosaraju_scc(&g) {
             let members: BTreeSet<usize> = scc.iter().map(|n| n.index()).collect();
             let start = *members.iter().next().expect("an scc is never empty");
             if members.len() == 1 && !self.successors[start].contains(&start) {

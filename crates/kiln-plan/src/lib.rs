@@ -10,7 +10,6 @@
 
 mod compile;
 mod graph;
-mod suggest;
 mod when;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use cel::{Context, Program};
 use kiln_spec::Value;
 
 /// The names a condition uses.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WhenRefs {
     /// `params.NAME`.
     pub params: Vec<String>,
@@ -94,8 +94,45 @@ pub fn evaluate_static(
     })?
 }
 
+thread_local! {
+    /// Whether this thread was started by [`on_big_stack`].
+    static ON_BIG_STACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on one thread with a stack big enough for CEL and for deep graphs, so that
+/// a whole compile pays for one thread, not one per condition.
+pub(crate) fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if ON_BIG_STACK.with(|flag| flag.get()) {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("kiln-plan".into())
+            .stack_size(BIG_STACK_BYTES)
+            .spawn_scoped(scope, || {
+                ON_BIG_STACK.with(|flag| flag.set(true));
+                f()
+            });
+        match handle {
+            Ok(handle) => match handle.join() {
+                Ok(value) => value,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            Err(e) => panic!("cannot start the planner thread: {e}"),
+        }
+    })
+}
+
+/// The stack of [`on_big_stack`]: reserved, not committed, so it costs only what is used.
+const BIG_STACK_BYTES: usize = 256 << 20;
+
 /// Runs `f` on a thread with a stack big enough for CEL; a panic in CEL becomes an error.
+/// On the planner's own big-stack thread it runs in place.
 fn on_cel_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    if ON_BIG_STACK.with(|flag| flag.get()) {
+        return std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .map_err(|_| "the CEL library failed on this condition".to_owned());
+    }
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("kiln-when".into())

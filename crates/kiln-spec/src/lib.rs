@@ -12,7 +12,7 @@ mod located;
 mod names;
 mod pipeline;
 mod quantity;
-mod suggest;
+pub mod suggest;
 pub mod template;
 mod value;
 mod yaml_error;

@@ -14,7 +14,7 @@ use crate::suggest::did_you_mean;
 
 /// The limits the parser runs under (see [`crate::parse`]).
 pub(crate) const MAX_DEPTH: usize = 32;
-pub(crate) const MAX_NODES: usize = 250_000;
+pub(crate) const MAX_NODES: usize = 2_000_000;
 pub(crate) const MAX_ALIASES: usize = 1_000;
 
 /// A diagnostic for a YAML error in `text`.
