@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p kiln-engine --bench engine`. Environment:
 //! - `KILN_BENCH_STEPS` (default `1000,10000`): step counts, comma-separated;
-//! - `KILN_BENCH_RUNS` (default 5): timed runs per measurement (the median is reported; one
-//!   untimed warm-up run comes first);
+//! - `KILN_BENCH_RUNS` (default 5): timed runs per measurement (the median is reported; an
+//!   untimed warm-up run of at most 100 steps of the same shape comes first);
 //! - `KILN_BENCH_SHAPES` (default `wide,fan,deep`): which pipelines;
 //! - `KILN_BENCH_DIR`: where the state folders go (default the system temp folder).
 //!
@@ -16,6 +16,10 @@
 //! Each run gets a fresh state folder (`fresh`: nothing cached), then the same plan runs again
 //! on that state (`cached`: every step is a cache hit). `jobs` = the number of cores, on a
 //! multi-threaded tokio runtime with as many workers, as `kiln run` does.
+//!
+//! Columns: wall ms of the whole run and per step (median), and the process's CPU time per
+//! step (all threads, user + system, median; 10 ms ticks). Wall time includes waiting for the
+//! disk (fsync) and for cores that other processes hold; CPU time does not.
 
 #![allow(missing_docs)]
 
@@ -97,14 +101,33 @@ fn run_input(shape: &str, n: usize, base_dir: &Path) -> RunInput {
     }
 }
 
-/// One `Engine::run`, timed from the call to its return; checks every step ended as expected.
+/// CPU time used so far by this process, all threads (live and exited) together, user and
+/// system, from /proc/self/stat (in clock ticks of 10 ms; zero where there is no /proc).
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces) start at `state`, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// One `Engine::run`, timed from the call to its return (wall time and the process's CPU
+/// time); checks every step ended as expected.
 fn timed_run(
     runtime: &tokio::runtime::Runtime,
     state: &Path,
     jobs: usize,
     input: RunInput,
     expect: &StepStatus,
-) -> Duration {
+) -> (Duration, Duration) {
     let engine = Engine::new(
         StateDir::new(state),
         Executors {
@@ -116,11 +139,11 @@ fn timed_run(
             ..EngineConfig::default()
         },
     );
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu());
     let summary = runtime
         .block_on(engine.run(input, CancellationToken::new(), None))
         .expect("the run starts");
-    let time = start.elapsed();
+    let time = (start.elapsed(), process_cpu().saturating_sub(cpu));
     assert_eq!(summary.status, RunStatus::Succeeded);
     for step in &summary.steps {
         assert_eq!(&step.status, expect, "step {}", step.id);
@@ -166,19 +189,28 @@ fn main() {
         "Engine::run with a no-op executor; jobs = {jobs}; {runs} runs each (median); state under {}",
         dir.path().display()
     );
+    println!("load average at start: {}", load_average());
     println!(
-        "{:<6} {:>6}  {:>10} {:>9}  {:>10} {:>9}",
-        "shape", "steps", "fresh ms", "µs/step", "cached ms", "µs/step"
+        "{:<6} {:>6}  {:>9} {:>8} {:>8}  {:>9} {:>8} {:>8}",
+        "", "", "fresh", "", "", "cached", "", ""
+    );
+    println!(
+        "{:<6} {:>6}  {:>9} {:>8} {:>8}  {:>9} {:>8} {:>8}",
+        "shape", "steps", "ms", "µs/step", "CPU µs", "ms", "µs/step", "CPU µs"
     );
     let mut k = 0;
     for &n in &counts {
         for shape in &shapes {
+            // An untimed warm-up on a smaller pipeline of the same shape (page cache,
+            // allocator, the runtime's blocking threads).
+            let warm_up = run_input(shape, n.min(100), dir.path());
             let input = run_input(shape, n, dir.path());
-            let mut fresh = Vec::new();
-            let mut cached = Vec::new();
+            let (mut fresh, mut fresh_cpu) = (Vec::new(), Vec::new());
+            let (mut cached, mut cached_cpu) = (Vec::new(), Vec::new());
             for round in 0..=runs {
                 k += 1;
                 let state = dir.path().join(format!("state-{k}"));
+                let input = if round == 0 { &warm_up } else { &input };
                 let f = timed_run(
                     &runtime,
                     &state,
@@ -189,20 +221,34 @@ fn main() {
                 let c = timed_run(&runtime, &state, jobs, input.clone(), &StepStatus::Cached);
                 std::fs::remove_dir_all(&state).unwrap();
                 if round > 0 {
-                    // Round 0 warms up (page cache, allocator, runtime threads).
-                    fresh.push(f);
-                    cached.push(c);
+                    fresh.push(f.0);
+                    fresh_cpu.push(f.1);
+                    cached.push(c.0);
+                    cached_cpu.push(c.1);
                 }
             }
-            let (f, c) = (median(&mut fresh), median(&mut cached));
             let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+            let (f, c) = (median(&mut fresh), median(&mut cached));
+            let (fc, cc) = (median(&mut fresh_cpu), median(&mut cached_cpu));
             println!(
-                "{shape:<6} {n:>6}  {:>10.1} {:>9.1}  {:>10.1} {:>9.1}",
+                "{shape:<6} {n:>6}  {:>9.1} {:>8.1} {:>8.1}  {:>9.1} {:>8.1} {:>8.1}",
                 f.as_secs_f64() * 1e3,
                 per(f),
+                per(fc),
                 c.as_secs_f64() * 1e3,
-                per(c)
+                per(c),
+                per(cc)
             );
         }
     }
+    println!("load average at end: {}", load_average());
+}
+
+/// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
+/// work on the cores shows in the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }

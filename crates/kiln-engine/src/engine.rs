@@ -15,11 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::EngineError;
 use crate::cache::{CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
 use crate::record::{AttemptStatus, RecordEvent, RecordWriter, RunStatus, StepRecord};
 use crate::state::{StateDir, new_run_id, now_ms};
-use crate::{EngineError, condition};
 
 /// The largest upstream output a `when` condition reads as JSON.
 const MAX_CONDITION_INPUT: u64 = 1024 * 1024;
@@ -1218,7 +1218,7 @@ async fn evaluate_condition(
             .insert(output, serde_json::Value::Array(values));
     }
     let item = step.instance.as_ref().map(|i| &i.item);
-    condition::evaluate(when, &shared.plan.params, &steps, item)
+    kiln_plan::when::evaluate(when, &shared.plan.params, &steps, item)
         .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 

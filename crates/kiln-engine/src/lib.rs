@@ -10,7 +10,6 @@
 //! step leaves nothing half-written behind.
 
 mod cache;
-mod condition;
 mod engine;
 mod executor;
 mod record;

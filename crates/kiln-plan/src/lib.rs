@@ -10,7 +10,7 @@
 
 mod compile;
 mod graph;
-mod when;
+pub mod when;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

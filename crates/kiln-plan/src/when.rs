@@ -126,6 +126,38 @@ pub(crate) fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// The stack of [`on_big_stack`]: reserved, not committed, so it costs only what is used.
 const BIG_STACK_BYTES: usize = 256 << 20;
 
+/// Evaluates a condition when its step is ready, with the params, the small JSON outputs of
+/// upstream steps (`steps.STEP.OUTPUT`; a list for a fan-out step) and the fan-out item.
+pub fn evaluate(
+    source: &str,
+    params: &BTreeMap<String, Value>,
+    steps: &BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    item: Option<&Value>,
+) -> Result<bool, String> {
+    precheck(source).map_err(|e| e.message)?;
+    on_cel_stack(|| {
+        let program = Program::compile(source).map_err(|e| syntax_error(source, &e).message)?;
+        let mut context = Context::default();
+        let to_cel = |name: &str, value: Result<cel::Value, _>| {
+            value.map_err(|e| format!("cannot pass `{name}` to CEL: {e}"))
+        };
+        context.add_variable_from_value("params", to_cel("params", cel::to_value(params))?);
+        context.add_variable_from_value("steps", to_cel("steps", cel::to_value(steps))?);
+        if let Some(item) = item {
+            context.add_variable_from_value("item", to_cel("item", cel::to_value(item))?);
+        }
+        match program.execute(&context) {
+            Ok(cel::Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "`when` must be true or false, but it gives {} `{}`",
+                type_name(&other),
+                show(&other)
+            )),
+            Err(e) => Err(format!("`when` failed: {e}")),
+        }
+    })?
+}
+
 /// Runs `f` on a thread with a stack big enough for CEL; a panic in CEL becomes an error.
 /// On the planner's own big-stack thread it runs in place.
 fn on_cel_stack<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
@@ -432,5 +464,31 @@ mod tests {
             Ok(Some(false))
         );
         assert!(evaluate_static("params.epochs + 1", &params).is_err());
+    }
+
+    #[test]
+    fn run_time_evaluation_reads_steps_and_item() {
+        let params = BTreeMap::from([("epochs".to_owned(), Value::Int(3))]);
+        let steps = BTreeMap::from([(
+            "validate".to_owned(),
+            BTreeMap::from([(
+                "report".to_owned(),
+                serde_json::json!({"ok": true, "rows": 10}),
+            )]),
+        )]);
+        assert_eq!(
+            evaluate(
+                "params.epochs > 2 && steps.validate.report.ok",
+                &params,
+                &steps,
+                None
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            evaluate("item > 0.5", &params, &steps, Some(&Value::Float(0.1))),
+            Ok(false)
+        );
+        assert!(evaluate("params.epochs", &params, &steps, None).is_err());
     }
 }
