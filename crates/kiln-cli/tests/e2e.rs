@@ -55,7 +55,10 @@ fn play(case: &Path) -> Result<(), String> {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let want_exit = obj.get("exit").and_then(Value::as_i64).unwrap_or(0);
             if out.status.code() != Some(want_exit as i32) {
-                return Err(format!("{at}: exit {:?}, expected {want_exit}\n{stderr}", out.status.code()));
+                return Err(format!(
+                    "{at}: exit {:?}, expected {want_exit}\n{stderr}",
+                    out.status.code()
+                ));
             }
             let json: Value = serde_json::from_slice(&out.stdout)
                 .map_err(|e| format!("{at}: stdout is not JSON ({e})\n{stderr}"))?;
@@ -63,7 +66,9 @@ fn play(case: &Path) -> Result<(), String> {
                 for (step, status) in want {
                     let got = step_of(&json, step).map(|s| s["status"].clone());
                     if got.as_ref() != Some(status) {
-                        return Err(format!("{at}: step `{step}` is {got:?}, expected {status}\n{stderr}"));
+                        return Err(format!(
+                            "{at}: step `{step}` is {got:?}, expected {status}\n{stderr}"
+                        ));
                     }
                 }
             }
@@ -71,14 +76,22 @@ fn play(case: &Path) -> Result<(), String> {
         } else if let Some(want) = obj.get("messages").and_then(Value::as_object) {
             let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
             for (step, text) in want {
-                let message = step_of(json, step).and_then(|s| s["message"].as_str().map(str::to_owned)).unwrap_or_default();
+                let message = step_of(json, step)
+                    .and_then(|s| s["message"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 if !message.contains(text.as_str().unwrap()) {
-                    return Err(format!("{at}: step `{step}` message {message:?} lacks {text}"));
+                    return Err(format!(
+                        "{at}: step `{step}` message {message:?} lacks {text}"
+                    ));
                 }
             }
         } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {
             let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
-            let (step, output, want) = (spec[0].as_str().unwrap(), spec[1].as_str().unwrap(), spec[2].as_str().unwrap());
+            let (step, output, want) = (
+                spec[0].as_str().unwrap(),
+                spec[1].as_str().unwrap(),
+                spec[2].as_str().unwrap(),
+            );
             let run_id = json["run_id"].as_str().unwrap();
             let dest = work.path().join(format!("got-{n}"));
             let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -89,14 +102,21 @@ fn play(case: &Path) -> Result<(), String> {
                 .output()
                 .map_err(|e| format!("{at}: {e}"))?;
             if !out.status.success() {
-                return Err(format!("{at}: artifact get failed: {}", String::from_utf8_lossy(&out.stderr)));
+                return Err(format!(
+                    "{at}: artifact get failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
             let got = std::fs::read_to_string(&dest).unwrap();
             if got != want {
                 return Err(format!("{at}: output is {got:?}, expected {want:?}"));
             }
         } else if let Some(spec) = obj.get("write").and_then(Value::as_array) {
-            std::fs::write(work.path().join(spec[0].as_str().unwrap()), spec[1].as_str().unwrap()).unwrap();
+            std::fs::write(
+                work.path().join(spec[0].as_str().unwrap()),
+                spec[1].as_str().unwrap(),
+            )
+            .unwrap();
         } else if let Some(spec) = obj.get("rename").and_then(Value::as_array) {
             std::fs::rename(
                 work.path().join(spec[0].as_str().unwrap()),
@@ -140,4 +160,68 @@ fn end_to_end_cases() {
         })
         .collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+/// Ctrl-C: the running step (and its children) are stopped, the run is recorded as
+/// cancelled, nothing of the step is published, and kiln exits 130.
+#[test]
+fn ctrl_c_cancels_the_run_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("child-alive");
+    std::fs::write(
+        work.path().join("pipeline.yaml"),
+        format!(
+            "apiVersion: kiln/v1\nname: cancel\nsteps:\n  slow:\n    container:\n      image: busybox\n      command: [sh, -c, \"echo partial > {{{{outputs.x}}}}; (sleep 3; touch {}) & sleep 60\"]\n    outputs: [x]\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["run", "pipeline.yaml", "--output", "json"])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step is running, then interrupt kiln as a terminal's Ctrl-C would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let started = work.path().join(".kiln/runs");
+    while std::time::Instant::now() < deadline {
+        let running = std::fs::read_dir(&started)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|run| run.path().join("logs/slow.log").exists());
+        if running {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "cancelled");
+    assert_eq!(step_of(&json, "slow").unwrap()["status"], "cancelled");
+    // Nothing was published, and the step's background child died with it.
+    let blobs = work.path().join(".kiln/cas/blobs");
+    assert!(
+        !blobs.exists() || std::fs::read_dir(&blobs).unwrap().next().is_none(),
+        "a blob was published"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !marker.exists(),
+        "the step's child process outlived the cancel"
+    );
 }
