@@ -60,7 +60,11 @@ fn time_kiln(dir: &Path, args: &[&str]) -> Duration {
         .status()
         .expect("kiln starts");
     let time = start.elapsed();
-    assert!(status.success(), "kiln {args:?} in {}: {status}", dir.display());
+    assert!(
+        status.success(),
+        "kiln {args:?} in {}: {status}",
+        dir.display()
+    );
     time
 }
 
@@ -88,10 +92,7 @@ fn stats(times: &mut [Duration]) -> (f64, f64) {
     times.sort();
     let n = times.len();
     let p90 = times[(n * 9).div_ceil(10).max(1) - 1];
-    (
-        times[n / 2].as_secs_f64() * 1e3,
-        p90.as_secs_f64() * 1e3,
-    )
+    (times[n / 2].as_secs_f64() * 1e3, p90.as_secs_f64() * 1e3)
 }
 
 fn main() {
@@ -120,6 +121,7 @@ fn main() {
     println!(
         "{KILN}\nfully cached re-runs, spawn to exit; {runs} runs each after a warm-up; {cores} cores"
     );
+    println!("load average at start: {}", load_average());
     println!(
         "{:<6} {:>5}  {:>17}  {:>17}  {:>17}  {:>11}",
         "shape", "steps", "--version med/p90", "validate med/p90", "run med/p90", "run-validate"
@@ -172,4 +174,14 @@ fn main() {
             if missed { "MISSED" } else { "met" }
         );
     }
+    println!("load average at end: {}", load_average());
+}
+
+/// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
+/// work on the cores shows in the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
 }

@@ -65,12 +65,17 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The executor for wasm steps.
+/// The executor for wasm steps: one wasmtime engine, precompiled components kept in the
+/// state folder, an instance pool sized to the run's parallelism.
 pub fn wasm_executor(
-    _state: &kiln_engine::StateDir,
-    _jobs: usize,
+    state: &kiln_engine::StateDir,
+    jobs: usize,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
-    Ok(None)
+    let runtime = kiln_wasm::WasmRuntime::new(state.root().join("wasm-cache"), jobs.max(1))
+        .map_err(|e| anyhow::anyhow!("cannot start the wasm runtime: {e}"))?;
+    Ok(Some(std::sync::Arc::new(kiln_wasm::WasmExecutor::new(
+        runtime,
+    ))))
 }
 
 fn main() -> ExitCode {

@@ -76,6 +76,8 @@ impl Executor for ProcessExecutor {
     async fn preflight(&self, steps: &[&PlannedStep]) -> Result<(), Vec<String>> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut problems = Vec::new();
+        // One PATH lookup per program, not per step: a fan-out of thousands runs one program.
+        let mut found: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
         for step in steps {
             let StepKind::Container(plan) = &step.kind else {
                 continue;
@@ -88,7 +90,11 @@ impl Executor for ProcessExecutor {
                 continue;
             };
             let bare = !program.contains('/') && !program.contains("{{");
-            if bare && find_on_path(program, &path).is_none() {
+            if bare
+                && !*found
+                    .entry(program.as_str())
+                    .or_insert_with(|| find_on_path(program, &path).is_some())
+            {
                 problems.push(format!(
                     "step `{}`: command `{program}` is not on PATH; the process backend runs commands on the host (image `{}` is not used)",
                     step.id, plan.image

@@ -21,6 +21,9 @@ use crate::executor::{ExecOutcome, Executor, StepTask};
 use crate::record::{AttemptStatus, RecordEvent, RecordWriter, RunStatus, StepRecord};
 use crate::state::{StateDir, new_run_id, now_ms};
 
+/// Failure kinds that repeat exactly on a retry (a sandbox's deterministic limits).
+const DETERMINISTIC_FAILURES: &[&str] = &["out-of-fuel", "memory", "output-limit", "sandbox"];
+
 /// The largest upstream output a `when` condition reads as JSON.
 const MAX_CONDITION_INPUT: u64 = 1024 * 1024;
 
@@ -830,6 +833,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             shared,
             step,
             attempt,
+            &key,
             &inputs,
             component.as_ref().map(|(p, _)| p.clone()),
             executor.as_ref(),
@@ -937,6 +941,7 @@ async fn run_attempt(
     shared: &Shared,
     step: &PlannedStep,
     attempt: u32,
+    key: &Digest,
     inputs: &BTreeMap<String, Digest>,
     component: Option<PathBuf>,
     executor: &dyn Executor,
@@ -973,6 +978,7 @@ async fn run_attempt(
         run_id: shared.run_id.clone(),
         step: step.clone(),
         attempt,
+        cache_key: key.to_string(),
         workdir: workdir.clone(),
         inputs: input_paths,
         outputs: outputs.clone(),
@@ -1001,6 +1007,8 @@ async fn run_attempt(
         }) => {
             let mut failure = AttemptFailure::new(&kind, message);
             failure.exit_code = exit_code;
+            // A deterministic limit gives the same result every time: retrying cannot help.
+            failure.retryable = !DETERMINISTIC_FAILURES.contains(&kind.as_str());
             return Err(failure);
         }
         Err(e) => {
@@ -1022,6 +1030,17 @@ async fn run_attempt(
                 return Err(failure);
             }
         };
+        if !meta.is_dir() && !meta.is_file() {
+            // Following a link would publish whatever it points at, outside the step's folder.
+            let mut failure = AttemptFailure::new(
+                "sandbox",
+                format!(
+                    "output `{name}` is a symbolic link or a special file; outputs must be plain files or folders"
+                ),
+            );
+            failure.retryable = false;
+            return Err(failure);
+        }
         let store = shared.store.clone();
         let is_dir = meta.is_dir();
         let digest = blocking(move || {

@@ -19,6 +19,9 @@ pub struct StepTask {
     pub step: PlannedStep,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// The step's cache key (`blake3:<hex>`): what a deterministic executor seeds its random
+    /// sources from, so that the same inputs give the same bytes.
+    pub cache_key: String,
     /// A scratch folder for this attempt; the executor may use it as the working directory.
     pub workdir: PathBuf,
     /// Input name → materialised file or folder (read-only).

@@ -99,6 +99,7 @@ pub fn task(root: &Path, step: PlannedStep, inputs: &[(&str, &str)], outputs: &[
         log: root.join("logs").join(format!("{}.log", step.id)),
         step,
         attempt: 1,
+        cache_key: "blake3:test".to_owned(),
         workdir,
         inputs,
         outputs,
@@ -113,6 +114,7 @@ pub fn paper_task(step: PlannedStep) -> StepTask {
         log: PathBuf::from("/s/logs/x.log"),
         step,
         attempt: 2,
+        cache_key: "blake3:test".to_owned(),
         workdir: PathBuf::from("/s/work"),
         inputs: BTreeMap::from([
             ("cfg".to_owned(), PathBuf::from("/s/work/in/cfg")),

@@ -6,15 +6,16 @@
 //!
 //! # The expected layout of `candidates`
 //!
-//! One sub-folder per training instance, named by the instance's index in the fan-out
-//! (`0`, `1`, ..., `10`, ...: plain decimal, no leading zeros), each holding the
-//! `metrics.json` that `evaluate` wrote for that instance:
+//! One entry per training instance, named by the instance's index in the fan-out (`0`, `1`,
+//! ..., `10`, ...: plain decimal, no leading zeros): the `metrics` file that `evaluate` wrote
+//! for that instance — which is how kiln collects a fan-out step's output — or a folder
+//! holding it as `metrics.json`:
 //!
 //! ```text
 //! candidates/
-//!   0/metrics.json     {"accuracy":0.927778,"n":360,...}
-//!   1/metrics.json
-//!   2/metrics.json
+//!   0                  {"accuracy":0.927778,"n":360,...}
+//!   1
+//!   2/metrics.json     (a folder works too)
 //! ```
 //!
 //! Names starting with `.` are ignored; any other entry, a missing `metrics.json` or one
@@ -37,7 +38,7 @@ const SPEC: StepSpec = StepSpec {
     about: "pick the training instance with the highest test accuracy",
     inputs: &[(
         "candidates",
-        "a folder with one sub-folder per instance (0, 1, ...) holding metrics.json",
+        "a folder with one entry per instance (0, 1, ...): its metrics file, or a folder holding metrics.json",
     )],
     outputs: &[("best", "best.json: the winning instance and its accuracy")],
     params: &[],
@@ -80,11 +81,15 @@ fn read_candidates(dir: &Path) -> Result<Vec<Candidate>, StepError> {
         }
         let index = parse_index(&name).ok_or_else(|| {
             StepError::failed(format!(
-                "{}: unexpected entry `{name}` (expected sub-folders named 0, 1, 2, ...)",
+                "{}: unexpected entry `{name}` (expected entries named 0, 1, 2, ...)",
                 dir.display()
             ))
         })?;
-        let path = entry.path().join(METRICS);
+        let path = if entry.path().is_dir() {
+            entry.path().join(METRICS)
+        } else {
+            entry.path()
+        };
         let text = table::read_text(&path)?;
         let (accuracy, train) = parse_metrics(&text)
             .map_err(|e| StepError::failed(format!("{}: {e}", path.display())))?;

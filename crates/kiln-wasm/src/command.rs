@@ -1,0 +1,149 @@
+//! The calling convention of plain `wasi:cli/command` steps: which folders the guest sees and
+//! the arguments it gets (see the crate documentation).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_engine::StepTask;
+use kiln_spec::Value;
+
+use crate::WasmError;
+
+/// Where the guest finds its inputs (read-only).
+pub const GUEST_IN: &str = "/in";
+/// Where the guest writes its outputs.
+pub const GUEST_OUT: &str = "/out";
+
+/// The folders and arguments of one command run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLayout {
+    /// Host folder preopened read-only at [`GUEST_IN`].
+    pub in_dir: PathBuf,
+    /// Host folder preopened read-write at [`GUEST_OUT`].
+    pub out_dir: PathBuf,
+    /// The guest's argv, program name first.
+    pub args: Vec<String>,
+}
+
+impl CommandLayout {
+    /// The layout of a step attempt: `task.workdir/in` and `task.workdir/out`, where the
+    /// engine materialises inputs and expects outputs, and the argv of the convention.
+    pub fn for_task(task: &StepTask) -> Result<Self, WasmError> {
+        let in_dir = task.workdir.join("in");
+        let out_dir = task.workdir.join("out");
+        let mut args = vec![task.step.step.clone()];
+        for (name, path) in &task.inputs {
+            let guest = guest_path(&in_dir, GUEST_IN, path).ok_or_else(|| WasmError::Layout {
+                step: task.step.id.clone(),
+                what: format!("input `{name}`"),
+                path: path.clone(),
+                dir: in_dir.clone(),
+            })?;
+            args.push("--in".to_owned());
+            args.push(format!("{name}={guest}"));
+        }
+        for (name, path) in &task.outputs {
+            let guest = guest_path(&out_dir, GUEST_OUT, path).ok_or_else(|| WasmError::Layout {
+                step: task.step.id.clone(),
+                what: format!("output `{name}`"),
+                path: path.clone(),
+                dir: out_dir.clone(),
+            })?;
+            args.push("--out".to_owned());
+            args.push(format!("{name}={guest}"));
+        }
+        args.extend(param_args(&task.step.params));
+        Ok(Self {
+            in_dir,
+            out_dir,
+            args,
+        })
+    }
+}
+
+/// `--param NAME=VALUE` pairs in name order: strings as they are, numbers and bools in their
+/// plain form (`3`, `0.5`, `1.0`, `true`), lists comma-joined (`0.01,0.1,1.0`).
+pub fn param_args(params: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut args = Vec::with_capacity(params.len() * 2);
+    for (name, value) in params {
+        args.push("--param".to_owned());
+        args.push(format!("{name}={}", param_text(value)));
+    }
+    args
+}
+
+fn param_text(value: &Value) -> String {
+    match value {
+        Value::List(items) => items.iter().map(param_text).collect::<Vec<_>>().join(","),
+        other => other.to_template_string(),
+    }
+}
+
+/// The guest path of `path` when it lies under `host_dir` (`/in/name`), `None` otherwise.
+fn guest_path(host_dir: &Path, guest_dir: &str, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(host_dir).ok()?;
+    let mut guest = guest_dir.to_owned();
+    let mut any = false;
+    for part in rel.components() {
+        let std::path::Component::Normal(part) = part else {
+            return None;
+        };
+        guest.push('/');
+        guest.push_str(part.to_str()?);
+        any = true;
+    }
+    any.then_some(guest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_paths_under_the_folder() {
+        let dir = Path::new("/w/in");
+        assert_eq!(
+            guest_path(dir, "/in", Path::new("/w/in/table")),
+            Some("/in/table".into())
+        );
+        assert_eq!(
+            guest_path(dir, "/in", Path::new("/w/in/a/b.csv")),
+            Some("/in/a/b.csv".into())
+        );
+        assert_eq!(guest_path(dir, "/in", Path::new("/w/in")), None);
+        assert_eq!(guest_path(dir, "/in", Path::new("/w/out/x")), None);
+        assert_eq!(guest_path(dir, "/in", Path::new("/w/in/../x")), None);
+    }
+
+    #[test]
+    fn params_in_plain_text_sorted() {
+        let params = BTreeMap::from([
+            ("seed".to_owned(), Value::Int(0)),
+            ("fraction".to_owned(), Value::Float(0.2)),
+            ("whole".to_owned(), Value::Float(1.0)),
+            ("name".to_owned(), Value::String("a b".into())),
+            ("on".to_owned(), Value::Bool(true)),
+            (
+                "lrs".to_owned(),
+                Value::List(vec![Value::Float(0.01), Value::Float(0.1), Value::Int(1)]),
+            ),
+        ]);
+        assert_eq!(
+            param_args(&params),
+            [
+                "--param",
+                "fraction=0.2",
+                "--param",
+                "lrs=0.01,0.1,1",
+                "--param",
+                "name=a b",
+                "--param",
+                "on=true",
+                "--param",
+                "seed=0",
+                "--param",
+                "whole=1.0",
+            ]
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Does nothing: the per-run overhead of the executor.
+fn main() {}
