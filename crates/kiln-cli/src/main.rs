@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// kiln runs machine-learning pipelines described in YAML: small steps as sandboxed
 /// WebAssembly, training as containers, one DAG for both.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+#[command(name = "kiln", version, propagate_version = true)]
 #[command(
-    after_help = "Start with `kiln validate examples/digits/pipeline.yaml`.\n\
+    after_help = "Try `kiln run examples/digits/pipeline.yaml` from the repository root.\n\
     The format is described in docs/pipeline-format.md."
 )]
 struct Cli {

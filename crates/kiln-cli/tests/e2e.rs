@@ -225,3 +225,67 @@ fn ctrl_c_cancels_the_run_cleanly() {
         "the step's child process outlived the cancel"
     );
 }
+
+/// The digits example end to end: wasm steps built from source and run in-process, the
+/// training fan-out as local Python processes, the best model picked; then all cached.
+/// Needs what `scripts/setup.sh` installs (the wasm32-wasip2 target, numpy).
+#[test]
+fn the_digits_example_runs_end_to_end() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "run",
+                "examples/digits/pipeline.yaml",
+                "--output",
+                "json",
+                "--state",
+            ])
+            .arg(state.path())
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 10);
+    assert!(steps.iter().all(|s| s["status"] == "succeeded"), "{json}");
+
+    let best = state.path().join("best.json");
+    let got = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "artifact",
+            "get",
+            json["run_id"].as_str().unwrap(),
+            "pick",
+            "best",
+            "-o",
+        ])
+        .arg(&best)
+        .arg("--state")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let best: Value = serde_json::from_str(&std::fs::read_to_string(&best).unwrap()).unwrap();
+    let accuracy = best["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9, "best accuracy {accuracy}: {best}");
+
+    let again: Value = serde_json::from_slice(&run().stdout).unwrap();
+    assert!(
+        again["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "cached"),
+        "{again}"
+    );
+}

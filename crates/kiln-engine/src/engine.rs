@@ -486,6 +486,10 @@ async fn build_component(source: &Path, command: &str, log: &Path) -> Result<(),
         .arg("-c")
         .arg(command)
         .current_dir(source)
+        // The recipe names its artifact relative to the source folder; a cargo target folder
+        // set in kiln's own environment (as CI does) would build it somewhere else.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
         .stdout(log_file)
         .stderr(err_file)
         .kill_on_drop(true)
