@@ -153,12 +153,12 @@ impl Executor for EngineExecutor {
         let workdir = absolute(&task.workdir)?;
         tokio::fs::create_dir_all(&workdir)
             .await
-            .map_err(|source| io(&workdir, source))?;
+            .map_err(|source| ContainerError::io(&workdir, source))?;
         for output in task.outputs.values() {
             if let Some(parent) = absolute(output)?.parent() {
                 tokio::fs::create_dir_all(parent)
                     .await
-                    .map_err(|source| io(parent, source))?;
+                    .map_err(|source| ContainerError::io(parent, source))?;
             }
         }
 
@@ -229,15 +229,8 @@ impl Executor for EngineExecutor {
     }
 }
 
-fn io(path: &Path, source: std::io::Error) -> ContainerError {
-    ContainerError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 fn absolute(path: &Path) -> Result<PathBuf, ContainerError> {
-    std::path::absolute(path).map_err(|source| io(path, source))
+    std::path::absolute(path).map_err(|source| ContainerError::io(path, source))
 }
 
 /// The container's name: `kiln-<run>-<step>-<attempt>`, with every character an engine does

@@ -99,6 +99,16 @@ pub(crate) fn container_plan(
     }
 }
 
+impl ContainerError {
+    /// An I/O error on a file or folder.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        ContainerError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
 /// Which local backend runs container steps: the `--containers` flag of the CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {

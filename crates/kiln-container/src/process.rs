@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -124,11 +124,11 @@ impl Executor for ProcessExecutor {
                 task.step.id, plan.image
             )));
         }
-        let workdir =
-            std::path::absolute(&task.workdir).map_err(|source| io(&task.workdir, source))?;
+        let workdir = std::path::absolute(&task.workdir)
+            .map_err(|source| ContainerError::io(&task.workdir, source))?;
         tokio::fs::create_dir_all(&workdir)
             .await
-            .map_err(|source| io(&workdir, source))?;
+            .map_err(|source| ContainerError::io(&workdir, source))?;
 
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -182,13 +182,6 @@ impl Executor for ProcessExecutor {
                 ),
             },
         })
-    }
-}
-
-fn io(path: &Path, source: std::io::Error) -> ContainerError {
-    ContainerError::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 
