@@ -1,5 +1,6 @@
-//! The calling convention of plain `wasi:cli/command` steps: which folders the guest sees and
-//! the arguments it gets (see the crate documentation).
+//! What a guest sees of its step: the folders mapped into it and, for plain
+//! `wasi:cli/command` steps, the arguments of the calling convention (see the crate
+//! documentation); step-world components get the same folders and a typed context instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,24 +15,34 @@ pub const GUEST_IN: &str = "/in";
 /// Where the guest writes its outputs.
 pub const GUEST_OUT: &str = "/out";
 
-/// The folders and arguments of one command run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandLayout {
+/// The folders, artifacts and arguments of one guest run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuestLayout {
     /// Host folder preopened read-only at [`GUEST_IN`].
     pub in_dir: PathBuf,
     /// Host folder preopened read-write at [`GUEST_OUT`].
     pub out_dir: PathBuf,
-    /// The guest's argv, program name first.
+    /// The step's id (`evaluate[1]`).
+    pub step: String,
+    /// Inputs by name with their guest paths (`/in/NAME`), in name order.
+    pub inputs: Vec<(String, String)>,
+    /// Outputs by name with their guest paths (`/out/NAME`), in name order.
+    pub outputs: Vec<(String, String)>,
+    /// The step's params.
+    pub params: BTreeMap<String, Value>,
+    /// A command guest's argv, program name first.
     pub args: Vec<String>,
 }
 
-impl CommandLayout {
+impl GuestLayout {
     /// The layout of a step attempt: `task.workdir/in` and `task.workdir/out`, where the
     /// engine materialises inputs and expects outputs, and the argv of the convention.
     pub fn for_task(task: &StepTask) -> Result<Self, WasmError> {
         let in_dir = task.workdir.join("in");
         let out_dir = task.workdir.join("out");
         let mut args = vec![task.step.step.clone()];
+        let mut inputs = Vec::with_capacity(task.inputs.len());
+        let mut outputs = Vec::with_capacity(task.outputs.len());
         for (name, path) in &task.inputs {
             let guest = guest_path(&in_dir, GUEST_IN, path).ok_or_else(|| WasmError::Layout {
                 step: task.step.id.clone(),
@@ -41,6 +52,7 @@ impl CommandLayout {
             })?;
             args.push("--in".to_owned());
             args.push(format!("{name}={guest}"));
+            inputs.push((name.clone(), guest));
         }
         for (name, path) in &task.outputs {
             let guest = guest_path(&out_dir, GUEST_OUT, path).ok_or_else(|| WasmError::Layout {
@@ -51,11 +63,16 @@ impl CommandLayout {
             })?;
             args.push("--out".to_owned());
             args.push(format!("{name}={guest}"));
+            outputs.push((name.clone(), guest));
         }
         args.extend(param_args(&task.step.params));
         Ok(Self {
             in_dir,
             out_dir,
+            step: task.step.id.clone(),
+            inputs,
+            outputs,
+            params: task.step.params.clone(),
             args,
         })
     }

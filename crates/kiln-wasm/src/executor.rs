@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use kiln_engine::{ExecOutcome, Executor, ExecutorError, StepTask};
 use kiln_plan::{PlannedStep, StepKind};
 
-use crate::command::CommandLayout;
+use crate::command::GuestLayout;
 use crate::determinism::Seed;
-use crate::runtime::{CommandRun, MAX_MEMORY_BYTES, WasmRuntime};
+use crate::runtime::{GuestRun, MAX_MEMORY_BYTES, WasmRuntime};
 use crate::{WasmError, limits};
 
 /// Runs wasm steps (plain `wasi:cli/command` components) on a shared [`WasmRuntime`].
@@ -28,7 +28,7 @@ impl WasmExecutor {
 
     /// The run a task asks for: the calling convention's layout, the step's limits, and its
     /// seed (derived from the step's cache key).
-    pub fn command_run(task: &StepTask) -> Result<CommandRun, WasmError> {
+    pub fn guest_run(task: &StepTask) -> Result<GuestRun, WasmError> {
         let StepKind::Wasm {
             memory_bytes, fuel, ..
         } = &task.step.kind
@@ -37,8 +37,8 @@ impl WasmExecutor {
                 step: task.step.id.clone(),
             });
         };
-        Ok(CommandRun {
-            layout: CommandLayout::for_task(task)?,
+        Ok(GuestRun {
+            layout: GuestLayout::for_task(task)?,
             log: task.log.clone(),
             memory_bytes: *memory_bytes,
             fuel: *fuel,
@@ -88,7 +88,7 @@ impl Executor for WasmExecutor {
     }
 
     async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
-        let run = Self::command_run(task)?;
+        let run = Self::guest_run(task)?;
         let path = task
             .component
             .as_deref()
@@ -97,6 +97,6 @@ impl Executor for WasmExecutor {
             })?;
         let component = self.runtime.load(path).await?;
         tracing::debug!(step = %task.step.id, component = %component.digest(), "wasm step started");
-        Ok(self.runtime.run_command(&component, &run).await?)
+        Ok(self.runtime.run_guest(&component, &run).await?)
     }
 }

@@ -69,22 +69,25 @@ mod cache;
 mod command;
 mod determinism;
 mod executor;
+mod fsmeta;
 mod limits;
 mod log;
 mod runtime;
+mod world;
 
 use std::path::PathBuf;
 
 pub use cache::{ComponentDigest, LoadSource};
-pub use command::{CommandLayout, GUEST_IN, GUEST_OUT, param_args};
+pub use command::{GUEST_IN, GUEST_OUT, GuestLayout, param_args};
 pub use determinism::{
     CLOCK_TICK_NS, ClockStart, DEFAULT_WALL_START_NS, Seed, SeededRandom, VirtualMonotonicClock,
     VirtualWallClock,
 };
 pub use executor::WasmExecutor;
 pub use runtime::{
-    CommandRun, DEFAULT_FUEL, DEFAULT_LOG_LIMIT_BYTES, DEFAULT_MEMORY_BYTES, EPOCH_INTERVAL,
-    LoadedComponent, MAX_MEMORY_BYTES, RuntimeOptions, WasmRuntime,
+    ComponentKind, DEFAULT_FUEL, DEFAULT_LOG_LIMIT_BYTES, DEFAULT_MEMORY_BYTES,
+    DEFAULT_OUTPUT_LIMIT_BYTES, EPOCH_INTERVAL, GuestRun, LoadedComponent, MAX_MEMORY_BYTES,
+    RuntimeOptions, WasmRuntime,
 };
 
 /// What stops kiln from running a wasm step at all (a guest failing is an outcome, not this).

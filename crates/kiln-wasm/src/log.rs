@@ -1,6 +1,6 @@
 //! The guest's stdout and stderr: written straight to the step's log file (so nothing is lost
 //! when a run is stopped), up to a cap. The write that crosses the cap writes what fits, adds
-//! a note and traps the guest with [`OutputLimitExceeded`].
+//! a note and traps the guest with [`LogLimitExceeded`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -23,7 +23,7 @@ const WRITE_PERMIT: usize = 64 * 1024;
 /// The trap raised when a guest writes more than the log may hold.
 #[derive(Debug, thiserror::Error)]
 #[error("the step wrote more than {limit} bytes to stdout and stderr")]
-pub(crate) struct OutputLimitExceeded {
+pub(crate) struct LogLimitExceeded {
     /// The cap, in bytes.
     pub(crate) limit: u64,
 }
@@ -120,10 +120,17 @@ impl RunLog {
         let _ = writeln!(state.file, "[kiln] {text}");
     }
 
-    fn write(&self, bytes: &[u8], is_stderr: bool) -> Result<(), OutputLimitExceeded> {
+    /// Writes one message of the step world's logger as a line `LEVEL message`, counted
+    /// against the cap like stdout and stderr (warnings and errors count as stderr).
+    pub(crate) fn message(&self, level: &str, text: &str) -> Result<(), LogLimitExceeded> {
+        let is_stderr = matches!(level, "WARN" | "ERROR");
+        self.write(format!("{level} {text}\n").as_bytes(), is_stderr)
+    }
+
+    fn write(&self, bytes: &[u8], is_stderr: bool) -> Result<(), LogLimitExceeded> {
         let mut state = self.lock();
         if state.limit_hit {
-            return Err(OutputLimitExceeded { limit: state.limit });
+            return Err(LogLimitExceeded { limit: state.limit });
         }
         let room = state.limit.saturating_sub(state.written);
         let fits = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -148,9 +155,9 @@ impl RunLog {
         let limit = state.limit;
         let _ = writeln!(
             state.file,
-            "\n[kiln] output limit of {limit} bytes reached: the step was stopped"
+            "\n[kiln] log limit of {limit} bytes reached: the step was stopped"
         );
-        Err(OutputLimitExceeded { limit })
+        Err(LogLimitExceeded { limit })
     }
 }
 
@@ -196,7 +203,7 @@ impl OutputStream for LogSink {
     fn check_write(&mut self) -> StreamResult<usize> {
         if self.log.limit_hit() {
             let limit = self.log.lock().limit;
-            return Err(StreamError::Trap(OutputLimitExceeded { limit }.into()));
+            return Err(StreamError::Trap(LogLimitExceeded { limit }.into()));
         }
         Ok(WRITE_PERMIT)
     }
@@ -241,7 +248,7 @@ mod tests {
         assert!(log.write(b"more", false).is_err());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.starts_with("hello worl\n[kiln] output limit of 10 bytes"),
+            text.starts_with("hello worl\n[kiln] log limit of 10 bytes"),
             "{text}"
         );
         assert_eq!(log.stderr_tail(), "worl");

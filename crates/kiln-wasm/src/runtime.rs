@@ -1,5 +1,5 @@
 //! The shared wasmtime engine: configuration, the epoch ticker, loaded components, and one
-//! sandboxed run of a command component.
+//! sandboxed run of a guest (a `wasi:cli/command` or a kiln step-world component).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,19 +9,24 @@ use std::time::{Duration, Instant, SystemTime};
 use kiln_engine::ExecOutcome;
 use serde_json::json;
 use tokio::sync::{OnceCell, Semaphore};
-use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::WasmError;
 use crate::cache::{ComponentDigest, LoadSource, PrecompiledCache};
-use crate::command::{CommandLayout, GUEST_IN, GUEST_OUT};
+use crate::command::{GUEST_IN, GUEST_OUT, GuestLayout};
 use crate::determinism::{
     CLOCK_TICK_NS, ClockStart, Seed, VirtualMonotonicClock, VirtualWallClock,
 };
+use crate::fsmeta::FsMeta;
 use crate::limits::{GuestLimiter, MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES};
-use crate::log::{OutputLimitExceeded, RunLog};
+use crate::log::{LogLimitExceeded, RunLog};
+use crate::world::{self, StepPre};
 
 /// Memory limit of a step that sets none: 512 MiB.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
@@ -32,6 +37,8 @@ pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
 pub const DEFAULT_FUEL: u64 = 1 << 40;
 /// How much stdout and stderr together one run may write: 16 MiB.
 pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 16 << 20;
+/// How many bytes one run may leave in its outputs: 4 GiB.
+pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 4 << 30;
 /// How often the epoch ticks; a running guest yields to the async executor at every tick.
 pub const EPOCH_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -42,6 +49,7 @@ pub struct RuntimeOptions {
     default_memory_bytes: u64,
     default_fuel: u64,
     log_limit_bytes: u64,
+    output_limit_bytes: u64,
     clock_start: ClockStart,
 }
 
@@ -52,6 +60,7 @@ impl Default for RuntimeOptions {
             default_memory_bytes: DEFAULT_MEMORY_BYTES,
             default_fuel: DEFAULT_FUEL,
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
+            output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
             clock_start: ClockStart::default(),
         }
     }
@@ -87,6 +96,13 @@ impl RuntimeOptions {
         self
     }
 
+    /// How many bytes one run may leave under its output folder. It is checked at every
+    /// epoch tick, so a fast writer can pass it by what it writes in one tick (10 ms).
+    pub fn output_limit_bytes(&mut self, bytes: u64) -> &mut Self {
+        self.output_limit_bytes = bytes;
+        self
+    }
+
     /// Where the virtual clocks of every run start.
     pub fn clock_start(&mut self, start: ClockStart) -> &mut Self {
         self.clock_start = start;
@@ -113,18 +129,37 @@ impl RuntimeOptions {
         self.log_limit_bytes
     }
 
+    /// The output cap of one run.
+    pub fn get_output_limit_bytes(&self) -> u64 {
+        self.output_limit_bytes
+    }
+
     /// Where the virtual clocks start.
     pub fn get_clock_start(&self) -> ClockStart {
         self.clock_start
     }
 }
 
-/// What a guest's store holds: its WASI context and its limits.
+/// What a guest's store holds: its WASI context, its limits, the log its logger writes to
+/// and what normalises the file metadata it reads.
 pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: GuestLimiter,
+    log: RunLog,
+    pub(crate) fsmeta: FsMeta,
+    outputs: OutputWatch,
 }
+
+impl world::kiln::step::log::Host for GuestState {
+    async fn log(&mut self, level: world::Level, message: String) {
+        // Past the cap the message is dropped; the next stdout or stderr write stops the
+        // guest, and the outcome says so.
+        let _ = self.log.message(world::level_text(level), &message);
+    }
+}
+
+impl world::kiln::step::types::Host for GuestState {}
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -135,15 +170,38 @@ impl WasiView for GuestState {
     }
 }
 
+/// Which of the two kinds of wasm step a component is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComponentKind {
+    /// A plain `wasi:cli/command` (it exports `wasi:cli/run`): argv in, exit code out.
+    Command,
+    /// A component of the kiln step world (`wit/step.wit`, it exports `run`): a typed
+    /// context in, metrics and outputs or a typed error out.
+    Step,
+}
+
+enum Pre {
+    Command(CommandPre<GuestState>),
+    Step(StepPre<GuestState>),
+}
+
 /// A component compiled (or loaded from the cache), linked and ready to instantiate.
 pub struct LoadedComponent {
     digest: ComponentDigest,
     source: LoadSource,
     load_time: Duration,
-    pre: CommandPre<GuestState>,
+    pre: Pre,
 }
 
 impl LoadedComponent {
+    /// Whether it is a command or a step-world component.
+    pub fn kind(&self) -> ComponentKind {
+        match self.pre {
+            Pre::Command(_) => ComponentKind::Command,
+            Pre::Step(_) => ComponentKind::Step,
+        }
+    }
+
     /// blake3 of the component's bytes.
     pub fn digest(&self) -> ComponentDigest {
         self.digest
@@ -165,16 +223,17 @@ impl std::fmt::Debug for LoadedComponent {
         f.debug_struct("LoadedComponent")
             .field("digest", &self.digest)
             .field("source", &self.source)
+            .field("kind", &self.kind())
             .finish_non_exhaustive()
     }
 }
 
-/// One run of a command component: where it reads and writes, its argv, its limits and the
+/// One run of a guest: where it reads and writes, its argv or context, its limits and the
 /// values that make it deterministic.
 #[derive(Debug, Clone)]
-pub struct CommandRun {
+pub struct GuestRun {
     /// Folders and argv.
-    pub layout: CommandLayout,
+    pub layout: GuestLayout,
     /// The file stdout and stderr are appended to.
     pub log: PathBuf,
     /// Memory limit per linear memory; the runtime's default when `None`.
@@ -255,8 +314,12 @@ impl WasmRuntime {
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         // Every WASI 0.2 interface, `wasi:cli/exit.exit-with-code` included; network
-        // interfaces are linked but deny everything (see `run_command`).
+        // interfaces are linked but deny everything (see `run_guest`).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| crate::fsmeta::add_to_linker(&mut linker))
+            .and_then(|()| {
+                world::Step::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |s| s)
+            })
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let cache = PrecompiledCache::new(cache_dir.as_ref(), &engine)?;
         let ticker = EpochTicker::start(&engine, EPOCH_INTERVAL)
@@ -363,15 +426,16 @@ impl WasmRuntime {
             self.inner
                 .cache
                 .load_or_compile(&self.inner.engine, &digest, bytes, path)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(CommandPre::new)
-            .map_err(|e| WasmError::NotACommand {
-                path: path.to_owned(),
-                message: format!("{e:#}"),
-            })?;
+        let linked = self.inner.linker.instantiate_pre(&component);
+        let pre = if exports_step_run(&self.inner.engine, &component) {
+            linked.and_then(StepPre::new).map(Pre::Step)
+        } else {
+            linked.and_then(CommandPre::new).map(Pre::Command)
+        }
+        .map_err(|e| WasmError::NotACommand {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
         let load_time = started.elapsed();
         tracing::debug!(component = %digest, ?source, ?load_time, "component loaded");
         Ok(LoadedComponent {
@@ -382,14 +446,14 @@ impl WasmRuntime {
         })
     }
 
-    /// Runs a command component once in its sandbox and says how it ended. `Err` only when
-    /// kiln could not run it at all; everything the guest did is in the outcome.
+    /// Runs a guest once in its sandbox and says how it ended. `Err` only when kiln could not
+    /// run it at all; everything the guest did is in the outcome.
     ///
     /// Dropping the returned future stops the guest within one epoch tick.
-    pub async fn run_command(
+    pub async fn run_guest(
         &self,
         component: &LoadedComponent,
-        run: &CommandRun,
+        run: &GuestRun,
     ) -> Result<ExecOutcome, WasmError> {
         let inner = &*self.inner;
         let options = &inner.options;
@@ -415,7 +479,6 @@ impl WasmRuntime {
         })?;
         let mut wasi = WasiCtxBuilder::new();
         wasi.allow_blocking_current_thread(true)
-            .args(&layout.args)
             .initial_cwd("/")
             .stdout(log.stdout())
             .stderr(log.stderr())
@@ -427,6 +490,11 @@ impl WasmRuntime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        match component.kind() {
+            ComponentKind::Command => wasi.args(&layout.args),
+            // A step-world guest gets its step in the context; argv holds only its name.
+            ComponentKind::Step => wasi.args(&layout.args[..1]),
+        };
         for (dir, guest, perms) in [
             (&layout.in_dir, GUEST_IN, FsPerms::ReadOnly),
             (&layout.out_dir, GUEST_OUT, FsPerms::ReadWrite),
@@ -448,18 +516,39 @@ impl WasmRuntime {
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
                 limiter: GuestLimiter::new(memory_bytes),
+                log: log.clone(),
+                fsmeta: FsMeta::new(clock.wall_ns),
+                outputs: OutputWatch::new(layout.out_dir.clone(), options.output_limit_bytes),
             },
         );
         store.limiter(|state| &mut state.limiter);
         store
             .set_fuel(fuel)
             .map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        // At every tick: check the outputs' size, then let other tasks run.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        store.epoch_deadline_callback(|mut store| {
+            store.data_mut().outputs.tick()?;
+            Ok(UpdateDeadline::Yield(1))
+        });
 
-        let ended = match component.pre.instantiate_async(&mut store).await {
-            Ok(command) => Ended::Ran(command.wasi_cli_run().call_run(&mut store).await),
-            Err(e) => Ended::NotStarted(e),
+        let ended = match &component.pre {
+            Pre::Command(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(command) => Ended::Ran(command.wasi_cli_run().call_run(&mut store).await),
+                Err(e) => Ended::NotStarted(e),
+            },
+            Pre::Step(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(step) => {
+                    let context = world::context(
+                        &layout.step,
+                        &layout.params,
+                        &layout.inputs,
+                        &layout.outputs,
+                    );
+                    Ended::Returned(step.call_run(&mut store, &context).await)
+                }
+                Err(e) => Ended::NotStarted(e),
+            },
         };
 
         let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
@@ -484,22 +573,9 @@ impl WasmRuntime {
             memory_denied: limiter.memory_denied,
             log: &log,
         };
-        let mut outcome = classify(ended, &facts, details)?;
-        if matches!(outcome, ExecOutcome::Succeeded { .. })
-            && let Some(found) =
-                find_non_plain(&layout.out_dir).map_err(|source| WasmError::Sandbox {
-                    path: layout.out_dir.clone(),
-                    source,
-                })?
-        {
-            outcome = ExecOutcome::failure(
-                "sandbox",
-                format!(
-                    "the step left {found}; outputs must be plain files and folders (a link \
-                     could make kiln read outside the sandbox when it stores them)"
-                ),
-                None,
-            );
+        let mut outcome = classify(ended, &facts, layout, details)?;
+        if let ExecOutcome::Succeeded { .. } = &outcome {
+            outcome = check_outputs(outcome, layout, options.output_limit_bytes)?;
         }
         if let ExecOutcome::Failed { message, kind, .. } = &outcome {
             log.note(&format!("step failed ({kind}): {message}"));
@@ -511,12 +587,125 @@ impl WasmRuntime {
     }
 }
 
+/// Whether a component exports the step world's `run` function (else it should be a
+/// command, exporting `wasi:cli/run`).
+fn exports_step_run(engine: &Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, item)| name == "run" && matches!(item.ty, ComponentItem::ComponentFunc(_)))
+}
+
+/// The checks of a run that succeeded: inline outputs written, no links or special files,
+/// the output cap.
+fn check_outputs(
+    outcome: ExecOutcome,
+    layout: &GuestLayout,
+    limit: u64,
+) -> Result<ExecOutcome, WasmError> {
+    let sandbox = |source| WasmError::Sandbox {
+        path: layout.out_dir.clone(),
+        source,
+    };
+    if let Some(found) = find_non_plain(&layout.out_dir).map_err(sandbox)? {
+        return Ok(ExecOutcome::failure(
+            "sandbox",
+            format!(
+                "the step left {found}; outputs must be plain files and folders (a link \
+                 could make kiln read outside the sandbox when it stores them)"
+            ),
+            None,
+        ));
+    }
+    let size = tree_size(&layout.out_dir).map_err(sandbox)?;
+    if size > limit {
+        return Ok(output_limit_failure(limit));
+    }
+    Ok(outcome)
+}
+
+fn output_limit_failure(limit: u64) -> ExecOutcome {
+    ExecOutcome::failure(
+        "output-limit",
+        format!(
+            "the step wrote more than its output limit of {} into its outputs and was stopped",
+            bytes_text(limit)
+        ),
+        None,
+    )
+}
+
+/// Watches the size of a run's output folder at epoch ticks. A walk costs time in
+/// proportion to the number of files, so after a slow walk the next one waits longer: at
+/// most a tenth of the run is spent walking.
+struct OutputWatch {
+    dir: PathBuf,
+    limit: u64,
+    skip: u32,
+    every: u32,
+}
+
+/// The trap raised when a run's outputs grow past the cap.
+#[derive(Debug, thiserror::Error)]
+#[error("the step's outputs grew past {limit} bytes")]
+struct OutputLimitExceeded {
+    limit: u64,
+}
+
+impl OutputWatch {
+    fn new(dir: PathBuf, limit: u64) -> Self {
+        Self {
+            dir,
+            limit,
+            skip: 0,
+            every: 1,
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), OutputLimitExceeded> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(());
+        }
+        let started = Instant::now();
+        // A folder the guest is changing can vanish under the walk: count what is there.
+        let size = tree_size(&self.dir).unwrap_or(0);
+        if size > self.limit {
+            return Err(OutputLimitExceeded { limit: self.limit });
+        }
+        let spent = started.elapsed().as_secs_f64() / EPOCH_INTERVAL.as_secs_f64();
+        self.every = ((spent * 10.0).ceil() as u32).clamp(1, 1000);
+        self.skip = self.every - 1;
+        Ok(())
+    }
+}
+
+/// Bytes in the files under `dir` (not following links).
+fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// How far a run got.
 enum Ended {
     /// Instantiation failed.
     NotStarted(wasmtime::Error),
     /// `wasi:cli/run` was called and returned (or trapped).
     Ran(wasmtime::Result<Result<(), ()>>),
+    /// The step world's `run` was called and returned (or trapped).
+    Returned(wasmtime::Result<Result<world::Success, world::StepError>>),
 }
 
 struct RunFacts<'a> {
@@ -555,6 +744,7 @@ impl RunFacts<'_> {
 fn classify(
     ended: Ended,
     facts: &RunFacts<'_>,
+    layout: &GuestLayout,
     details: BTreeMap<String, serde_json::Value>,
 ) -> Result<ExecOutcome, WasmError> {
     let success = || ExecOutcome::Succeeded {
@@ -563,6 +753,15 @@ fn classify(
     };
     let error = match ended {
         Ended::Ran(Ok(Ok(()))) => return Ok(success()),
+        Ended::Returned(Ok(Ok(returned))) => return step_success(returned, layout, details),
+        Ended::Returned(Ok(Err(e))) => {
+            return Ok(ExecOutcome::failure(
+                "step-error",
+                format!("{}: {}", world::error_kind_text(e.kind), e.message),
+                None,
+            ));
+        }
+        Ended::Returned(Err(e)) => e,
         Ended::Ran(Ok(Err(()))) => {
             if let Some(failure) = facts.memory_failure() {
                 return Ok(failure);
@@ -584,8 +783,11 @@ fn classify(
         }
     };
     if let Some(limit) = error.downcast_ref::<OutputLimitExceeded>() {
+        return Ok(output_limit_failure(limit.limit));
+    }
+    if let Some(limit) = error.downcast_ref::<LogLimitExceeded>() {
         return Ok(ExecOutcome::failure(
-            "output-limit",
+            "log-limit",
             format!(
                 "the step wrote more than {} to stdout and stderr and was stopped; the log \
                  holds the first {}",
@@ -597,7 +799,7 @@ fn classify(
     }
     if facts.log.limit_hit() {
         return Ok(ExecOutcome::failure(
-            "output-limit",
+            "log-limit",
             "the step wrote past its log limit and was stopped",
             None,
         ));
@@ -625,6 +827,15 @@ fn classify(
     if let Some(failure) = facts.memory_failure() {
         return Ok(failure);
     }
+    if let Some(Trap::StackOverflow) = error.downcast_ref::<Trap>() {
+        return Ok(ExecOutcome::failure(
+            "stack-overflow",
+            facts.with_stderr(
+                "the step overflowed its call stack (unbounded recursion?)".to_owned(),
+            ),
+            None,
+        ));
+    }
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         None => format!("{:#}", error),
@@ -634,6 +845,63 @@ fn classify(
         facts.with_stderr(format!("the step trapped: {message}")),
         None,
     ))
+}
+
+/// The outcome of a step-world guest that returned `ok`: its metrics checked, its inline
+/// outputs written where the engine expects them.
+fn step_success(
+    returned: world::Success,
+    layout: &GuestLayout,
+    details: BTreeMap<String, serde_json::Value>,
+) -> Result<ExecOutcome, WasmError> {
+    let refuse = |message: String| Ok(ExecOutcome::failure("step-error", message, None));
+    let mut metrics = BTreeMap::new();
+    for metric in returned.metrics {
+        if !metric.value.is_finite() {
+            return refuse(format!(
+                "the step returned metric `{}` = {}, which is not a finite number",
+                metric.name, metric.value
+            ));
+        }
+        if metrics.insert(metric.name.clone(), metric.value).is_some() {
+            return refuse(format!("the step returned metric `{}` twice", metric.name));
+        }
+    }
+    for (name, bytes) in returned.outputs {
+        let Some((_, guest)) = layout.outputs.iter().find(|(n, _)| *n == name) else {
+            let declared: Vec<&str> = layout.outputs.iter().map(|(n, _)| n.as_str()).collect();
+            return refuse(format!(
+                "the step returned output `{name}`, which it does not declare (its outputs: {})",
+                if declared.is_empty() {
+                    "none".to_owned()
+                } else {
+                    declared.join(", ")
+                }
+            ));
+        };
+        let rel = guest
+            .strip_prefix(GUEST_OUT)
+            .unwrap_or(guest)
+            .trim_start_matches('/');
+        let path = layout.out_dir.join(rel);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return refuse(format!(
+                "the step both wrote output `{name}` at `{guest}` and returned it; do one or \
+                 the other"
+            ));
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &bytes)
+        };
+        write().map_err(|source| WasmError::Sandbox {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(ExecOutcome::Succeeded { metrics, details })
 }
 
 /// An entry under the output folder that is not a plain file or folder, described with its

@@ -203,7 +203,7 @@ async fn an_output_flood_hits_the_log_limit() {
     let t = task(dir.path(), "flood", &guest("flood"), TaskSpec::default());
     let outcome = run(&t).await;
     let (kind, message, _) = failure(&outcome);
-    assert_eq!(kind, "output-limit", "{message}");
+    assert_eq!(kind, "log-limit", "{message}");
     assert!(message.contains("more than 16 MiB"), "{message}");
     let log = std::fs::metadata(&t.log).unwrap().len();
     assert!(

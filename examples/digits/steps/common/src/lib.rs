@@ -14,6 +14,8 @@
 //! input bytes and params give the same output bytes, natively and under wasm.
 
 pub mod args;
+#[cfg(feature = "component")]
+pub mod component;
 pub mod json;
 pub mod table;
 
