@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kiln's build, example and tests need on a fresh Debian machine with rustup:
 # the wasm32-wasip2 target (the example's wasm steps) and the Python packages of the example's
-# training step and of the tests. Safe to run again: each step is skipped when already done.
+# training step, of its Python wasm step (componentize-py) and of the tests. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,8 +18,10 @@ for component in rustfmt clippy; do
   fi
 done
 
-if ! python3 -c 'import numpy, jsonschema, yaml' 2>/dev/null; then
-  log "installing Python packages (numpy for the training step, jsonschema and pyyaml for tests)"
+if ! python3 -c 'import numpy, jsonschema, yaml' 2>/dev/null || ! command -v componentize-py >/dev/null \
+  || [ "$(componentize-py --version 2>/dev/null)" != "componentize-py 0.25.1" ]; then
+  log "installing Python packages (numpy for the training step, componentize-py for the Python" \
+    "wasm step, jsonschema and pyyaml for tests)"
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 # Container steps: podman with runc and a tiny local busybox image for the podman tests.

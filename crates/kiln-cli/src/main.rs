@@ -71,7 +71,23 @@ pub fn wasm_executor(
     state: &kiln_engine::StateDir,
     jobs: usize,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
-    let runtime = kiln_wasm::WasmRuntime::new(state.root().join("wasm-cache"), jobs.max(1))
+    let mut options = kiln_wasm::RuntimeOptions::new();
+    options
+        .concurrency(jobs.max(1))
+        .on_compile(kiln_wasm::CompileListener::new(|notice| match notice {
+            // Compiling a large component (a Python one is tens of MiB) takes a while, once
+            // per machine: say so rather than look stuck.
+            kiln_wasm::CompileNotice::Started { path, bytes } if *bytes >= 1 << 20 => eprintln!(
+                "compiling {} ({:.1} MiB) for this machine; this happens once",
+                path.display(),
+                *bytes as f64 / (1024.0 * 1024.0)
+            ),
+            kiln_wasm::CompileNotice::Finished { path, took } => {
+                eprintln!("compiled {} in {:.1}s", path.display(), took.as_secs_f64())
+            }
+            _ => {}
+        }));
+    let runtime = kiln_wasm::WasmRuntime::with_options(state.root().join("wasm-cache"), &options)
         .map_err(|e| anyhow::anyhow!("cannot start the wasm runtime: {e}"))?;
     Ok(Some(std::sync::Arc::new(kiln_wasm::WasmExecutor::new(
         runtime,

@@ -24,7 +24,7 @@ fn text(bytes: &[u8]) -> String {
 fn validates_the_example() {
     let out = kiln(&["validate", "examples/digits/pipeline.yaml"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("valid: 6 steps (10 planned)"));
+    assert!(text(&out.stderr).contains("valid: 7 steps (11 planned)"));
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn params_are_overridden_and_checked() {
         "learning_rates=[0.1, 0.2]",
     ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("(8 planned)"));
+    assert!(text(&out.stderr).contains("(9 planned)"));
     let out = kiln(&[
         "validate",
         "examples/digits/pipeline.yaml",

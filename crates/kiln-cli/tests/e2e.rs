@@ -226,9 +226,11 @@ fn ctrl_c_cancels_the_run_cleanly() {
     );
 }
 
-/// The digits example end to end: wasm steps built from source and run in-process, the
-/// training fan-out as local Python processes, the best model picked; then all cached.
-/// Needs what `scripts/setup.sh` installs (the wasm32-wasip2 target, numpy).
+/// The digits example end to end: wasm steps built from source and run in-process (plain
+/// command programs, step-world components in Rust and one in Python), the training fan-out
+/// as local Python processes, the best model picked and reported, metrics recorded; then all
+/// cached, metrics included. Needs what `scripts/setup.sh` installs (the wasm32-wasip2
+/// target, numpy, componentize-py).
 #[test]
 fn the_digits_example_runs_end_to_end() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -252,8 +254,14 @@ fn the_digits_example_runs_end_to_end() {
     assert!(out.status.success(), "{stderr}");
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let steps = json["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 10);
+    assert_eq!(steps.len(), 11);
     assert!(steps.iter().all(|s| s["status"] == "succeeded"), "{json}");
+    let metric = |json: &Value, step: &str, name: &str| {
+        step_of(json, step).and_then(|s| s["metrics"][name].as_f64())
+    };
+    // Metrics come from step-world components: Rust (`pick`) and Python (`report`).
+    let picked = metric(&json, "pick", "accuracy").expect("pick reports its accuracy");
+    assert_eq!(metric(&json, "report", "best_accuracy"), Some(picked));
 
     let best = state.path().join("best.json");
     let got = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -288,4 +296,5 @@ fn the_digits_example_runs_end_to_end() {
             .all(|s| s["status"] == "cached"),
         "{again}"
     );
+    assert_eq!(metric(&again, "pick", "accuracy"), Some(picked));
 }

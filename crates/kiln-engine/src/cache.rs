@@ -87,6 +87,9 @@ pub struct CacheEntry {
     pub run_id: String,
     /// The step that produced them (for people; not part of the key).
     pub step: String,
+    /// The metrics the step reported with them, given again on a hit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Cache entries stored as small JSON files by key.

@@ -802,6 +802,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         debug!(run = %shared.run_id, step = %step.id, key = %key, "cache hit");
         let mut rec = base_record(AttemptStatus::Cached, 0);
         rec.outputs = entry.outputs.clone();
+        rec.metrics = entry.metrics.clone();
         rec.reused_from = Some(entry.run_id.clone());
         shared.record(&RecordEvent::StepFinished(Box::new(rec)));
         shared
@@ -815,7 +816,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             attempts: 0,
             duration: started.elapsed(),
             outputs,
-            metrics: BTreeMap::new(),
+            metrics: entry.metrics,
         };
     }
 
@@ -860,6 +861,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
                         outputs: rec.outputs.clone(),
                         run_id: shared.run_id.clone(),
                         step: step.id.clone(),
+                        metrics: metrics.clone(),
                     };
                     if let Err(e) = shared.cache.put(&key, &entry) {
                         warn!(step = %step.id, error = %e, "cannot write the cache entry");

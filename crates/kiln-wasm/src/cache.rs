@@ -99,6 +99,7 @@ impl PrecompiledCache {
         digest: &ComponentDigest,
         bytes: &[u8],
         source: &Path,
+        on_compile: &dyn Fn(),
     ) -> Result<(Component, LoadSource), WasmError> {
         let path = self.path_of(digest);
         if path.is_file() {
@@ -111,6 +112,7 @@ impl PrecompiledCache {
                 ),
             }
         }
+        on_compile();
         let compiled = engine
             .precompile_component(bytes)
             .map_err(|e| WasmError::Compile {

@@ -7,6 +7,14 @@
 //! process; it runs as many guests at once as its instance pool was sized for and makes the
 //! rest wait.
 //!
+//! # Two kinds of step
+//!
+//! A component exporting `run` is a step of the kiln step world (`wit/step.wit`, documented
+//! in `wit/README.md`): it gets a typed context (params, input and output paths) and returns
+//! metrics and inline outputs, or a typed error (failure kind `step-error`); its `log`
+//! import writes to the step's log. Anything else must be a plain `wasi:cli/command`. Both
+//! see the same sandbox, below.
+//!
 //! # Command steps: the calling convention
 //!
 //! A plain `wasi:cli/command` component (any program built for `wasm32-wasip2`) runs as a
@@ -24,7 +32,7 @@
 //!   there is no environment, stdin is empty, and there is no network (TCP, UDP and name
 //!   lookups are denied);
 //! * stdout and stderr go, interleaved, to the step's log, at most 16 MiB together (the
-//!   write past the cap stops the step, kind `output-limit`);
+//!   write past the cap stops the step, kind `log-limit`);
 //! * returning from `main` (exit code 0) is success; any other exit code is a failure of
 //!   kind `exit` with that code and the end of stderr in the message. Rust's std on
 //!   `wasm32-wasip2` reports every failing exit code as 1 unless the program calls
@@ -41,8 +49,12 @@
 //! | `exit` | the guest exited with a non-zero code (`exit_code` says which) |
 //! | `out-of-fuel` | it used its fuel (the step's `fuel`, else [`DEFAULT_FUEL`]) |
 //! | `memory` | a linear memory would grow past the step's `memory` (else 512 MiB) and the guest then failed |
-//! | `output-limit` | stdout and stderr together went past the log cap |
-//! | `trap` | any other trap (the message names it and adds the end of stderr, where a Rust panic message is) |
+//! | `stack-overflow` | the guest's call stack overflowed (unbounded recursion) |
+//! | `log-limit` | stdout, stderr and log messages together went past the log cap |
+//! | `output-limit` | the files under `/out` grew past the output cap (4 GiB by default, checked at every epoch tick) or past [`MAX_OUTPUT_ENTRIES`] entries |
+//! | `step-error` | a step-world guest returned an error, or a result kiln refuses (a non-finite metric, an undeclared output) |
+//! | `sandbox` | the guest left a symbolic link or special file in its outputs |
+//! | `trap` | any other trap (the message names it and adds the end of stderr, where a Rust panic message is); a thread spawn fails in the guest (threads are off), and Rust panics |
 //!
 //! A run also may create at most 64 instances, 8 memories and 64 tables. Wall-clock time is
 //! not limited here: the engine's timeout drops the run's future, and a running guest yields
@@ -54,9 +66,10 @@
 //! per read, random sources (`wasi:random/random`, `insecure`, `insecure-seed`) derived from
 //! a seed, NaNs canonicalised, relaxed SIMD in its deterministic form, no threads. A
 //! successful outcome's `details` record the component digest, fuel used, memory peak, the
-//! seed and where the clocks started. Still host-dependent and visible: file metadata of
-//! inputs (times, sizes of folders), and real time spent in `poll` sleeps (the clocks do not
-//! jump).
+//! seed and where the clocks started. File metadata is normalised (module `fsmeta`): every
+//! file time reads as the clock's start, listings are sorted by name, link counts read 1 and
+//! folder sizes 0, metadata hashes are handed out in order. Still host-dependent: real time
+//! spent in `poll` sleeps (the virtual clocks do not jump).
 //!
 //! # Speed
 //!
@@ -85,9 +98,9 @@ pub use determinism::{
 };
 pub use executor::WasmExecutor;
 pub use runtime::{
-    ComponentKind, DEFAULT_FUEL, DEFAULT_LOG_LIMIT_BYTES, DEFAULT_MEMORY_BYTES,
-    DEFAULT_OUTPUT_LIMIT_BYTES, EPOCH_INTERVAL, GuestRun, LoadedComponent, MAX_MEMORY_BYTES,
-    RuntimeOptions, WasmRuntime,
+    CompileListener, CompileNotice, ComponentKind, DEFAULT_FUEL, DEFAULT_LOG_LIMIT_BYTES,
+    DEFAULT_MEMORY_BYTES, DEFAULT_OUTPUT_LIMIT_BYTES, EPOCH_INTERVAL, GuestRun, LoadedComponent,
+    MAX_MEMORY_BYTES, MAX_OUTPUT_ENTRIES, RuntimeOptions, WasmRuntime,
 };
 
 /// What stops kiln from running a wasm step at all (a guest failing is an outcome, not this).

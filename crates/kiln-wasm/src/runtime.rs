@@ -42,6 +42,43 @@ pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 4 << 30;
 /// How often the epoch ticks; a running guest yields to the async executor at every tick.
 pub const EPOCH_INTERVAL: Duration = Duration::from_millis(10);
 
+/// What a [`WasmRuntime`] says when it must compile a component (not in its precompiled
+/// cache): a large one takes long enough that a person should be told.
+#[derive(Debug, Clone)]
+pub enum CompileNotice {
+    /// Compiling `path` (`bytes` long) starts.
+    Started {
+        /// The component file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// It is compiled and cached; later runs on this machine load it in milliseconds.
+    Finished {
+        /// The component file.
+        path: PathBuf,
+        /// How long compiling took.
+        took: Duration,
+    },
+}
+
+/// A function told about compiles.
+#[derive(Clone)]
+pub struct CompileListener(Arc<dyn Fn(&CompileNotice) + Send + Sync>);
+
+impl CompileListener {
+    /// A listener calling `f`.
+    pub fn new(f: impl Fn(&CompileNotice) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for CompileListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileListener")
+    }
+}
+
 /// Settings of a [`WasmRuntime`].
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -51,6 +88,7 @@ pub struct RuntimeOptions {
     log_limit_bytes: u64,
     output_limit_bytes: u64,
     clock_start: ClockStart,
+    on_compile: Option<CompileListener>,
 }
 
 impl Default for RuntimeOptions {
@@ -62,6 +100,7 @@ impl Default for RuntimeOptions {
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
             clock_start: ClockStart::default(),
+            on_compile: None,
         }
     }
 }
@@ -100,6 +139,12 @@ impl RuntimeOptions {
     /// epoch tick, so a fast writer can pass it by what it writes in one tick (10 ms).
     pub fn output_limit_bytes(&mut self, bytes: u64) -> &mut Self {
         self.output_limit_bytes = bytes;
+        self
+    }
+
+    /// Who is told when a component must be compiled (to show progress).
+    pub fn on_compile(&mut self, listener: CompileListener) -> &mut Self {
+        self.on_compile = Some(listener);
         self
     }
 
@@ -422,10 +467,25 @@ impl WasmRuntime {
         path: &Path,
     ) -> Result<LoadedComponent, WasmError> {
         let started = Instant::now();
+        let listener = self.inner.options.on_compile.as_ref();
+        let notify = || {
+            if let Some(CompileListener(f)) = listener {
+                f(&CompileNotice::Started {
+                    path: path.to_owned(),
+                    bytes: bytes.len() as u64,
+                });
+            }
+        };
         let (component, source) =
             self.inner
                 .cache
-                .load_or_compile(&self.inner.engine, &digest, bytes, path)?;
+                .load_or_compile(&self.inner.engine, &digest, bytes, path, &notify)?;
+        if let (Some(CompileListener(f)), LoadSource::Compiled) = (listener, source) {
+            f(&CompileNotice::Finished {
+                path: path.to_owned(),
+                took: started.elapsed(),
+            });
+        }
         let linked = self.inner.linker.instantiate_pre(&component);
         let pre = if exports_step_run(&self.inner.engine, &component) {
             linked.and_then(StepPre::new).map(Pre::Step)
@@ -628,7 +688,8 @@ fn output_limit_failure(limit: u64) -> ExecOutcome {
     ExecOutcome::failure(
         "output-limit",
         format!(
-            "the step wrote more than its output limit of {} into its outputs and was stopped",
+            "the step wrote more than its output limit of {} (or more than {MAX_OUTPUT_ENTRIES} \
+             files and folders) into its outputs and was stopped",
             bytes_text(limit)
         ),
         None,
@@ -668,25 +729,37 @@ impl OutputWatch {
             return Ok(());
         }
         let started = Instant::now();
-        // A folder the guest is changing can vanish under the walk: count what is there.
-        let size = tree_size(&self.dir).unwrap_or(0);
-        if size > self.limit {
-            return Err(OutputLimitExceeded { limit: self.limit });
+        // An entry the guest removes during the walk makes it fail: look again next tick.
+        if let Ok(size) = tree_size(&self.dir) {
+            if size > self.limit {
+                return Err(OutputLimitExceeded { limit: self.limit });
+            }
         }
+        // At most a tenth of the time walking, and a check at least every 100 ms (a guest
+        // making folders of files slow to walk hits MAX_OUTPUT_ENTRIES first).
         let spent = started.elapsed().as_secs_f64() / EPOCH_INTERVAL.as_secs_f64();
-        self.every = ((spent * 10.0).ceil() as u32).clamp(1, 1000);
+        self.every = ((spent * 10.0).ceil() as u32).clamp(1, 10);
         self.skip = self.every - 1;
         Ok(())
     }
 }
 
-/// Bytes in the files under `dir` (not following links).
+/// How many files and folders one run may leave in its outputs.
+pub const MAX_OUTPUT_ENTRIES: u64 = 100_000;
+
+/// Bytes in the files under `dir` (not following links); past [`MAX_OUTPUT_ENTRIES`]
+/// entries, `u64::MAX`.
 fn tree_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0u64;
+    let mut entries = 0u64;
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
+            entries += 1;
+            if entries > MAX_OUTPUT_ENTRIES {
+                return Ok(u64::MAX);
+            }
             let meta = entry.metadata()?;
             if meta.is_dir() {
                 stack.push(entry.path());

@@ -311,13 +311,17 @@ fn print_summary(summary: &RunSummary, state: &kiln_engine::StateDir, state_args
                     .map(|(k, v)| format!("{k}={}", short_digest(&v.to_string())))
                     .collect::<Vec<_>>()
                     .join(" "),
+                super::state::metrics_text(&s.metrics),
             ]
         })
         .collect();
     eprintln!();
     eprint!(
         "{}",
-        table(&["STEP", "STATUS", "TIME", "CACHED", "OUTPUTS"], &rows)
+        table(
+            &["STEP", "STATUS", "TIME", "CACHED", "OUTPUTS", "METRICS"],
+            &rows
+        )
     );
     let failed: Vec<_> = summary
         .steps

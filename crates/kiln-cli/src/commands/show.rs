@@ -75,6 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .skipped
                 .as_ref()
                 .filter(|reason| s.last.is_none() || reason.starts_with("cancelled"));
+            let metrics = s
+                .last
+                .as_ref()
+                .map(|r| super::state::metrics_text(&r.metrics))
+                .unwrap_or_default();
             let (status, time, outputs, note) = match (&s.last, skipped) {
                 (_, Some(reason)) => (
                     "skipped".to_owned(),
@@ -114,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 s.attempts.to_string(),
                 time,
                 outputs,
+                metrics,
                 note,
             ]
         })
@@ -121,7 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     print!(
         "{}",
         table(
-            &["STEP", "STATUS", "ATTEMPTS", "TIME", "OUTPUTS", "NOTE"],
+            &[
+                "STEP", "STATUS", "ATTEMPTS", "TIME", "OUTPUTS", "METRICS", "NOTE"
+            ],
             &rows
         )
     );

@@ -85,3 +85,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// Metrics as `name=value` pairs, values rounded to 6 decimals.
+pub fn metrics_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k}={}", (v * 1e6).round() / 1e6))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -25,6 +25,11 @@ pub fn repo_dir() -> PathBuf {
 /// Builds a cargo workspace for `wasm32-wasip2` (release) into its own `target/` and returns
 /// the folder holding the `.wasm` files.
 fn build_wasm(workspace: &Path, packages: &[&str]) -> PathBuf {
+    build_wasm_with(workspace, packages, &[])
+}
+
+/// [`build_wasm`] with extra cargo arguments.
+fn build_wasm_with(workspace: &Path, packages: &[&str], extra: &[&str]) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = workspace.join("target");
     let mut cmd = Command::new(cargo);
@@ -40,6 +45,7 @@ fn build_wasm(workspace: &Path, packages: &[&str]) -> PathBuf {
     for p in packages {
         cmd.args(["-p", p]);
     }
+    cmd.args(extra);
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", workspace.display()));
@@ -69,6 +75,19 @@ pub fn digits_step(name: &str) -> PathBuf {
         )
     })
     .join(format!("{name}.wasm"))
+}
+
+/// A digits step built as a component of the kiln step world (`<name>_step.wasm`).
+pub fn digits_component(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        build_wasm_with(
+            &repo_dir().join("examples/digits/steps"),
+            &["evaluate", "pick"],
+            &["--lib", "--features", "evaluate/component,pick/component"],
+        )
+    })
+    .join(format!("{name}_step.wasm"))
 }
 
 /// What a test step looks like.
