@@ -28,6 +28,8 @@ enum Command {
     Graph(commands::graph::Args),
     /// Print the JSON Schema of the pipeline format, for editors
     Schema(commands::schema::Args),
+    /// Build the wasm components of steps given by source, when stale
+    Build(commands::build::Args),
     /// Run a pipeline on this machine
     Run(commands::run::Args),
     /// List the runs in the state folder
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate::run(args),
         Command::Graph(args) => commands::graph::run(args),
         Command::Schema(args) => commands::schema::run(args),
+        Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Runs(args) => commands::runs::run(args),
         Command::Show(args) => commands::show::run(args),

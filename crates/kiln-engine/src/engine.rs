@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::EngineError;
+use crate::build::{BuildProgress, BuildRecipe, ComponentBuilder};
 use crate::cache::{CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
 use crate::record::{AttemptStatus, RecordEvent, RecordWriter, RunStatus, StepRecord};
@@ -391,7 +392,9 @@ impl Engine {
         }
 
         let mut components = HashMap::new();
-        let mut built: HashMap<(String, String), Result<(), String>> = HashMap::new();
+        let mut builder =
+            ComponentBuilder::for_plan(self.state.clone(), &input.base_dir, &input.plan);
+        builder.log_dir(self.state.run_dir(run_id).join("logs"));
         for step in &wasm_steps {
             if components.contains_key(&step.step) {
                 continue;
@@ -401,40 +404,19 @@ impl Engine {
             };
             let resolved = match component {
                 ComponentSource::Path { path } => Ok(input.base_dir.join(path)),
-                ComponentSource::Build {
-                    source,
-                    command,
-                    artifact,
-                } => {
-                    let key = (source.clone(), command.clone());
-                    if !built.contains_key(&key) {
+                ComponentSource::Build { .. } => {
+                    let recipe = BuildRecipe::of(component).expect("a build recipe");
+                    let mut progress = |BuildProgress::Started { command, .. }| {
                         emit(Event::Building {
                             step: step.step.clone(),
-                            command: command.clone(),
-                        });
-                        let log = self
-                            .state
-                            .run_dir(run_id)
-                            .join("logs")
-                            .join(format!("build-{}.log", step.step));
-                        let result =
-                            build_component(&input.base_dir.join(source), command, &log).await;
-                        built.insert(key.clone(), result);
-                    }
-                    match &built[&key] {
-                        Ok(()) => {
-                            let path = input.base_dir.join(source).join(artifact);
-                            if path.is_file() {
-                                Ok(path)
-                            } else {
-                                Err(format!(
-                                    "step `{}`: `{command}` ran but did not write `{source}/{artifact}`",
-                                    step.step
-                                ))
-                            }
-                        }
-                        Err(e) => Err(format!("step `{}`: {e}", step.step)),
-                    }
+                            command,
+                        })
+                    };
+                    builder
+                        .build(&step.step, &recipe, &mut progress)
+                        .await
+                        .map(|built| built.path)
+                        .map_err(|e| format!("step `{}`: {e}", step.step))
                 }
                 ComponentSource::Digest { digest } => match digest.parse::<Digest>() {
                     Ok(d) if store.contains(&d).unwrap_or(false) => {
@@ -474,38 +456,6 @@ impl Engine {
         } else {
             Err(EngineError::Preflight(problems))
         }
-    }
-}
-
-/// Runs a build command in a source folder, its output going to a log.
-async fn build_component(source: &Path, command: &str, log: &Path) -> Result<(), String> {
-    let log_file =
-        std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(source)
-        // The recipe names its artifact relative to the source folder; a cargo target folder
-        // set in kiln's own environment (as CI does) would build it somewhere else.
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .stdout(log_file)
-        .stderr(err_file)
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        Err(format!(
-            "build `{command}` failed ({status}) in {}:\n{}",
-            source.display(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ))
     }
 }
 

@@ -9,6 +9,7 @@
 //! publishes outputs to the store only after the step succeeded, so a failed or cancelled
 //! step leaves nothing half-written behind.
 
+mod build;
 mod cache;
 mod engine;
 mod executor;
@@ -17,6 +18,10 @@ mod state;
 
 use std::path::Path;
 
+pub use build::{
+    BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
+    build_key, builds_dir, sources_digest,
+};
 pub use cache::{
     CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyChange, KeyParts, canonical_json, diff_keys,
 };

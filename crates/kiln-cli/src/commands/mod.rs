@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod artifact;
+pub mod build;
 pub mod explain;
 pub mod graph;
 pub mod logs;
