@@ -730,10 +730,10 @@ impl OutputWatch {
         }
         let started = Instant::now();
         // An entry the guest removes during the walk makes it fail: look again next tick.
-        if let Ok(size) = tree_size(&self.dir) {
-            if size > self.limit {
-                return Err(OutputLimitExceeded { limit: self.limit });
-            }
+        if let Ok(size) = tree_size(&self.dir)
+            && size > self.limit
+        {
+            return Err(OutputLimitExceeded { limit: self.limit });
         }
         // At most a tenth of the time walking, and a check at least every 100 ms (a guest
         // making folders of files slow to walk hits MAX_OUTPUT_ENTRIES first).
