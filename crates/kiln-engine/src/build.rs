@@ -44,6 +44,8 @@ pub struct BuildRecipe {
     pub command: String,
     /// The built `.wasm`, relative to the source folder.
     pub artifact: String,
+    /// Other files and folders the build reads, relative to the source folder.
+    pub watch: Vec<String>,
 }
 
 impl BuildRecipe {
@@ -54,10 +56,12 @@ impl BuildRecipe {
                 source,
                 command,
                 artifact,
+                watch,
             } => Some(Self {
                 source: source.clone(),
                 command: command.clone(),
                 artifact: artifact.clone(),
+                watch: watch.clone(),
             }),
             _ => None,
         }
@@ -228,7 +232,18 @@ impl ComponentBuilder {
         let started = Instant::now();
         let source_dir = self.base_dir.join(&recipe.source);
         let artifact_path = source_dir.join(&recipe.artifact);
-        let sources = self.source_digest(&source_dir, &artifact_path).await?;
+        let mut sources = vec![self.source_digest(&source_dir, &artifact_path).await?];
+        for watched in &recipe.watch {
+            let path = source_dir.join(watched);
+            let digest = if path.is_file() {
+                Digest::of_file(&path).map_err(|e| {
+                    BuildFailure::new(format!("cannot read watched file {}: {e}", path.display()))
+                })?
+            } else {
+                self.source_digest(&path, &artifact_path).await?
+            };
+            sources.push(digest);
+        }
         let key = build_key(&sources, &recipe.command, &recipe.artifact);
 
         if !self.force
@@ -384,12 +399,15 @@ pub fn builds_dir(state: &StateDir) -> PathBuf {
 
 /// A build key: the sources' digest, the command and the artifact path, in a versioned,
 /// unambiguous encoding (every field is length-prefixed).
-pub fn build_key(sources: &Digest, command: &str, artifact: &str) -> Digest {
+pub fn build_key(sources: &[Digest], command: &str, artifact: &str) -> Digest {
     let mut buf = Vec::new();
     push_field(&mut buf, BUILD_KEY_DOMAIN.as_bytes());
     push_field(&mut buf, command.as_bytes());
     push_field(&mut buf, artifact.as_bytes());
-    push_field(&mut buf, sources.as_bytes());
+    // The source folder's digest first, then each watched path's, in the recipe's order.
+    for sources in sources {
+        push_field(&mut buf, sources.as_bytes());
+    }
     Digest::of_bytes(&buf)
 }
 
@@ -592,7 +610,7 @@ mod tests {
 
     #[test]
     fn the_command_and_the_artifact_are_in_the_key() {
-        let sources = Digest::of_bytes(b"sources");
+        let sources = [Digest::of_bytes(b"sources")];
         let key = build_key(&sources, "cargo build", "target/a.wasm");
         assert_ne!(
             key,
@@ -601,7 +619,19 @@ mod tests {
         assert_ne!(key, build_key(&sources, "cargo build", "target/b.wasm"));
         assert_ne!(
             key,
-            build_key(&Digest::of_bytes(b"other"), "cargo build", "target/a.wasm")
+            build_key(
+                &[Digest::of_bytes(b"other")],
+                "cargo build",
+                "target/a.wasm"
+            )
+        );
+        // A watched folder's digest counts, in order.
+        let watched = [sources[0], Digest::of_bytes(b"wit")];
+        assert_ne!(key, build_key(&watched, "cargo build", "target/a.wasm"));
+        let swapped = [watched[1], watched[0]];
+        assert_ne!(
+            build_key(&watched, "cargo build", "target/a.wasm"),
+            build_key(&swapped, "cargo build", "target/a.wasm")
         );
         // Fields are length-prefixed: moving text from one to the other is a change.
         assert_ne!(
@@ -692,6 +722,7 @@ mod tests {
                 counter.display()
             ),
             artifact: "out/c.wasm".into(),
+            watch: Vec::new(),
         };
         (recipe, counter)
     }
@@ -757,6 +788,28 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().path().extension() == Some("json".as_ref()))
             .count();
         assert_eq!(entries, 0, "a failed build left a cache entry");
+    }
+
+    #[tokio::test]
+    async fn a_change_in_a_watched_folder_outside_the_source_rebuilds() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut recipe, counter) = counting_recipe(root.path(), "");
+        write(root.path(), "shared/lib.rs", "pub fn one() {}");
+        write(root.path(), "unwatched/x.txt", "a");
+        recipe.watch = vec!["../shared".into()];
+        let state = StateDir::new(root.path().join("state"));
+        let build = || async {
+            ComponentBuilder::new(state.clone(), root.path())
+                .build("s", &recipe, &mut |_| {})
+                .await
+                .unwrap()
+        };
+        assert!(!build().await.cached);
+        write(root.path(), "unwatched/x.txt", "b");
+        assert!(build().await.cached, "a file nobody watches changed");
+        write(root.path(), "shared/lib.rs", "pub fn two() {}");
+        assert!(!build().await.cached, "the watched folder changed");
+        assert_eq!(runs(&counter), 2);
     }
 
     #[tokio::test]

@@ -1214,6 +1214,7 @@ fn component_source(wasm: &WasmRef) -> ComponentSource {
             source: normalise(&b.source).unwrap_or_else(|| b.source.value.clone()),
             command: b.command.value.clone(),
             artifact: b.artifact.value.clone(),
+            watch: b.watch.iter().map(|w| w.value.clone()).collect(),
         },
     }
 }

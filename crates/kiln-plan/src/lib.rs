@@ -147,6 +147,9 @@ pub enum ComponentSource {
         command: String,
         /// The built `.wasm`, relative to the source folder.
         artifact: String,
+        /// Other files and folders the build reads, relative to the source folder.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        watch: Vec<String>,
     },
 }
 

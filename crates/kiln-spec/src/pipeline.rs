@@ -221,6 +221,11 @@ pub struct BuildSpec {
     pub command: Located<String>,
     /// The `.wasm` file the command writes, relative to the source folder.
     pub artifact: Located<String>,
+    /// Files or folders outside the source folder that the build also reads (a shared
+    /// crate, a WIT folder), relative to the source folder: a change to them makes the
+    /// build stale too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<Located<String>>,
 }
 
 impl fmt::Display for WasmRef {
