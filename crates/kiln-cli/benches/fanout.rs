@@ -19,19 +19,14 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+mod common;
+
+use common::*;
 /// The target for the whole fan-out of 1,000 fresh steps, precompiled cache warm.
 const TARGET_1000: Duration = Duration::from_millis(500);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The trivial guest, built from `crates/kiln-wasm/tests/guests` for `wasm32-wasip2`.
 fn noop_component() -> PathBuf {
@@ -64,46 +59,6 @@ fn pipeline(n: usize) -> String {
          salt: \"{{{{params.salt}}}}\"}}\n",
         items.join(", ")
     )
-}
-
-/// Runs `kiln ARGS` in `dir`, output discarded; returns the wall time from spawn to exit.
-fn time_kiln(dir: &Path, args: &[&str]) -> Duration {
-    let start = Instant::now();
-    let status = Command::new(KILN)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("kiln starts");
-    let time = start.elapsed();
-    assert!(
-        status.success(),
-        "kiln {args:?} in {}: {status}",
-        dir.display()
-    );
-    time
-}
-
-/// How many steps of a `kiln run --output json` ended with each status word.
-fn statuses(dir: &Path, args: &[&str]) -> Vec<String> {
-    let out = Command::new(KILN)
-        .args(args)
-        .args(["--output", "json"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .expect("kiln starts");
-    assert!(out.status.success(), "kiln {args:?}: {}", out.status);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    summary["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["status"].as_str().expect("a status").to_owned())
-        .collect()
 }
 
 /// `median (min–max)` in ms, and the median.
@@ -223,13 +178,4 @@ fn main() {
         );
     }
     println!("load average at end: {}", load_average());
-}
-
-/// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
-/// work on the cores shows in the figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".into(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
 }

@@ -18,20 +18,14 @@
 
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+mod common;
+
+use common::*;
 /// The target for a fully cached re-run of 10 steps.
 const TARGET_10: Duration = Duration::from_millis(30);
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn pipeline(shape: &str, n: usize) -> String {
     let mut yaml = format!("apiVersion: kiln/v1\nname: rerun-{shape}-{n}\nsteps:\n");
@@ -46,45 +40,6 @@ fn pipeline(shape: &str, n: usize) -> String {
         }
     }
     yaml
-}
-
-/// Runs `kiln ARGS` in `dir`, output discarded; returns the wall time from spawn to exit.
-fn time_kiln(dir: &Path, args: &[&str]) -> Duration {
-    let start = Instant::now();
-    let status = Command::new(KILN)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("kiln starts");
-    let time = start.elapsed();
-    assert!(
-        status.success(),
-        "kiln {args:?} in {}: {status}",
-        dir.display()
-    );
-    time
-}
-
-/// Every step's status word in a `kiln run --output json`.
-fn statuses(dir: &Path) -> Vec<String> {
-    let out = Command::new(KILN)
-        .args(["run", "pipeline.yaml", "--output", "json"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .expect("kiln starts");
-    assert!(out.status.success(), "kiln run: {}", out.status);
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
-    summary["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["status"].as_str().expect("a status").to_owned())
-        .collect()
 }
 
 /// Median and p90 (nearest rank), in ms.
@@ -134,7 +89,7 @@ fn main() {
             std::fs::write(dir.join("pipeline.yaml"), pipeline(shape, n)).unwrap();
             // Fill the cache, then check that a re-run is served from it entirely.
             time_kiln(&dir, &["run", "pipeline.yaml"]);
-            let words = statuses(&dir);
+            let words = statuses(&dir, &["run", "pipeline.yaml"]);
             assert_eq!(words.len(), n);
             assert!(words.iter().all(|w| w == "cached"), "{words:?}");
 
@@ -175,13 +130,4 @@ fn main() {
         );
     }
     println!("load average at end: {}", load_average());
-}
-
-/// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
-/// work on the cores shows in the figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".into(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
 }

@@ -37,20 +37,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+mod common;
+
+use common::*;
 /// Steps in the chain.
 const STEPS: usize = 10;
 /// Rows of the input table.
 const ROWS: usize = 10_000;
 /// The seed `make_data.py` draws the table with.
 const SEED: u64 = 7;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn bench_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/zscore")
@@ -358,13 +353,4 @@ fn main() {
         );
     }
     println!("load average at end: {}", load_average());
-}
-
-/// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
-/// work on the cores shows in the figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".into(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
 }
