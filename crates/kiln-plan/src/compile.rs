@@ -1167,7 +1167,8 @@ impl<'a> Checker<'a> {
                 "container"
             } else {
                 "wasm"
-            },
+            }
+            .to_owned(),
             container: container_key,
             params: with.clone(),
             inputs: inputs.keys().cloned().collect(),

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_spec::{Diagnostic, SourceFile, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use compile::compile;
 
@@ -42,7 +42,7 @@ pub struct Compiled {
 }
 
 /// A validated, expanded pipeline, ready for the engine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// [`PLAN_VERSION`].
     pub plan_version: u32,
@@ -62,7 +62,7 @@ impl Plan {
 }
 
 /// One schedulable unit: a step, or one instance of a fan-out step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
     /// Unique id: the step's name, or `name[i]` for fan-out instance `i`.
     pub id: String,
@@ -91,7 +91,7 @@ pub struct PlannedStep {
 }
 
 /// The item a fan-out instance works on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanOutInstance {
     /// Position in the list, from 0.
     pub index: usize,
@@ -100,7 +100,7 @@ pub struct FanOutInstance {
 }
 
 /// A wasm component or a container.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// A WebAssembly component run in the shared runner.
@@ -119,7 +119,7 @@ pub enum StepKind {
 }
 
 /// Where a wasm component comes from; paths are relative to the pipeline file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComponentSource {
     /// A `.wasm` file.
@@ -154,7 +154,7 @@ pub enum ComponentSource {
 }
 
 /// A container step after templating.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerPlan {
     /// Image reference.
     pub image: String,
@@ -171,7 +171,7 @@ pub struct ContainerPlan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     /// GPUs.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub gpu: u32,
 }
 
@@ -180,7 +180,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// Where an input's bytes come from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputSource {
     /// One output of one planned step.
@@ -215,7 +215,7 @@ pub enum InputSource {
 }
 
 /// Retries, timeout and caching of a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Extra attempts after a failure.
     pub retries: u32,
@@ -230,12 +230,12 @@ pub struct Policy {
 ///
 /// The engine completes it with the component's digest (for wasm), every input's digest by
 /// input name and the runtime's determinism version, then hashes its canonical JSON.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheKeyMaterial {
     /// [`PLAN_VERSION`]: bump it when this layout changes.
     pub version: u32,
     /// `wasm` or `container`.
-    pub kind: &'static str,
+    pub kind: String,
     /// For containers: image, command, args (with param templates applied) and env.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerKey>,
@@ -248,7 +248,7 @@ pub struct CacheKeyMaterial {
 }
 
 /// The parts of a container step that change its result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerKey {
     /// Image reference (the engine adds the resolved digest where known).
     pub image: String,
