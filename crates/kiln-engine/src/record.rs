@@ -259,6 +259,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_read_back_bit_for_bit() {
+        // serde_json's default float parser can be one unit in the last place off; replay
+        // compares metrics exactly, so the record must give back what was written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.jsonl");
+        let values = [
+            0.9111111111111111,
+            0.1 + 0.2,
+            1e-300,
+            123456.789e10,
+            2.0f64.sqrt(),
+        ];
+        let rec = StepRecord {
+            step: "s".into(),
+            attempt: 1,
+            status: AttemptStatus::Succeeded,
+            cache_key: "k".into(),
+            key: serde_json::Value::Null,
+            executor: "wasm".into(),
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            duration_ms: 0,
+            message: None,
+            failure_kind: None,
+            exit_code: None,
+            metrics: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("m{i}"), *v))
+                .collect(),
+            details: BTreeMap::new(),
+            reused_from: None,
+        };
+        RecordWriter::create(&path)
+            .unwrap()
+            .append(&RecordEvent::StepFinished(Box::new(rec.clone())))
+            .unwrap();
+        let events = read_record(&path).unwrap();
+        let RecordEvent::StepFinished(back) = &events[0] else {
+            panic!("not a step")
+        };
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(back.metrics[&format!("m{i}")].to_bits(), v.to_bits(), "{v}");
+        }
+    }
+
+    #[test]
     fn torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("record.jsonl");
