@@ -42,6 +42,8 @@ enum Command {
     Explain(commands::explain::Args),
     /// Copy artifacts out of the store
     Artifact(commands::artifact::Args),
+    /// Run a recorded run's wasm steps again and compare their outputs with the record
+    Replay(commands::replay::Args),
 }
 
 /// How results are printed.
@@ -73,6 +75,14 @@ pub fn wasm_executor(
     state: &kiln_engine::StateDir,
     jobs: usize,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
+    wasm_executor_at(&state.root().join("wasm-cache"), jobs)
+}
+
+/// The executor for wasm steps, with its precompiled components kept in `cache_dir`.
+pub fn wasm_executor_at(
+    cache_dir: &std::path::Path,
+    jobs: usize,
+) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
     let mut options = kiln_wasm::RuntimeOptions::new();
     options
         .concurrency(jobs.max(1))
@@ -89,7 +99,7 @@ pub fn wasm_executor(
             }
             _ => {}
         }));
-    let runtime = kiln_wasm::WasmRuntime::with_options(state.root().join("wasm-cache"), &options)
+    let runtime = kiln_wasm::WasmRuntime::with_options(cache_dir, &options)
         .map_err(|e| anyhow::anyhow!("cannot start the wasm runtime: {e}"))?;
     Ok(Some(std::sync::Arc::new(kiln_wasm::WasmExecutor::new(
         runtime,
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Artifact(args) => commands::artifact::run(args),
+        Command::Replay(args) => commands::replay::run(args),
     };
     match result {
         Ok(code) => code,

@@ -438,13 +438,27 @@ impl Engine {
                     step.step
                 )),
             };
-            match resolved.and_then(|path| {
-                Digest::of_file(&path)
-                    .map(|d| (path.clone(), d))
-                    .map_err(|e| {
-                        format!("step `{}`: cannot read {}: {e}", step.step, path.display())
-                    })
-            }) {
+            // Every component a run used is kept in the store, so that the run can be
+            // replayed and exported from its record alone.
+            let keep = |path: PathBuf| -> Result<(PathBuf, Digest), String> {
+                let digest = Digest::of_file(&path).map_err(|e| {
+                    format!("step `{}`: cannot read {}: {e}", step.step, path.display())
+                })?;
+                if !store.contains(&digest).unwrap_or(false) {
+                    let stored = store.put_file(&path).map_err(|e| {
+                        format!("step `{}`: cannot store its component: {e}", step.step)
+                    })?;
+                    if stored != digest {
+                        return Err(format!(
+                            "step `{}`: component {} changed while it was read",
+                            step.step,
+                            path.display()
+                        ));
+                    }
+                }
+                Ok((path, digest))
+            };
+            match resolved.and_then(keep) {
                 Ok(found) => {
                     components.insert(step.step.clone(), found);
                 }
@@ -784,13 +798,20 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             attempt,
         });
         let attempt_started = Instant::now();
+        let place = AttemptPlace {
+            run_id: &shared.run_id,
+            store: &shared.store,
+            scratch: shared.state.scratch_dir(&shared.run_id),
+            log: shared.state.log_path(&shared.run_id, &step.id),
+        };
         let result = run_attempt(
-            shared,
+            &place,
             step,
             attempt,
             &key,
             &inputs,
             component.as_ref().map(|(p, _)| p.clone()),
+            BTreeMap::new(),
             executor.as_ref(),
         )
         .await;
@@ -863,12 +884,12 @@ fn backoff(config: &EngineConfig, attempt: u32) -> Duration {
         .min(config.retry_max)
 }
 
-struct AttemptFailure {
-    kind: String,
-    message: String,
-    exit_code: Option<i32>,
-    details: BTreeMap<String, serde_json::Value>,
-    retryable: bool,
+pub(crate) struct AttemptFailure {
+    pub(crate) kind: String,
+    pub(crate) message: String,
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) details: BTreeMap<String, serde_json::Value>,
+    pub(crate) retryable: bool,
 }
 
 impl AttemptFailure {
@@ -883,7 +904,7 @@ impl AttemptFailure {
     }
 }
 
-type AttemptResult = Result<
+pub(crate) type AttemptResult = Result<
     (
         BTreeMap<String, Digest>,
         BTreeMap<String, f64>,
@@ -892,20 +913,28 @@ type AttemptResult = Result<
     AttemptFailure,
 >;
 
+/// Where an attempt runs: its run, the store its inputs come from and its outputs go to, the
+/// folder its scratch folder is made in, and its log.
+pub(crate) struct AttemptPlace<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) store: &'a LocalStore,
+    pub(crate) scratch: PathBuf,
+    pub(crate) log: PathBuf,
+}
+
 /// One attempt in its own scratch folder: materialise, execute, publish outputs.
-async fn run_attempt(
-    shared: &Shared,
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_attempt(
+    place: &AttemptPlace<'_>,
     step: &PlannedStep,
     attempt: u32,
     key: &Digest,
     inputs: &BTreeMap<String, Digest>,
     component: Option<PathBuf>,
+    recorded: BTreeMap<String, serde_json::Value>,
     executor: &dyn Executor,
 ) -> AttemptResult {
-    let workdir = shared
-        .state
-        .scratch_dir(&shared.run_id)
-        .join(format!("{}.{attempt}", step.id));
+    let workdir = place.scratch.join(format!("{}.{attempt}", step.id));
     let guard = ScratchGuard(workdir.clone());
     let in_dir = workdir.join("in");
     let out_dir = workdir.join("out");
@@ -917,7 +946,7 @@ async fn run_attempt(
     let mut input_paths = BTreeMap::new();
     for (name, digest) in inputs {
         let dest = in_dir.join(name);
-        let (store, digest_c, dest_c) = (shared.store.clone(), *digest, dest.clone());
+        let (store, digest_c, dest_c) = (place.store.clone(), *digest, dest.clone());
         blocking(move || store.materialize(&digest_c, &dest_c))
             .await
             .map_err(|e| {
@@ -931,7 +960,7 @@ async fn run_attempt(
         .map(|name| (name.clone(), out_dir.join(name)))
         .collect();
     let task = StepTask {
-        run_id: shared.run_id.clone(),
+        run_id: place.run_id.to_owned(),
         step: step.clone(),
         attempt,
         cache_key: key.to_string(),
@@ -939,7 +968,8 @@ async fn run_attempt(
         inputs: input_paths,
         outputs: outputs.clone(),
         component,
-        log: shared.state.log_path(&shared.run_id, &step.id),
+        log: place.log.clone(),
+        recorded,
     };
     let run = executor.run(&task);
     let outcome = match step.policy.timeout_ms {
@@ -968,7 +998,7 @@ async fn run_attempt(
             return Err(failure);
         }
         Err(e) => {
-            let mut failure = AttemptFailure::new("executor", e.to_string());
+            let mut failure = AttemptFailure::new(e.kind, e.message);
             failure.retryable = false;
             return Err(failure);
         }
@@ -997,7 +1027,7 @@ async fn run_attempt(
             failure.retryable = false;
             return Err(failure);
         }
-        let store = shared.store.clone();
+        let store = place.store.clone();
         let is_dir = meta.is_dir();
         let digest = blocking(move || {
             if is_dir {
@@ -1074,26 +1104,13 @@ async fn resolve_inputs(
                         .map(|id| outputs.get(id).and_then(|o| o.get(output)).copied())
                         .collect()
                 };
-                let mut entries = Vec::new();
+                let mut digests = Vec::new();
                 for (k, digest) in found.into_iter().enumerate() {
-                    let digest = digest.ok_or_else(|| {
+                    digests.push(digest.ok_or_else(|| {
                         format!("input `{name}`: instance {k} has no output `{output}`")
-                    })?;
-                    let kind = match shared.store.kind(&digest).map_err(|e| e.to_string())? {
-                        Some(ObjectKind::Tree) => EntryKind::Folder,
-                        _ => EntryKind::File,
-                    };
-                    entries.push(TreeEntry {
-                        name: EntryName::try_from(k.to_string()).map_err(|e| e.to_string())?,
-                        kind,
-                        digest,
-                    });
+                    })?);
                 }
-                let tree = Tree::new(entries).map_err(|e| e.to_string())?;
-                shared
-                    .store
-                    .put_manifest(&tree)
-                    .map_err(|e| e.to_string())?
+                collect_tree(&shared.store, &digests)?
             }
             InputSource::Workspace { path } => {
                 let mut cache = shared.workspace.lock().await;
@@ -1135,6 +1152,24 @@ async fn resolve_inputs(
     Ok(digests)
 }
 
+/// The folder a `Collect` input is: one entry per instance, named by its index.
+pub(crate) fn collect_tree(store: &LocalStore, digests: &[Digest]) -> Result<Digest, String> {
+    let mut entries = Vec::new();
+    for (k, digest) in digests.iter().enumerate() {
+        let kind = match store.kind(digest).map_err(|e| e.to_string())? {
+            Some(ObjectKind::Tree) => EntryKind::Folder,
+            _ => EntryKind::File,
+        };
+        entries.push(TreeEntry {
+            name: EntryName::try_from(k.to_string()).map_err(|e| e.to_string())?,
+            kind,
+            digest: *digest,
+        });
+    }
+    let tree = Tree::new(entries).map_err(|e| e.to_string())?;
+    store.put_manifest(&tree).map_err(|e| e.to_string())
+}
+
 /// The cached outputs, if every declared output is there and its object is still stored.
 fn present_outputs(
     store: &LocalStore,
@@ -1158,31 +1193,46 @@ async fn evaluate_condition(
     step: &PlannedStep,
     when: &str,
 ) -> Result<bool, String> {
-    let mut steps: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
-    let mut lists: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
-    let produced: Vec<(String, BTreeMap<String, Digest>)> = {
+    let produced: HashMap<String, BTreeMap<String, Digest>> = {
         let outputs = shared.outputs.lock().expect("outputs lock");
         step.depends_on
             .iter()
             .filter_map(|id| outputs.get(id).map(|o| (id.clone(), o.clone())))
             .collect()
     };
-    for (id, outputs) in produced {
-        let producer = shared.plan.step(&id).expect("planned dependency");
+    condition_holds(&shared.plan, &shared.store, &produced, step, when)
+}
+
+/// Evaluates `when` with the small JSON outputs of the step's dependencies, read from
+/// `produced` (outputs by step id).
+pub(crate) fn condition_holds(
+    plan: &Plan,
+    store: &LocalStore,
+    produced: &HashMap<String, BTreeMap<String, Digest>>,
+    step: &PlannedStep,
+    when: &str,
+) -> Result<bool, String> {
+    let mut steps: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+    let mut lists: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for id in &step.depends_on {
+        let Some(outputs) = produced.get(id) else {
+            continue;
+        };
+        let producer = plan.step(id).expect("planned dependency");
         for (output, digest) in outputs {
-            let Some(value) = small_json(&shared.store, &digest) else {
+            let Some(value) = small_json(store, digest) else {
                 continue;
             };
             if producer.instance.is_some() {
                 lists
-                    .entry((producer.step.clone(), output))
+                    .entry((producer.step.clone(), output.clone()))
                     .or_default()
                     .push(value);
             } else {
                 steps
                     .entry(producer.step.clone())
                     .or_default()
-                    .insert(output, value);
+                    .insert(output.clone(), value);
             }
         }
     }
@@ -1193,7 +1243,7 @@ async fn evaluate_condition(
             .insert(output, serde_json::Value::Array(values));
     }
     let item = step.instance.as_ref().map(|i| &i.item);
-    kiln_plan::when::evaluate(when, &shared.plan.params, &steps, item)
+    kiln_plan::when::evaluate(when, &plan.params, &steps, item)
         .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 

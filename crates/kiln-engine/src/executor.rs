@@ -32,6 +32,10 @@ pub struct StepTask {
     pub component: Option<PathBuf>,
     /// Where the step's stdout and stderr go.
     pub log: PathBuf,
+    /// Facts an earlier attempt recorded that a deterministic executor must reproduce (the
+    /// `details` of the recorded attempt: where the clocks started, the fuel budget...).
+    /// Empty in a run; set by replay.
+    pub recorded: BTreeMap<String, serde_json::Value>,
 }
 
 /// How an attempt ended, from the step's point of view.
@@ -80,6 +84,9 @@ impl ExecOutcome {
 pub struct ExecutorError {
     /// What went wrong, for people.
     pub message: String,
+    /// A stable kind: `executor` in general, `component` when the step's component cannot be
+    /// read, compiled or linked.
+    pub kind: &'static str,
 }
 
 impl ExecutorError {
@@ -87,6 +94,15 @@ impl ExecutorError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            kind: "executor",
+        }
+    }
+
+    /// The step's component cannot be read, compiled or linked.
+    pub fn component(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            kind: "component",
         }
     }
 }

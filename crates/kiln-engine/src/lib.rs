@@ -14,6 +14,7 @@ mod cache;
 mod engine;
 mod executor;
 mod record;
+mod replay;
 mod state;
 
 use std::path::Path;
@@ -31,6 +32,10 @@ pub use engine::{
 pub use executor::{ExecOutcome, Executor, ExecutorError, StepTask, fill_paths};
 pub use record::{
     AttemptStatus, RecordEvent, RecordWriter, RunStatus, RunView, StepRecord, StepView, read_record,
+};
+pub use replay::{
+    MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
+    StepReplay, Verdict, replay_run,
 };
 pub use state::{StateDir, new_run_id, now_ms};
 

@@ -5,7 +5,7 @@ use kiln_engine::{ExecOutcome, Executor, ExecutorError, StepTask};
 use kiln_plan::{PlannedStep, StepKind};
 
 use crate::command::GuestLayout;
-use crate::determinism::Seed;
+use crate::determinism::{ClockStart, Seed};
 use crate::runtime::{GuestRun, MAX_MEMORY_BYTES, WasmRuntime};
 use crate::{WasmError, limits};
 
@@ -37,13 +37,25 @@ impl WasmExecutor {
                 step: task.step.id.clone(),
             });
         };
+        // A replay gives the limits and clock starts the recorded attempt ran with.
+        let recorded = |name: &str| task.recorded.get(name).and_then(|v| v.as_u64());
+        let clock_start = match (
+            recorded("clock_wall_start_ns"),
+            recorded("clock_monotonic_start_ns"),
+        ) {
+            (Some(wall_ns), Some(monotonic_ns)) => Some(ClockStart {
+                wall_ns,
+                monotonic_ns,
+            }),
+            _ => None,
+        };
         Ok(GuestRun {
             layout: GuestLayout::for_task(task)?,
             log: task.log.clone(),
-            memory_bytes: *memory_bytes,
-            fuel: *fuel,
+            memory_bytes: recorded("memory_limit_bytes").or(*memory_bytes),
+            fuel: recorded("fuel_limit").or(*fuel),
             seed: Seed::from_cache_key(&task.cache_key),
-            clock_start: None,
+            clock_start,
         })
     }
 }

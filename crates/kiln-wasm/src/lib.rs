@@ -195,6 +195,12 @@ pub enum WasmError {
 
 impl From<WasmError> for kiln_engine::ExecutorError {
     fn from(e: WasmError) -> Self {
-        kiln_engine::ExecutorError::new(e.to_string())
+        match e {
+            WasmError::Read { .. }
+            | WasmError::Changed { .. }
+            | WasmError::Compile { .. }
+            | WasmError::NotACommand { .. } => kiln_engine::ExecutorError::component(e.to_string()),
+            _ => kiln_engine::ExecutorError::new(e.to_string()),
+        }
     }
 }

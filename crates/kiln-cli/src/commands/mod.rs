@@ -5,6 +5,7 @@ pub mod build;
 pub mod explain;
 pub mod graph;
 pub mod logs;
+pub mod replay;
 pub mod run;
 pub mod runs;
 pub mod schema;

@@ -57,7 +57,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         },
         cache_key: CacheKeyMaterial {
             version: kiln_plan::PLAN_VERSION,
-            kind: "container",
+            kind: "container".into(),
             container: None,
             params: BTreeMap::new(),
             inputs: Vec::new(),
@@ -97,6 +97,7 @@ pub fn task(root: &Path, step: PlannedStep, inputs: &[(&str, &str)], outputs: &[
     StepTask {
         run_id: "20260101-000000-000-ab12".to_owned(),
         log: root.join("logs").join(format!("{}.log", step.id)),
+        recorded: Default::default(),
         step,
         attempt: 1,
         cache_key: "blake3:test".to_owned(),
@@ -112,6 +113,7 @@ pub fn paper_task(step: PlannedStep) -> StepTask {
     StepTask {
         run_id: "r1".to_owned(),
         log: PathBuf::from("/s/logs/x.log"),
+        recorded: Default::default(),
         step,
         attempt: 2,
         cache_key: "blake3:test".to_owned(),

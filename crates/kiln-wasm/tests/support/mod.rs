@@ -134,6 +134,7 @@ pub fn task(dir: &Path, step: &str, component: &Path, spec: TaskSpec<'_>) -> Ste
         outputs,
         component: Some(component.to_owned()),
         log: dir.join("step.log"),
+        recorded: Default::default(),
     }
 }
 
@@ -161,7 +162,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         },
         cache_key: CacheKeyMaterial {
             version: 1,
-            kind: "wasm",
+            kind: "wasm".into(),
             container: None,
             params: spec.params.clone(),
             inputs: spec.inputs.iter().map(|(n, _)| (*n).to_owned()).collect(),

@@ -1,0 +1,1042 @@
+//! Replay: re-execute a recorded run's wasm steps and compare what they write with what the
+//! record says they wrote.
+//!
+//! Each wasm step runs again with the component, inputs, params, seed, clock starts, fuel and
+//! memory budget of its recorded attempt; container steps are served from their recorded
+//! outputs, or run again on request. A plain replay feeds every step its recorded inputs, so a
+//! difference points at the step that differs and nothing else. A replay with replaced
+//! components feeds each step what its upstream steps wrote in the replay, so a change shows
+//! where it goes downstream.
+//!
+//! Every verdict that is not `identical` carries a stable code (documented in
+//! `docs/replay.md`): `kiln::replay::nondeterministic`, `kiln::replay::changed`,
+//! `kiln::replay::failed`, `kiln::replay::missing-object`, `kiln::replay::component`,
+//! `kiln::replay::executor`, `kiln::replay::upstream`, `kiln::replay::stale-container`,
+//! `kiln::replay::condition`, `kiln::replay::record`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kiln_cas::{Digest, EntryKind, LocalStore, ObjectKind};
+use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
+use serde::Serialize;
+
+use crate::cache::{DETERMINISM_VERSION, KeyParts};
+use crate::engine::{AttemptPlace, Executors, collect_tree, condition_holds, run_attempt};
+use crate::record::{AttemptStatus, RecordEvent, RunView, StepRecord, read_record};
+use crate::state::{StateDir, now_ms};
+
+/// The largest output (each side) shown as a text diff.
+const MAX_DIFF_BYTES: u64 = 64 * 1024;
+/// Lines of a diff shown per output.
+const MAX_DIFF_LINES: usize = 40;
+/// Paths listed per folder output that differs.
+const MAX_LISTED_PATHS: usize = 20;
+
+/// What a replay does besides re-executing wasm steps.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Run container steps again instead of serving their recorded outputs.
+    pub rerun_containers: bool,
+    /// Components to use instead of the recorded ones: step name (or planned id) → `.wasm`.
+    pub replace: BTreeMap<String, PathBuf>,
+    /// Where attempts run and logs go (a folder the caller owns; created if missing).
+    pub work_dir: PathBuf,
+}
+
+/// Why a replay could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The record or plan cannot be read.
+    #[error("{0}")]
+    Record(String),
+    /// The run was recorded by a runtime whose observable behaviour differs from this one.
+    #[error(
+        "run {run_id} was recorded with determinism version {recorded}; this kiln's runtime is \
+         version {current}, so its steps may legitimately write other bytes. Record the run again \
+         with this kiln (and re-export its bundle)"
+    )]
+    DeterminismVersion {
+        /// The run.
+        run_id: String,
+        /// In the record.
+        recorded: u32,
+        /// This kiln.
+        current: u32,
+    },
+    /// A `--with` names no wasm step of the run, or its file cannot be read.
+    #[error("{0}")]
+    Replace(String),
+    /// The work folder cannot be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The folder.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+impl ReplayError {
+    /// A stable code for tools and docs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReplayError::Record(_) => "kiln::replay::record",
+            ReplayError::DeterminismVersion { .. } => "kiln::replay::determinism-version",
+            ReplayError::Replace(_) => "kiln::replay::with",
+            ReplayError::Io { .. } => "kiln::replay::io",
+        }
+    }
+}
+
+/// How one step came out of a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Same outputs and metrics as recorded.
+    Identical,
+    /// Different outputs, metrics or outcome from the same component and inputs.
+    Diverged,
+    /// Different outputs after its component was replaced or its inputs changed upstream.
+    Changed,
+    /// A container step whose recorded outputs were used as they are.
+    Served,
+    /// Not replayed: skipped or failed in the recorded run.
+    Skipped,
+    /// It could not be replayed: a missing object, a component that does not load...
+    CouldNotReplay,
+}
+
+impl Verdict {
+    /// The word `kiln replay` prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Identical => "identical",
+            Verdict::Diverged => "diverged",
+            Verdict::Changed => "changed",
+            Verdict::Served => "served",
+            Verdict::Skipped => "skipped",
+            Verdict::CouldNotReplay => "could-not-replay",
+        }
+    }
+}
+
+/// One output compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputReplay {
+    /// Output name.
+    pub name: String,
+    /// Digest in the record.
+    pub recorded: String,
+    /// Digest written by the replay.
+    pub replayed: String,
+    /// Whether the two are the same.
+    pub same: bool,
+    /// For folders that differ: the paths inside that differ (`~` changed, `+` only in the
+    /// replay, `-` only in the record).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// A unified diff, when both sides are small text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// One metric compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricReplay {
+    /// Metric name.
+    pub name: String,
+    /// In the record (absent if the replay reported a new one).
+    pub recorded: Option<f64>,
+    /// In the replay (absent if it no longer reports it).
+    pub replayed: Option<f64>,
+}
+
+/// One step's replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReplay {
+    /// Planned step id.
+    pub step: String,
+    /// The executor that ran it (`wasm`, `process`...), or that recorded it.
+    pub executor: String,
+    /// How it came out.
+    pub verdict: Verdict,
+    /// A stable code for everything but `identical`, `served` and `skipped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// Why, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Outputs compared (empty when it did not run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputReplay>,
+    /// Metrics compared, where either side has any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricReplay>,
+    /// Whether its component was replaced (`--with`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
+    /// Inputs whose digests differ from the record (changed upstream).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs_changed: Vec<String>,
+    /// Wall time of the replayed attempt.
+    pub duration_ms: u64,
+    /// The replay's log of the step, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+}
+
+impl StepReplay {
+    fn new(step: &str, executor: &str, verdict: Verdict) -> Self {
+        Self {
+            step: step.to_owned(),
+            executor: executor.to_owned(),
+            verdict,
+            code: None,
+            message: None,
+            outputs: Vec::new(),
+            metrics: Vec::new(),
+            replaced: false,
+            inputs_changed: Vec::new(),
+            duration_ms: 0,
+            log: None,
+        }
+    }
+
+    fn problem(mut self, verdict: Verdict, code: &'static str, message: String) -> Self {
+        self.verdict = verdict;
+        self.code = Some(code);
+        self.message = Some(message);
+        self
+    }
+}
+
+/// The result of a replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The recorded run.
+    pub run_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The determinism version it was recorded (and replayed) with.
+    pub determinism_version: u32,
+    /// Replaced components: step → digest of the new component.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub replaced: BTreeMap<String, String>,
+    /// Every planned step, in plan order.
+    pub steps: Vec<StepReplay>,
+    /// Wall time of the replay.
+    pub duration_ms: u64,
+}
+
+impl ReplayReport {
+    /// How many steps got each verdict.
+    pub fn count(&self, verdict: Verdict) -> usize {
+        self.steps.iter().filter(|s| s.verdict == verdict).count()
+    }
+}
+
+/// Progress of a replay, for a user interface.
+#[derive(Debug, Clone)]
+pub enum ReplayProgress {
+    /// A step is about to run again.
+    Started {
+        /// Planned step id.
+        step: String,
+    },
+    /// A step has its verdict.
+    Finished(StepReplay),
+}
+
+/// Replays run `run_id` of `state`: its record, plan and objects are read from there, and the
+/// replayed outputs are stored in its store (content-addressed, so nothing recorded changes).
+pub async fn replay_run(
+    state: &StateDir,
+    run_id: &str,
+    executors: &Executors,
+    options: &ReplayOptions,
+    progress: &(dyn Fn(ReplayProgress) + Send + Sync),
+) -> Result<ReplayReport, ReplayError> {
+    let started = Instant::now();
+    let record_path = state.record_path(run_id);
+    let events = read_record(&record_path).map_err(|e| ReplayError::Record(e.to_string()))?;
+    let view = RunView::from_events(&events);
+    let Some(RecordEvent::RunStarted {
+        pipeline,
+        determinism_version,
+        ..
+    }) = &view.started
+    else {
+        return Err(ReplayError::Record(format!(
+            "{}: the record does not start with a run",
+            record_path.display()
+        )));
+    };
+    if *determinism_version != DETERMINISM_VERSION {
+        return Err(ReplayError::DeterminismVersion {
+            run_id: run_id.to_owned(),
+            recorded: *determinism_version,
+            current: DETERMINISM_VERSION,
+        });
+    }
+    let plan_path = state.run_dir(run_id).join("plan.json");
+    let plan: Plan = std::fs::read(&plan_path)
+        .map_err(|e| format!("{}: {e}", plan_path.display()))
+        .and_then(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a plan kiln can read: {e}", plan_path.display()))
+        })
+        .map_err(ReplayError::Record)?;
+
+    let store = state.store();
+    let replaced = replacements(&plan, &options.replace)?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ReplayError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    };
+    let logs = options.work_dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(io(&logs))?;
+    let components = state.components_dir();
+
+    let replay_id = format!("replay-{run_id}-{}", now_ms());
+    let mut ctx = Ctx {
+        plan: &plan,
+        store: &store,
+        executors,
+        options,
+        replaced: &replaced,
+        propagate: !replaced.is_empty(),
+        current: HashMap::new(),
+        failed_upstream: HashMap::new(),
+        replay_id,
+        components,
+        logs,
+    };
+    let mut steps = Vec::new();
+    for planned in &plan.steps {
+        let result = ctx.step(planned, view.step(&planned.id), progress).await;
+        progress(ReplayProgress::Finished(result.clone()));
+        steps.push(result);
+    }
+    let _ = std::fs::remove_dir_all(options.work_dir.join("scratch"));
+    Ok(ReplayReport {
+        run_id: run_id.to_owned(),
+        pipeline: pipeline.clone(),
+        determinism_version: *determinism_version,
+        replaced: replaced
+            .iter()
+            .map(|(step, (_, digest))| (step.clone(), digest.to_string()))
+            .collect(),
+        steps,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Resolves `--with STEP=FILE`: every STEP must be a wasm step of the plan.
+fn replacements(
+    plan: &Plan,
+    replace: &BTreeMap<String, PathBuf>,
+) -> Result<BTreeMap<String, (PathBuf, Digest)>, ReplayError> {
+    let mut found = BTreeMap::new();
+    for (name, path) in replace {
+        let matching: Vec<&PlannedStep> = plan
+            .steps
+            .iter()
+            .filter(|s| &s.step == name || &s.id == name)
+            .collect();
+        if matching.is_empty() {
+            let names: Vec<&str> = plan.steps.iter().map(|s| s.step.as_str()).collect();
+            return Err(ReplayError::Replace(format!(
+                "--with {name}=…: the run has no step `{name}` (its steps: {})",
+                dedup(names).join(", ")
+            )));
+        }
+        if matching
+            .iter()
+            .any(|s| !matches!(s.kind, StepKind::Wasm { .. }))
+        {
+            return Err(ReplayError::Replace(format!(
+                "--with {name}=…: `{name}` is a container step; only wasm components can be \
+                 replaced"
+            )));
+        }
+        let digest = Digest::of_file(path).map_err(|e| {
+            ReplayError::Replace(format!(
+                "--with {name}={}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        found.insert(name.clone(), (path, digest));
+    }
+    Ok(found)
+}
+
+fn dedup(mut names: Vec<&str>) -> Vec<&str> {
+    names.dedup();
+    names
+}
+
+/// What the steps of one replay share.
+struct Ctx<'a> {
+    plan: &'a Plan,
+    store: &'a LocalStore,
+    executors: &'a Executors,
+    options: &'a ReplayOptions,
+    replaced: &'a BTreeMap<String, (PathBuf, Digest)>,
+    /// Feed steps what the replay wrote upstream (with replacements) rather than what the
+    /// record says they read.
+    propagate: bool,
+    /// Outputs downstream steps read, by step id.
+    current: HashMap<String, BTreeMap<String, Digest>>,
+    /// Steps that produced nothing usable in the replay, and why.
+    failed_upstream: HashMap<String, String>,
+    replay_id: String,
+    components: PathBuf,
+    logs: PathBuf,
+}
+
+impl Ctx<'_> {
+    async fn step(
+        &mut self,
+        planned: &PlannedStep,
+        view: Option<&crate::record::StepView>,
+        progress: &(dyn Fn(ReplayProgress) + Send + Sync),
+    ) -> StepReplay {
+        let kind_name = match planned.kind {
+            StepKind::Wasm { .. } => "wasm",
+            StepKind::Container(_) => "container",
+        };
+        let recorded_ran = view.is_some_and(|v| v.last.is_some() && v.skipped.is_none());
+        if self.propagate
+            && let Some(when) = &planned.when
+            && !planned
+                .depends_on
+                .iter()
+                .any(|d| self.failed_upstream.contains_key(d))
+        {
+            match condition_holds(self.plan, self.store, &self.current, planned, when) {
+                Ok(true) if !recorded_ran => {
+                    return self.not_produced(
+                        planned,
+                        kind_name,
+                        Verdict::Changed,
+                        Some("kiln::replay::changed"),
+                        format!(
+                            "its condition `{when}` now holds, but the recorded run skipped it:                              nothing to compare it with"
+                        ),
+                    );
+                }
+                Ok(false) if recorded_ran => {
+                    return self.not_produced(
+                        planned,
+                        kind_name,
+                        Verdict::Changed,
+                        Some("kiln::replay::changed"),
+                        format!(
+                            "its condition `{when}` no longer holds: a run would skip it (and \
+                             the steps that read it)"
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return self.not_produced(
+                        planned,
+                        kind_name,
+                        Verdict::CouldNotReplay,
+                        Some("kiln::replay::condition"),
+                        format!("its condition cannot be evaluated: {e}"),
+                    );
+                }
+            }
+        }
+        let Some(rec) = view.and_then(|v| v.last.as_ref()) else {
+            let reason = view
+                .and_then(|v| v.skipped.clone())
+                .unwrap_or_else(|| "it did not run in the recorded run".to_owned());
+            return self.not_produced(planned, kind_name, Verdict::Skipped, None, reason);
+        };
+        if rec.status == AttemptStatus::Failed {
+            let reason = format!(
+                "it failed in the recorded run ({}): nothing to compare",
+                rec.failure_kind.as_deref().unwrap_or("failed")
+            );
+            return self.not_produced(planned, &rec.executor, Verdict::Skipped, None, reason);
+        }
+        if self.propagate
+            && let Some((dep, why)) = planned
+                .depends_on
+                .iter()
+                .find_map(|d| self.failed_upstream.get(d).map(|why| (d, why)))
+        {
+            let message = format!("upstream `{dep}` has no outputs in the replay: {why}");
+            return self.not_produced(
+                planned,
+                &rec.executor,
+                Verdict::CouldNotReplay,
+                Some("kiln::replay::upstream"),
+                message,
+            );
+        }
+        let recorded_outputs = match parse_digests(&rec.outputs) {
+            Ok(d) => d,
+            Err(e) => return self.record_problem(planned, rec, e),
+        };
+        let recorded_inputs = match parse_digests(&rec.inputs) {
+            Ok(d) => d,
+            Err(e) => return self.record_problem(planned, rec, e),
+        };
+
+        // What this step reads in the replay.
+        let inputs = if self.propagate {
+            match self.inputs_from_upstream(planned, &recorded_inputs) {
+                Ok(inputs) => inputs,
+                Err((code, message)) => {
+                    return self.not_produced(
+                        planned,
+                        &rec.executor,
+                        Verdict::CouldNotReplay,
+                        Some(code),
+                        message,
+                    );
+                }
+            }
+        } else {
+            recorded_inputs.clone()
+        };
+        let inputs_changed: Vec<String> = inputs
+            .iter()
+            .filter(|(name, d)| recorded_inputs.get(*name) != Some(*d))
+            .map(|(name, _)| name.clone())
+            .collect();
+
+        let replacement = self
+            .replaced
+            .get(&planned.id)
+            .or_else(|| self.replaced.get(&planned.step))
+            .cloned();
+        let mut result = StepReplay::new(&planned.id, &rec.executor, Verdict::Identical);
+        result.replaced = replacement.is_some();
+        result.inputs_changed = inputs_changed.clone();
+
+        if let StepKind::Container(_) = planned.kind
+            && !self.options.rerun_containers
+        {
+            result.verdict = Verdict::Served;
+            if let Some((name, digest)) = recorded_outputs
+                .iter()
+                .find(|(_, d)| !self.store.contains(d).unwrap_or(false))
+            {
+                self.failed_upstream.insert(
+                    planned.id.clone(),
+                    format!("its output `{name}` is missing"),
+                );
+                return result.problem(
+                    Verdict::CouldNotReplay,
+                    "kiln::replay::missing-object",
+                    format!(
+                        "its recorded output `{name}` ({digest}) is not in the store or bundle"
+                    ),
+                );
+            }
+            self.current.insert(planned.id.clone(), recorded_outputs);
+            if !inputs_changed.is_empty() {
+                return result.problem(
+                    Verdict::CouldNotReplay,
+                    "kiln::replay::stale-container",
+                    format!(
+                        "served from the record although its input{} {} changed upstream; pass \
+                         --rerun-containers to run it again",
+                        if inputs_changed.len() == 1 { "" } else { "s" },
+                        quoted(&inputs_changed)
+                    ),
+                );
+            }
+            return result;
+        }
+
+        // Everything it reads must be at hand before it runs.
+        for (name, digest) in &inputs {
+            if !self.store.contains(digest).unwrap_or(false) {
+                self.failed_upstream
+                    .insert(planned.id.clone(), "an input is missing".to_owned());
+                return result.problem(
+                    Verdict::CouldNotReplay,
+                    "kiln::replay::missing-object",
+                    format!("its input `{name}` ({digest}) is not in the store or bundle"),
+                );
+            }
+        }
+        let recorded_component = recorded_component(rec);
+        let component = match (&planned.kind, &replacement) {
+            (StepKind::Container(_), _) => None,
+            (StepKind::Wasm { .. }, Some((path, digest))) => Some((path.clone(), *digest)),
+            (StepKind::Wasm { .. }, None) => match self.component_file(rec, recorded_component) {
+                Ok(found) => Some(found),
+                Err(message) => {
+                    self.failed_upstream
+                        .insert(planned.id.clone(), "its component is missing".to_owned());
+                    return result.problem(
+                        Verdict::CouldNotReplay,
+                        "kiln::replay::missing-object",
+                        message,
+                    );
+                }
+            },
+        };
+        let executor = match &planned.kind {
+            StepKind::Wasm { .. } => self.executors.wasm.clone(),
+            StepKind::Container(_) => self.executors.container.clone(),
+        };
+        let Some(executor) = executor else {
+            self.failed_upstream
+                .insert(planned.id.clone(), "no executor".to_owned());
+            return result.problem(
+                Verdict::CouldNotReplay,
+                "kiln::replay::executor",
+                format!("this kiln has no executor for {kind_name} steps"),
+            );
+        };
+        result.executor = executor.name().to_owned();
+
+        // Same component and inputs: the recorded key, hence the recorded seed. Otherwise the
+        // key a run would compute, as `kiln run` would seed it.
+        let same_component = component.as_ref().map(|(_, d)| *d) == recorded_component;
+        let key = if same_component && inputs_changed.is_empty() {
+            rec.cache_key.parse::<Digest>().ok()
+        } else {
+            serde_json::from_value::<KeyParts>(rec.key.clone())
+                .ok()
+                .map(|mut parts| {
+                    parts.component = component.as_ref().map(|(_, d)| d.to_string());
+                    parts.inputs = inputs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect();
+                    parts.digest()
+                })
+        };
+        let Some(key) = key else {
+            return self.record_problem(planned, rec, "its cache key cannot be read".into());
+        };
+
+        progress(ReplayProgress::Started {
+            step: planned.id.clone(),
+        });
+        let log = self.logs.join(format!("{}.log", planned.id));
+        let _ = std::fs::remove_file(&log);
+        let place = AttemptPlace {
+            run_id: &self.replay_id,
+            store: self.store,
+            scratch: self.options.work_dir.join("scratch"),
+            log: log.clone(),
+        };
+        let recorded_facts = if matches!(planned.kind, StepKind::Wasm { .. }) {
+            rec.details.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let attempt_started = Instant::now();
+        let outcome = run_attempt(
+            &place,
+            planned,
+            1,
+            &key,
+            &inputs,
+            component.as_ref().map(|(p, _)| p.clone()),
+            recorded_facts,
+            executor.as_ref(),
+        )
+        .await;
+        result.duration_ms = attempt_started.elapsed().as_millis() as u64;
+        result.log = Some(log);
+        let explained = result.replaced || !inputs_changed.is_empty();
+        let cause = cause_text(result.replaced, &inputs_changed);
+
+        let (outputs, metrics) = match outcome {
+            Ok((outputs, metrics, _)) => (outputs, metrics),
+            Err(failure) => {
+                self.failed_upstream.insert(
+                    planned.id.clone(),
+                    format!("it failed in the replay ({})", failure.kind),
+                );
+                let message = format!(
+                    "{} in the replay ({}): {}",
+                    if failure.kind == "component" {
+                        "its component could not be loaded"
+                    } else {
+                        "it failed"
+                    },
+                    failure.kind,
+                    failure.message
+                );
+                return match failure.kind.as_str() {
+                    "component" => {
+                        result.problem(Verdict::CouldNotReplay, "kiln::replay::component", message)
+                    }
+                    "executor" | "input" | "internal" => {
+                        result.problem(Verdict::CouldNotReplay, "kiln::replay::executor", message)
+                    }
+                    _ if explained => result.problem(
+                        Verdict::Changed,
+                        "kiln::replay::failed",
+                        format!("{message} (after {cause})"),
+                    ),
+                    _ => result.problem(Verdict::Diverged, "kiln::replay::failed", message),
+                };
+            }
+        };
+
+        result.outputs = outputs
+            .iter()
+            .map(|(name, replayed)| {
+                let recorded = recorded_outputs.get(name);
+                let same = recorded == Some(replayed);
+                let (paths, diff) = match recorded {
+                    Some(recorded) if !same => describe(self.store, recorded, replayed),
+                    _ => (Vec::new(), None),
+                };
+                OutputReplay {
+                    name: name.clone(),
+                    recorded: recorded.map(ToString::to_string).unwrap_or_default(),
+                    replayed: replayed.to_string(),
+                    same,
+                    paths,
+                    diff,
+                }
+            })
+            .collect();
+        let mut names: Vec<&String> = rec.metrics.keys().chain(metrics.keys()).collect();
+        names.sort();
+        names.dedup();
+        result.metrics = names
+            .into_iter()
+            .map(|name| MetricReplay {
+                name: name.clone(),
+                recorded: rec.metrics.get(name).copied(),
+                replayed: metrics.get(name).copied(),
+            })
+            .collect();
+        let differing: Vec<String> = result
+            .outputs
+            .iter()
+            .filter(|o| !o.same)
+            .map(|o| format!("output `{}`", o.name))
+            .chain(
+                result
+                    .metrics
+                    .iter()
+                    .filter(|m| m.recorded != m.replayed)
+                    .map(|m| format!("metric `{}`", m.name)),
+            )
+            .collect();
+        self.current.insert(
+            planned.id.clone(),
+            if self.propagate {
+                outputs
+            } else {
+                recorded_outputs
+            },
+        );
+        if differing.is_empty() {
+            return result;
+        }
+        if explained {
+            let message = format!("{} differ after {cause}", differing.join(", "));
+            result.problem(Verdict::Changed, "kiln::replay::changed", message)
+        } else {
+            let message = format!(
+                "{} differ although the component, inputs, params and seed are the recorded \
+                 ones: the step reads something kiln does not control, or this runtime behaves \
+                 differently from the one that recorded the run",
+                differing.join(", ")
+            );
+            result.problem(Verdict::Diverged, "kiln::replay::nondeterministic", message)
+        }
+    }
+
+    /// A step with no outputs in the replay: downstream steps that read it cannot run when
+    /// outputs propagate.
+    fn not_produced(
+        &mut self,
+        planned: &PlannedStep,
+        executor: &str,
+        verdict: Verdict,
+        code: Option<&'static str>,
+        reason: String,
+    ) -> StepReplay {
+        self.failed_upstream
+            .insert(planned.id.clone(), reason.clone());
+        let mut result = StepReplay::new(&planned.id, executor, verdict);
+        result.code = code;
+        result.message = Some(reason);
+        result
+    }
+
+    fn record_problem(&mut self, planned: &PlannedStep, rec: &StepRecord, e: String) -> StepReplay {
+        self.not_produced(
+            planned,
+            &rec.executor,
+            Verdict::CouldNotReplay,
+            Some("kiln::replay::record"),
+            format!("its record is damaged: {e}"),
+        )
+    }
+
+    /// The inputs of a step from what the replay wrote upstream.
+    fn inputs_from_upstream(
+        &self,
+        planned: &PlannedStep,
+        recorded: &BTreeMap<String, Digest>,
+    ) -> Result<BTreeMap<String, Digest>, (&'static str, String)> {
+        let upstream = |id: &str| -> Result<&BTreeMap<String, Digest>, (&'static str, String)> {
+            if let Some(why) = self.failed_upstream.get(id) {
+                return Err((
+                    "kiln::replay::upstream",
+                    format!("upstream `{id}` has no outputs in the replay: {why}"),
+                ));
+            }
+            self.current.get(id).ok_or_else(|| {
+                (
+                    "kiln::replay::upstream",
+                    format!("upstream `{id}` has no outputs in the replay"),
+                )
+            })
+        };
+        let mut inputs = BTreeMap::new();
+        for (name, source) in &planned.inputs {
+            let digest = match source {
+                InputSource::Step { step, output } => {
+                    *upstream(step)?.get(output).ok_or_else(|| {
+                        (
+                            "kiln::replay::upstream",
+                            format!("upstream `{step}` wrote no `{output}` in the replay"),
+                        )
+                    })?
+                }
+                InputSource::Collect {
+                    output, instances, ..
+                } => {
+                    let mut digests = Vec::new();
+                    for id in instances {
+                        digests.push(*upstream(id)?.get(output).ok_or_else(|| {
+                            (
+                                "kiln::replay::upstream",
+                                format!("upstream `{id}` wrote no `{output}` in the replay"),
+                            )
+                        })?);
+                    }
+                    collect_tree(self.store, &digests)
+                        .map_err(|e| ("kiln::replay::executor", format!("input `{name}`: {e}")))?
+                }
+                InputSource::Workspace { .. } | InputSource::Param { .. } => {
+                    *recorded.get(name).ok_or_else(|| {
+                        (
+                            "kiln::replay::record",
+                            format!("the record has no digest for input `{name}`"),
+                        )
+                    })?
+                }
+            };
+            inputs.insert(name.clone(), digest);
+        }
+        Ok(inputs)
+    }
+
+    /// The recorded component as a file the executor can load.
+    fn component_file(
+        &self,
+        rec: &StepRecord,
+        digest: Option<Digest>,
+    ) -> Result<(PathBuf, Digest), String> {
+        let digest = digest.ok_or_else(|| "the record names no component".to_owned())?;
+        let path = self.components.join(format!("{}.wasm", digest.to_hex()));
+        if path.is_file() && Digest::of_file(&path).ok() == Some(digest) {
+            return Ok((path, digest));
+        }
+        if !self.store.contains(&digest).unwrap_or(false) {
+            return Err(format!(
+                "its component {digest} is not in the store or bundle (step `{}`)",
+                rec.step
+            ));
+        }
+        std::fs::create_dir_all(&self.components)
+            .map_err(|e| format!("{}: {e}", self.components.display()))?;
+        let _ = std::fs::remove_file(&path);
+        self.store
+            .materialize(&digest, &path)
+            .map_err(|e| format!("cannot copy its component out of the store: {e}"))?;
+        Ok((path, digest))
+    }
+}
+
+/// The component digest a record's key names.
+fn recorded_component(rec: &StepRecord) -> Option<Digest> {
+    rec.key
+        .get("component")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse().ok())
+}
+
+fn parse_digests(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Digest>, String> {
+    map.iter()
+        .map(|(k, v)| {
+            v.parse::<Digest>()
+                .map(|d| (k.clone(), d))
+                .map_err(|e| format!("`{k}`: {e}"))
+        })
+        .collect()
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cause_text(replaced: bool, inputs_changed: &[String]) -> String {
+    match (replaced, inputs_changed.is_empty()) {
+        (true, true) => "its component was replaced".to_owned(),
+        (true, false) => format!(
+            "its component was replaced and its inputs {} changed upstream",
+            quoted(inputs_changed)
+        ),
+        (false, _) => format!(
+            "input{} {} changed upstream",
+            if inputs_changed.len() == 1 { "" } else { "s" },
+            quoted(inputs_changed)
+        ),
+    }
+}
+
+/// How two versions of an output differ: the paths that differ inside folders, and a diff of
+/// small text.
+fn describe(
+    store: &LocalStore,
+    recorded: &Digest,
+    replayed: &Digest,
+) -> (Vec<String>, Option<String>) {
+    match (store.kind(recorded), store.kind(replayed)) {
+        (Ok(Some(ObjectKind::Blob)), Ok(Some(ObjectKind::Blob))) => {
+            (Vec::new(), text_diff(store, recorded, replayed, ""))
+        }
+        (Ok(Some(ObjectKind::Tree)), Ok(Some(ObjectKind::Tree))) => {
+            let mut paths = Vec::new();
+            let mut changed_files = Vec::new();
+            tree_changes(
+                store,
+                "",
+                recorded,
+                replayed,
+                &mut paths,
+                &mut changed_files,
+            );
+            let mut diffs = String::new();
+            for (path, a, b) in changed_files.iter().take(3) {
+                if let Some(d) = text_diff(store, a, b, path) {
+                    diffs.push_str(&d);
+                }
+            }
+            let total = paths.len();
+            paths.truncate(MAX_LISTED_PATHS);
+            if total > MAX_LISTED_PATHS {
+                paths.push(format!("… and {} more", total - MAX_LISTED_PATHS));
+            }
+            (paths, (!diffs.is_empty()).then_some(diffs))
+        }
+        _ => (Vec::new(), None),
+    }
+}
+
+/// Walks two trees, listing the paths that differ; changed files go to `files` too.
+fn tree_changes(
+    store: &LocalStore,
+    prefix: &str,
+    a: &Digest,
+    b: &Digest,
+    paths: &mut Vec<String>,
+    files: &mut Vec<(String, Digest, Digest)>,
+) {
+    let (Ok(ta), Ok(tb)) = (store.get_tree(a), store.get_tree(b)) else {
+        paths.push(format!("~ {prefix}(unreadable)"));
+        return;
+    };
+    let mut names: Vec<&str> = ta
+        .entries()
+        .iter()
+        .chain(tb.entries())
+        .map(|e| e.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let path = format!("{prefix}{name}");
+        match (ta.get(name), tb.get(name)) {
+            (Some(ea), Some(eb)) if ea.digest == eb.digest && ea.kind == eb.kind => {}
+            (Some(ea), Some(eb))
+                if ea.kind == EntryKind::Folder && eb.kind == EntryKind::Folder =>
+            {
+                tree_changes(
+                    store,
+                    &format!("{path}/"),
+                    &ea.digest,
+                    &eb.digest,
+                    paths,
+                    files,
+                );
+            }
+            (Some(ea), Some(eb)) => {
+                paths.push(format!("~ {path}"));
+                if ea.kind != EntryKind::Folder && eb.kind != EntryKind::Folder {
+                    files.push((path, ea.digest, eb.digest));
+                }
+            }
+            (Some(_), None) => paths.push(format!("- {path}")),
+            (None, Some(_)) => paths.push(format!("+ {path}")),
+            (None, None) => {}
+        }
+    }
+}
+
+/// A unified diff of two small text blobs, cut to [`MAX_DIFF_LINES`] lines.
+fn text_diff(store: &LocalStore, a: &Digest, b: &Digest, label: &str) -> Option<String> {
+    let small = |d: &Digest| {
+        std::fs::metadata(store.blob_path(d))
+            .map(|m| m.len() <= MAX_DIFF_BYTES)
+            .unwrap_or(false)
+    };
+    if !small(a) || !small(b) {
+        return None;
+    }
+    let a = String::from_utf8(store.read_verified(a).ok()?).ok()?;
+    let b = String::from_utf8(store.read_verified(b).ok()?).ok()?;
+    let (old, new) = if label.is_empty() {
+        ("recorded".to_owned(), "replayed".to_owned())
+    } else {
+        (format!("recorded/{label}"), format!("replayed/{label}"))
+    };
+    let text = similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .context_radius(2)
+        .header(&old, &new)
+        .to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = lines
+        .iter()
+        .take(MAX_DIFF_LINES)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    if lines.len() > MAX_DIFF_LINES {
+        out.push_str(&format!("\n… {} more lines", lines.len() - MAX_DIFF_LINES));
+    }
+    out.push('\n');
+    Some(out)
+}
