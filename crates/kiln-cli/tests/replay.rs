@@ -1,0 +1,299 @@
+//! `kiln replay` and `kiln export` end to end, with guests from
+//! `crates/kiln-wasm/tests/guests` (built by this test): a deterministic run replays
+//! identical, a nondeterministic guest is caught, a replaced component's change is followed
+//! downstream, a missing object is reported, and a bundle replays with nothing else present
+//! while a damaged one is refused without writing anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Builds the guests these tests use (once per process) and returns their folder.
+fn guests() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-wasm/tests/guests");
+        let target = dir.join("target");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&dir)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .args(["--bin", "copy", "--bin", "upper", "--bin", "entropy"])
+            .args(["--bin", "jitter"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .status()
+            .expect("run cargo for the test guests");
+        assert!(
+            status.success(),
+            "building the test guests for wasm32-wasip2 failed (is the target installed? \
+             `rustup target add wasm32-wasip2`)"
+        );
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+fn guest(name: &str) -> PathBuf {
+    guests().join(format!("{name}.wasm"))
+}
+
+/// A workspace with a pipeline, the guests it names copied next to it, and its own state.
+struct Workspace {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Workspace {
+    fn new(pipeline: &str, components: &[&str], files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        std::fs::write(root.join("pipeline.yaml"), pipeline).unwrap();
+        for name in components {
+            std::fs::copy(guest(name), root.join(format!("{name}.wasm"))).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(root.join(name), text).unwrap();
+        }
+        Self { _dir: dir, root }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Runs kiln in the workspace with its state folder and a private cache home.
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .arg("--state")
+            .arg(self.state())
+            .current_dir(&self.root)
+            .env("NO_COLOR", "1")
+            .env("XDG_CACHE_HOME", self.root.join("cache-home"))
+            .env_remove("KILN_HOME")
+            .env_remove("KILN_WASM_CACHE")
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self) -> String {
+        let out = self.kiln(&["run", "pipeline.yaml", "--output", "json"]);
+        assert!(out.status.success(), "kiln run: {}", text(&out));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        summary["run_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `kiln replay ARGS --output json`: the exit code and the report.
+    fn replay(&self, args: &[&str]) -> (i32, Value) {
+        let mut all = vec!["replay"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--output", "json"]);
+        let out = self.kiln(&all);
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("replay printed no JSON ({e}): {}", text(&out)));
+        (out.status.code().unwrap(), report)
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The replay's entry for a step.
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == id)
+        .unwrap_or_else(|| panic!("no step `{id}` in {report:#}"))
+}
+
+/// `seen` reads clocks, random sources and file metadata; `first` and `second` copy a file
+/// in a chain; `other` copies another file.
+const CHAIN: &str = "\
+apiVersion: kiln/v1
+name: chain
+steps:
+  seen:
+    wasm: entropy.wasm
+    outputs: [seen]
+  first:
+    wasm: copy.wasm
+    inputs: {src: ./data.txt}
+    outputs: [dst]
+  second:
+    wasm: copy.wasm
+    inputs: {src: first.dst}
+    outputs: [dst]
+  other:
+    wasm: copy.wasm
+    inputs: {src: ./other.txt}
+    outputs: [dst]
+";
+
+fn chain() -> Workspace {
+    Workspace::new(
+        CHAIN,
+        &["entropy", "copy"],
+        &[("data.txt", "some data\n"), ("other.txt", "other data\n")],
+    )
+}
+
+#[test]
+fn a_deterministic_run_replays_identical() {
+    let ws = chain();
+    let run = ws.run();
+    let (code, report) = ws.replay(&["latest"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["run_id"], run.as_str());
+    for id in ["seen", "first", "second", "other"] {
+        let s = step(&report, id);
+        assert_eq!(s["verdict"], "identical", "{s:#}");
+        assert_eq!(s["outputs"][0]["same"], true);
+        assert_eq!(s["outputs"][0]["recorded"], s["outputs"][0]["replayed"]);
+    }
+    // The text report says so too.
+    let out = ws.kiln(&["replay", &run]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("matches the record: 4 identical"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_nondeterministic_guest_is_caught() {
+    let ws = Workspace::new(
+        "apiVersion: kiln/v1\nname: jitter\nsteps:\n  jitter:\n    wasm: jitter.wasm\n    outputs: [counts]\n",
+        &["jitter"],
+        &[],
+    );
+    ws.run();
+    let (code, report) = ws.replay(&["latest"]);
+    assert_eq!(code, 1, "{report:#}");
+    let s = step(&report, "jitter");
+    assert_eq!(s["verdict"], "diverged", "{s:#}");
+    assert_eq!(s["code"], "kiln::replay::nondeterministic");
+    let output = &s["outputs"][0];
+    assert_eq!(output["name"], "counts");
+    assert_eq!(output["same"], false);
+    assert_ne!(output["recorded"], output["replayed"]);
+    // The counts are small text: the report shows how they differ.
+    let diff = output["diff"].as_str().expect("a diff of small text");
+    assert!(
+        diff.contains("--- recorded") && diff.contains("+++ replayed"),
+        "{diff}"
+    );
+
+    let out = ws.kiln(&["replay", "latest"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("diverged jitter [kiln::replay::nondeterministic]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_replaced_component_is_followed_downstream() {
+    let ws = chain();
+    ws.run();
+    let upper = guest("upper");
+    let with = format!("first={}", upper.display());
+    let (code, report) = ws.replay(&["latest", "--with", &with]);
+    assert_eq!(code, 1, "{report:#}");
+    let first = step(&report, "first");
+    assert_eq!(first["verdict"], "changed", "{first:#}");
+    assert_eq!(first["code"], "kiln::replay::changed");
+    assert_eq!(first["replaced"], true);
+    assert!(
+        first["outputs"][0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("+SOME DATA"),
+        "{first:#}"
+    );
+    let second = step(&report, "second");
+    assert_eq!(second["verdict"], "changed", "{second:#}");
+    assert_eq!(second["inputs_changed"], serde_json::json!(["src"]));
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap()
+            .contains("input `src` changed upstream")
+    );
+    assert_eq!(step(&report, "other")["verdict"], "identical");
+    assert_eq!(step(&report, "seen")["verdict"], "identical");
+
+    // Changes a team expects do not fail the replay.
+    let (code, _) = ws.replay(&[
+        "latest",
+        "--with",
+        &with,
+        "--allow-change",
+        "first",
+        "--allow-change",
+        "second",
+    ]);
+    assert_eq!(code, 0);
+    // Replacing a step with the component it already has changes nothing.
+    let same = format!("first={}", guest("copy").display());
+    let (code, report) = ws.replay(&["latest", "--with", &same]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(step(&report, "second")["verdict"], "identical");
+    // A step that does not exist is an error before anything runs.
+    let out = ws.kiln(&["replay", "latest", "--with", "nope=x.wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the run has no step `nope`"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_missing_object_is_reported() {
+    let ws = chain();
+    let run = ws.run();
+    // Remove the blob of `first`'s workspace input from the store.
+    let shown: Value =
+        serde_json::from_slice(&ws.kiln(&["show", &run, "--output", "json"]).stdout).unwrap();
+    let first = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "first")
+        .unwrap();
+    let digest = first["last"]["inputs"]["src"].as_str().unwrap();
+    let hex = digest.strip_prefix("blake3:").unwrap();
+    let blob = ws.state().join("cas/blobs").join(&hex[..2]).join(&hex[2..]);
+    std::fs::remove_file(&blob).expect("the input's blob is in the store");
+
+    let (code, report) = ws.replay(&["latest"]);
+    assert_eq!(code, 3, "{report:#}");
+    let s = step(&report, "first");
+    assert_eq!(s["verdict"], "could-not-replay");
+    assert_eq!(s["code"], "kiln::replay::missing-object");
+    assert!(s["message"].as_str().unwrap().contains(digest), "{s:#}");
+    // `second` reads the same bytes (a copy of them), so it cannot run either; the others
+    // still replay from what the record says they read.
+    assert_eq!(
+        step(&report, "second")["code"],
+        "kiln::replay::missing-object"
+    );
+    assert_eq!(step(&report, "other")["verdict"], "identical");
+    assert_eq!(step(&report, "seen")["verdict"], "identical");
+}
