@@ -10,6 +10,7 @@
 //! step leaves nothing half-written behind.
 
 mod build;
+mod bundle;
 mod cache;
 mod engine;
 mod executor;
@@ -22,6 +23,10 @@ use std::path::Path;
 pub use build::{
     BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
     build_key, builds_dir, sources_digest,
+};
+pub use bundle::{
+    BUNDLE_FORMAT_VERSION, BundleError, BundleManifest, BundleObject, ExportProgress,
+    ExportSummary, export_run, import_bundle, read_manifest,
 };
 pub use cache::{
     CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyChange, KeyParts, canonical_json, diff_keys,
