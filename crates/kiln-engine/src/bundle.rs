@@ -376,6 +376,13 @@ pub fn export_run(
         .metadata()
         .map_err(BundleError::io("inspect", temp.path()))?
         .len();
+    // A temporary file is private (0600); a bundle is meant to be shared and committed.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        temp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(BundleError::io("set the permissions of", temp.path()))?;
+    }
     temp.persist(dest)
         .map_err(|e| BundleError::io("rename a temporary file to", dest)(e.error))?;
     let file_bytes: usize = files.iter().map(|(_, bytes)| bytes.len()).sum();
