@@ -44,6 +44,8 @@ enum Command {
     Artifact(commands::artifact::Args),
     /// Run a recorded run's wasm steps again and compare their outputs with the record
     Replay(commands::replay::Args),
+    /// Write a run to one file that `kiln replay` can replay anywhere
+    Export(commands::export::Args),
 }
 
 /// How results are printed.
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Artifact(args) => commands::artifact::run(args),
         Command::Replay(args) => commands::replay::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -297,3 +297,130 @@ fn a_missing_object_is_reported() {
     assert_eq!(step(&report, "other")["verdict"], "identical");
     assert_eq!(step(&report, "seen")["verdict"], "identical");
 }
+
+#[test]
+fn a_bundle_replays_with_nothing_else_and_a_damaged_one_writes_nothing() {
+    let ws = chain();
+    let run = ws.run();
+    let bundle = ws.root.join("chain.kiln");
+    let out = ws.kiln(&["export", &run, "-o", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote"));
+
+    // Only the bundle is left: no state folder, no workspace files, no components.
+    let alone = tempfile::tempdir().unwrap();
+    let moved = alone.path().join("run.kiln");
+    std::fs::copy(&bundle, &moved).unwrap();
+    drop(ws);
+    let home = alone.path().join("home");
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .current_dir(alone.path())
+            .env("NO_COLOR", "1")
+            .env("XDG_CACHE_HOME", &home)
+            .env_remove("KILN_HOME")
+            .env_remove("KILN_WASM_CACHE")
+            .output()
+            .unwrap()
+    };
+    let out = kiln(&["replay", "run.kiln", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["run_id"], run.as_str());
+    for id in ["seen", "first", "second", "other"] {
+        assert_eq!(step(&report, id)["verdict"], "identical", "{report:#}");
+    }
+    // The compiled components were kept in the user's cache for the next replay.
+    assert!(home.join("kiln/wasm-cache").is_dir());
+
+    // Damaged copies: cut short at several points, or one byte flipped.
+    let bytes = std::fs::read(&moved).unwrap();
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x55;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("first bytes", bytes[..10].to_vec()),
+        ("half", bytes[..bytes.len() / 2].to_vec()),
+        ("all but one byte", bytes[..bytes.len() - 1].to_vec()),
+        ("a flipped byte", flipped),
+        ("not a bundle", b"apiVersion: kiln/v1\n".to_vec()),
+    ];
+    for (what, damaged) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.kiln");
+        std::fs::write(&file, &damaged).unwrap();
+        let work = dir.path().join("work");
+        let cache = dir.path().join("cache");
+        let out = kiln(&[
+            "replay",
+            file.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+            "--wasm-cache",
+            cache.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error[kiln::bundle::"), "{what}: {stderr}");
+        assert!(out.stdout.is_empty(), "{what}: {}", text(&out));
+        // Nothing was written: no work folder, no compiled components, only the bundle.
+        assert!(!work.exists() && !cache.exists(), "{what}: wrote something");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{what}: {left:?}");
+    }
+}
+
+/// The digits example, recorded and exported by `scripts/record-digits-bundle.sh`, replays
+/// bit for bit: a change to the runtime that makes old runs replay differently fails here.
+#[test]
+fn the_committed_digits_bundle_replays_identical() {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/replay/digits.kiln");
+    // Compiled components are kept between test runs (the Python step's takes a while).
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-wasm-cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("replay")
+        .arg(&bundle)
+        .arg("--wasm-cache")
+        .arg(&cache)
+        .args(["--output", "json"])
+        .env("NO_COLOR", "1")
+        .env_remove("KILN_HOME")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("kiln::replay::determinism-version"),
+        "DETERMINISM_VERSION changed: record the bundle again with \
+         scripts/record-digits-bundle.sh and commit it (docs/replay.md)\n{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out)));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the recorded digits run no longer replays identical; if kiln's runtime changed what \
+         steps write on purpose, bump DETERMINISM_VERSION and run \
+         scripts/record-digits-bundle.sh\n{report:#}"
+    );
+    assert_eq!(report["pipeline"], "digits");
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 11);
+    for s in steps {
+        let expected = if s["step"].as_str().unwrap().starts_with("train") {
+            "served"
+        } else {
+            "identical"
+        };
+        assert_eq!(s["verdict"], expected, "{s:#}");
+    }
+    // Not vacuous: the steps ran and compared real outputs and metrics.
+    let pick = step(&report, "pick");
+    assert_eq!(pick["metrics"][0]["name"], "accuracy");
+    assert_eq!(
+        pick["metrics"][0]["recorded"],
+        pick["metrics"][0]["replayed"]
+    );
+    assert!(pick["metrics"][0]["replayed"].as_f64().unwrap() > 0.9);
+}

@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod build;
 pub mod explain;
+pub mod export;
 pub mod graph;
 pub mod logs;
 pub mod replay;

@@ -64,23 +64,28 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let work_guard;
-    let work = match &args.work {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            dir.clone()
-        }
-        None => {
-            work_guard = tempfile::Builder::new()
-                .prefix("kiln-replay-")
-                .tempdir()
-                .context("cannot create a temporary folder for the replay")?;
-            work_guard.path().to_owned()
-        }
-    };
+    // Everything a replay writes goes under one temporary folder, unless `--work` says where.
+    let temp = tempfile::Builder::new()
+        .prefix("kiln-replay-")
+        .tempdir()
+        .context("cannot create a temporary folder for the replay")?;
     let (state, run_id, wasm_cache) = match bundle_path(&args.run) {
-        Some(_bundle) => anyhow::bail!("bundles are not supported yet"),
+        Some(bundle) => {
+            // Read and check the whole bundle before anything is written outside `temp`.
+            let state = StateDir::new(temp.path().join("state"));
+            let manifest = match kiln_engine::import_bundle(&bundle, &state) {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    eprintln!("error[{}]: {e}", e.code());
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let cache = match &args.wasm_cache {
+                Some(dir) => dir.clone(),
+                None => user_wasm_cache().unwrap_or_else(|| temp.path().join("wasm-cache")),
+            };
+            (state, manifest.run_id, cache)
+        }
         None => {
             let state = args.state.existing()?;
             let run_id = state.resolve_run(&args.run).map_err(anyhow::Error::msg)?;
@@ -91,7 +96,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (state, run_id, cache)
         }
     };
+    let work = match &args.work {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.clone()
+        }
+        None => temp.path().join("work"),
+    };
     replay(&args, &state, &run_id, &wasm_cache, &work)
+}
+
+/// Where compiled components of bundle replays are kept: `$XDG_CACHE_HOME/kiln/wasm-cache`,
+/// else `~/.cache/kiln/wasm-cache`.
+fn user_wasm_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kiln").join("wasm-cache"))
 }
 
 /// The argument as a bundle file, if it names one.
