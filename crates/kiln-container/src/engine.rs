@@ -193,7 +193,18 @@ impl Executor for EngineExecutor {
             }
             .into()),
             Ended::Exited { status, tail } => Ok(match (status.code(), status.signal()) {
-                (Some(0), _) => ExecOutcome::success(),
+                (Some(0), _) => {
+                    // The record keeps which image the tag named when the step ran.
+                    let mut details = BTreeMap::new();
+                    details.insert("image".to_owned(), plan.image.clone().into());
+                    if let Some(id) = image_id(self.engine, &plan.image).await {
+                        details.insert("image_id".to_owned(), id.into());
+                    }
+                    ExecOutcome::Succeeded {
+                        metrics: BTreeMap::new(),
+                        details,
+                    }
+                }
                 // Docker and podman both exit 125 when they fail themselves.
                 (Some(125), _) => ExecOutcome::failure(
                     "engine",
@@ -471,6 +482,25 @@ async fn image_present(engine: ContainerEngine, image: &str) -> Result<bool, Str
             Ok(false)
         }
         _ => Err(last_line(&output)),
+    }
+}
+
+/// The id (`sha256:<hex>`) of the local image a reference names, if the engine says.
+async fn image_id(engine: ContainerEngine, image: &str) -> Option<String> {
+    let mut argv = engine.base();
+    argv.extend(["image", "inspect", "--format", "{{.Id}}", image].map(String::from));
+    let output = quiet(&argv).await.ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    match id.strip_prefix("sha256:") {
+        Some(hex) if !hex.is_empty() => Some(id),
+        // podman prints the bare hex digits.
+        None if !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(format!("sha256:{id}"))
+        }
+        _ => None,
     }
 }
 

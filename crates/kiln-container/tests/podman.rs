@@ -85,7 +85,18 @@ async fn reads_an_input_and_writes_outputs_in_the_image() {
     let outcome = executor.run(&task).await.unwrap();
 
     let log = std::fs::read_to_string(&task.log).unwrap_or_default();
-    assert_eq!(outcome, ExecOutcome::success(), "log:\n{log}");
+    let ExecOutcome::Succeeded { details, .. } = &outcome else {
+        panic!("{outcome:?}\nlog:\n{log}");
+    };
+    // The record gets the image the tag named: the id podman reports for it.
+    assert_eq!(details["image"], IMAGE);
+    let id = details["image_id"].as_str().expect("an image id");
+    let inspected = podman_cli(&["image", "inspect", "--format", "{{.Id}}", IMAGE]).await;
+    let expected = String::from_utf8_lossy(&inspected.stdout).trim().to_owned();
+    assert_eq!(
+        id,
+        format!("sha256:{}", expected.trim_start_matches("sha256:"))
+    );
     assert_eq!(
         std::fs::read_to_string(&task.outputs["upper"]).unwrap(),
         "HELLO KILN\n"
