@@ -11,39 +11,12 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// The guests workspace of kiln-wasm's tests.
-fn guests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-wasm/tests/guests")
-}
+mod support;
 
-/// Builds the `clockwork` guest (once per process; cargo keeps the build) and returns its
-/// `.wasm` file.
+/// Builds the `clockwork` guest (once per process) and returns its `.wasm` file.
 fn clockwork() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let dir = guests_dir();
-        let target = dir.join("target");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&dir)
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-            .args(["--bin", "clockwork"])
-            // The outer cargo's settings are not the guests' business.
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .status()
-            .expect("run cargo for the test guests");
-        assert!(
-            status.success(),
-            "building the test guests for wasm32-wasip2 failed (is the target installed? \
-             `rustup target add wasm32-wasip2`)"
-        );
-        target.join("wasm32-wasip2/release/clockwork.wasm")
-    })
+    WASM.get_or_init(|| support::build_guests(&["clockwork"]).join("clockwork.wasm"))
 }
 
 const PIPELINE: &str = "\

@@ -10,33 +10,12 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+mod support;
+
 /// Builds the guests these tests use (once per process) and returns their folder.
 fn guests() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-wasm/tests/guests");
-        let target = dir.join("target");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&dir)
-            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-            .args(["--bin", "copy", "--bin", "upper", "--bin", "entropy"])
-            .args(["--bin", "jitter"])
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("RUSTC_WRAPPER")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER")
-            .status()
-            .expect("run cargo for the test guests");
-        assert!(
-            status.success(),
-            "building the test guests for wasm32-wasip2 failed (is the target installed? \
-             `rustup target add wasm32-wasip2`)"
-        );
-        target.join("wasm32-wasip2/release")
-    })
+    DIR.get_or_init(|| support::build_guests(&["copy", "upper", "entropy", "jitter"]))
 }
 
 fn guest(name: &str) -> PathBuf {
