@@ -111,6 +111,17 @@ impl BucketStore {
         }
     }
 
+    /// The size of a stored blob, if it is stored.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let location = self.blob_location(digest);
+        let head = GetOptions::new().with_head(true);
+        match self.store.get_opts(&location, head).await {
+            Ok(result) => Ok(Some(result.meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(request_failed(&location)(e)),
+        }
+    }
+
     async fn exists(&self, location: &Location) -> Result<bool> {
         let head = GetOptions::new().with_head(true);
         match self.store.get_opts(location, head).await {

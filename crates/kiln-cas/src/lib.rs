@@ -30,7 +30,6 @@
 //! # }
 //! ```
 
-use std::future::Future;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -61,41 +60,92 @@ pub enum ObjectKind {
 }
 
 /// The operations every store offers, async so that local and remote stores look the same
-/// to the engine.
+/// to the engine, and dyn-compatible so that the engine, replay and export hold an
+/// `Arc<dyn BlobStore>` and never name a backend.
 ///
 /// [`LocalStore`] runs its (blocking, `std::fs`) work on tokio's blocking pool, so its
 /// implementation needs a tokio runtime; its inherent methods are the synchronous originals.
-pub trait BlobStore: Send + Sync {
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Whether a blob or a tree with this digest is stored.
-    fn contains(&self, digest: &Digest) -> impl Future<Output = Result<bool>> + Send;
+    async fn contains(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.kind(digest).await?.is_some())
+    }
+
+    /// Whether this digest names a stored blob, a stored tree, or nothing.
+    async fn kind(&self, digest: &Digest) -> Result<Option<ObjectKind>>;
+
+    /// The size in bytes of a stored blob, if it is stored.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
 
     /// Stores bytes as a blob.
-    fn put_bytes(&self, bytes: Bytes) -> impl Future<Output = Result<Digest>> + Send;
+    async fn put_bytes(&self, bytes: Bytes) -> Result<Digest>;
 
     /// Stores a copy of a file as a blob.
-    fn put_file(&self, path: &Path) -> impl Future<Output = Result<Digest>> + Send;
+    async fn put_file(&self, path: &Path) -> Result<Digest>;
+
+    /// Stores a file that nobody else uses any more (a step's output in its scratch folder):
+    /// a local store may move it in instead of copying. By default, a copy.
+    async fn put_file_owned(&self, path: &Path) -> Result<Digest> {
+        self.put_file(path).await
+    }
 
     /// Stores a folder and returns its tree digest.
-    fn put_tree(&self, folder: &Path) -> impl Future<Output = Result<Digest>> + Send;
+    async fn put_tree(&self, folder: &Path) -> Result<Digest>;
+
+    /// Stores a folder that nobody else uses any more; see [`BlobStore::put_file_owned`].
+    async fn put_tree_owned(&self, folder: &Path) -> Result<Digest> {
+        self.put_tree(folder).await
+    }
+
+    /// Stores a manifest as a tree (its entries must be stored already).
+    async fn put_manifest(&self, tree: &Tree) -> Result<Digest>;
 
     /// Reads a whole blob, checking its digest.
-    fn read_verified(&self, digest: &Digest) -> impl Future<Output = Result<Bytes>> + Send;
+    async fn read_verified(&self, digest: &Digest) -> Result<Bytes>;
 
     /// Reads a tree manifest, checking its digest.
-    fn get_tree(&self, digest: &Digest) -> impl Future<Output = Result<Tree>> + Send;
+    async fn get_tree(&self, digest: &Digest) -> Result<Tree>;
 
     /// Writes a blob or a tree to `dest` (which must not exist) as read-only, verified copies.
-    fn materialize(
-        &self,
-        digest: &Digest,
-        dest: &Path,
-    ) -> impl Future<Output = Result<ObjectKind>> + Send;
+    async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind>;
 }
 
+#[async_trait::async_trait]
 impl BlobStore for LocalStore {
     async fn contains(&self, digest: &Digest) -> Result<bool> {
         let (store, digest) = (self.clone(), *digest);
         blocking(move || store.contains(&digest)).await
+    }
+
+    async fn kind(&self, digest: &Digest) -> Result<Option<ObjectKind>> {
+        let (store, digest) = (self.clone(), *digest);
+        blocking(move || store.kind(&digest)).await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        blocking(move || match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CasError::io("stat", &path)(e)),
+        })
+        .await
+    }
+
+    async fn put_file_owned(&self, path: &Path) -> Result<Digest> {
+        let (store, path) = (self.clone(), path.to_owned());
+        blocking(move || store.put_file_owned(&path)).await
+    }
+
+    async fn put_tree_owned(&self, folder: &Path) -> Result<Digest> {
+        let (store, folder) = (self.clone(), folder.to_owned());
+        blocking(move || store.put_tree_owned(&folder)).await
+    }
+
+    async fn put_manifest(&self, tree: &Tree) -> Result<Digest> {
+        let (store, tree) = (self.clone(), tree.clone());
+        blocking(move || store.put_manifest(&tree)).await
     }
 
     async fn put_bytes(&self, bytes: Bytes) -> Result<Digest> {
@@ -129,9 +179,22 @@ impl BlobStore for LocalStore {
     }
 }
 
+#[async_trait::async_trait]
 impl BlobStore for BucketStore {
     async fn contains(&self, digest: &Digest) -> Result<bool> {
         BucketStore::contains(self, digest).await
+    }
+
+    async fn kind(&self, digest: &Digest) -> Result<Option<ObjectKind>> {
+        BucketStore::kind(self, digest).await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        BucketStore::blob_size(self, digest).await
+    }
+
+    async fn put_manifest(&self, tree: &Tree) -> Result<Digest> {
+        BucketStore::put_manifest(self, tree).await
     }
 
     async fn put_bytes(&self, bytes: Bytes) -> Result<Digest> {

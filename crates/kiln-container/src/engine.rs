@@ -146,6 +146,26 @@ impl Executor for EngineExecutor {
         }
     }
 
+    /// The engine and the id the step's image reference resolves to now: a tag moved to
+    /// other content is another key, the same image under another tag the same one.
+    async fn key_pins(
+        &self,
+        step: &PlannedStep,
+    ) -> Result<BTreeMap<String, String>, ExecutorError> {
+        let plan = crate::container_plan(step)?;
+        let id = image_id(self.engine, &plan.image).await.ok_or_else(|| {
+            ExecutorError::new(format!(
+                "cannot resolve image `{}` to an id with `{} image inspect`; is it still present?",
+                plan.image,
+                self.engine.program()
+            ))
+        })?;
+        Ok(BTreeMap::from([
+            ("backend".to_owned(), self.engine.program().to_owned()),
+            ("image_id".to_owned(), id),
+        ]))
+    }
+
     async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
         let argv = command_line(self.engine, task)?;

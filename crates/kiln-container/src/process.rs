@@ -108,6 +108,18 @@ impl Executor for ProcessExecutor {
         }
     }
 
+    /// The process backend never uses the image: it pins only itself, so a step first run
+    /// here and then by an engine runs again.
+    async fn key_pins(
+        &self,
+        _step: &PlannedStep,
+    ) -> Result<std::collections::BTreeMap<String, String>, ExecutorError> {
+        Ok(std::collections::BTreeMap::from([(
+            "backend".to_owned(),
+            "process".to_owned(),
+        )]))
+    }
+
     async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
         let inputs = host_paths(&task.inputs);

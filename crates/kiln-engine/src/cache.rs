@@ -30,24 +30,45 @@ pub struct KeyParts {
     pub component: Option<String>,
     /// Digest of every input by input name.
     pub inputs: BTreeMap<String, String>,
+    /// What the executor that runs the step depends on ([`crate::Executor::key_pins`]): its
+    /// backend (`process`, `podman`...) and, for container engines, the resolved image id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
+
+/// The layout version of [`KeyParts`]. 2: executors pin their backend and the image id, and a
+/// container's image reference is no longer in the key by itself (the same image under
+/// another tag is the same step; a tag moved to other content is not).
+pub const KEY_VERSION: u32 = 2;
 
 impl KeyParts {
     /// Gathers the parts of a key.
+    ///
+    /// A container's image reference is left out of the material: which image ran is what the
+    /// executor pins (an engine its resolved id; the process backend never uses the image).
     pub fn new(
         material: &CacheKeyMaterial,
         component: Option<&Digest>,
         inputs: &BTreeMap<String, Digest>,
+        pins: BTreeMap<String, String>,
     ) -> Self {
+        let mut material = serde_json::to_value(material).expect("material serialises");
+        if let Some(container) = material
+            .get_mut("container")
+            .and_then(|c| c.as_object_mut())
+        {
+            container.remove("image");
+        }
         Self {
-            key_version: 1,
+            key_version: KEY_VERSION,
             determinism_version: DETERMINISM_VERSION,
-            material: serde_json::to_value(material).expect("material serialises"),
+            material,
             component: component.map(|d| d.to_string()),
             inputs: inputs
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
+            pins,
         }
     }
 
@@ -165,6 +186,16 @@ pub fn diff_keys(before: &KeyParts, after: &KeyParts) -> Vec<KeyChange> {
         before.component.clone().unwrap_or_else(|| "none".into()),
         after.component.clone().unwrap_or_else(|| "none".into()),
     );
+    let pins: std::collections::BTreeSet<&String> =
+        before.pins.keys().chain(after.pins.keys()).collect();
+    for name in pins {
+        let absent = || "none".to_owned();
+        push(
+            pin_label(name),
+            before.pins.get(name).cloned().unwrap_or_else(absent),
+            after.pins.get(name).cloned().unwrap_or_else(absent),
+        );
+    }
     let names: std::collections::BTreeSet<&String> =
         before.inputs.keys().chain(after.inputs.keys()).collect();
     for name in names {
@@ -184,6 +215,15 @@ pub fn diff_keys(before: &KeyParts, after: &KeyParts) -> Vec<KeyChange> {
     }
     diff_json("", &before.material, &after.material, &mut push);
     changes
+}
+
+/// How `kiln explain` names a pin: `backend`, `image id`.
+fn pin_label(name: &str) -> String {
+    match name {
+        "backend" => "backend (how container steps run: --containers)".to_owned(),
+        "image_id" => "image id (the image the reference named)".to_owned(),
+        other => format!("executor `{other}`"),
+    }
 }
 
 fn diff_json(
@@ -245,6 +285,7 @@ mod tests {
             material: serde_json::json!({"params": {"lr": 0.1}, "kind": "wasm"}),
             component: Some("blake3:aa".into()),
             inputs: BTreeMap::from([("data".into(), "blake3:11".into())]),
+            pins: BTreeMap::new(),
         };
         let b = a.clone();
         assert!(diff_keys(&a, &b).is_empty());
@@ -253,5 +294,55 @@ mod tests {
         let changes = diff_keys(&b, &a);
         let whats: Vec<&str> = changes.iter().map(|c| c.what.as_str()).collect();
         assert_eq!(whats, vec!["input `data`", "params.lr"]);
+    }
+
+    #[test]
+    fn pins_are_in_the_key_and_the_image_reference_is_not() {
+        let material = |image: &str| CacheKeyMaterial {
+            version: 1,
+            kind: "container".into(),
+            container: Some(kiln_plan::ContainerKey {
+                image: image.into(),
+                command: vec!["sh".into()],
+                args: vec![],
+                env: BTreeMap::new(),
+            }),
+            params: BTreeMap::new(),
+            inputs: vec![],
+            outputs: vec!["out".into()],
+        };
+        let pins = |backend: &str, id: Option<&str>| {
+            let mut pins = BTreeMap::from([("backend".to_owned(), backend.to_owned())]);
+            if let Some(id) = id {
+                pins.insert("image_id".to_owned(), id.to_owned());
+            }
+            pins
+        };
+        let key = |image: &str, backend: &str, id: Option<&str>| {
+            KeyParts::new(&material(image), None, &BTreeMap::new(), pins(backend, id))
+        };
+        let process = key("busybox", "process", None);
+        let podman = key("busybox", "podman", Some("sha256:aa"));
+        assert_ne!(
+            process.digest(),
+            podman.digest(),
+            "a backend switch is a miss"
+        );
+        assert_ne!(
+            podman.digest(),
+            key("busybox", "podman", Some("sha256:bb")).digest(),
+            "a tag moved to other content is a miss"
+        );
+        assert_eq!(
+            podman.digest(),
+            key("localhost/other:tag", "podman", Some("sha256:aa")).digest(),
+            "the same image under another tag is a hit"
+        );
+        let whats: Vec<String> = diff_keys(&process, &podman)
+            .into_iter()
+            .map(|c| c.what)
+            .collect();
+        assert!(whats[0].starts_with("backend"), "{whats:?}");
+        assert!(whats[1].starts_with("image id"), "{whats:?}");
     }
 }

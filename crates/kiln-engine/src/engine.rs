@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_cas::{Digest, EntryKind, EntryName, LocalStore, ObjectKind, Tree, TreeEntry};
+use kiln_cas::{BlobStore, Digest, EntryKind, EntryName, ObjectKind, Tree, TreeEntry};
 use kiln_plan::{ComponentSource, InputSource, Plan, PlannedStep, StepKind};
 use kiln_spec::Value;
 use tokio::sync::mpsc::UnboundedSender;
@@ -192,9 +192,10 @@ pub struct RunSummary {
     pub duration: Duration,
 }
 
-/// The engine: a state folder, executors and a configuration.
+/// The engine: a state folder, a blob store, executors and a configuration.
 pub struct Engine {
     state: StateDir,
+    store: Arc<dyn BlobStore>,
     executors: Executors,
     config: EngineConfig,
 }
@@ -205,7 +206,7 @@ struct Shared {
     plan: Plan,
     base_dir: PathBuf,
     state: StateDir,
-    store: LocalStore,
+    store: Arc<dyn BlobStore>,
     cache: CacheIndex,
     executors: Executors,
     config: EngineConfig,
@@ -241,10 +242,17 @@ impl Engine {
             Err(_) => state,
         };
         Self {
+            store: Arc::new(state.store()),
             state,
             executors,
             config,
         }
+    }
+
+    /// Keeps artifacts in `store` instead of the state folder's own (an object store, say).
+    pub fn with_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.store = store;
+        self
     }
 
     /// Runs a plan to the end, or until `cancel` fires.
@@ -267,14 +275,16 @@ impl Engine {
         let run_dir = self.state.run_dir(&run_id);
         let logs = run_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| EngineError::io(&logs, e))?;
-        let store = self.state.store();
+        let store = self.store.clone();
 
         let emit = |event: Event| {
             if let Some(tx) = &events {
                 let _ = tx.send(event);
             }
         };
-        let components = self.preflight(&input, &run_id, &store, &emit).await?;
+        let components = self
+            .preflight(&input, &run_id, store.as_ref(), &emit)
+            .await?;
 
         let plan_path = run_dir.join("plan.json");
         std::fs::write(
@@ -351,7 +361,7 @@ impl Engine {
         &self,
         input: &RunInput,
         run_id: &str,
-        store: &LocalStore,
+        store: &dyn BlobStore,
         emit: &impl Fn(Event),
     ) -> Result<HashMap<String, (PathBuf, Digest)>, EngineError> {
         let mut problems = Vec::new();
@@ -419,12 +429,12 @@ impl Engine {
                         .map_err(|e| format!("step `{}`: {e}", step.step))
                 }
                 ComponentSource::Digest { digest } => match digest.parse::<Digest>() {
-                    Ok(d) if store.contains(&d).unwrap_or(false) => {
+                    Ok(d) if store.contains(&d).await.unwrap_or(false) => {
                         let dir = self.state.components_dir();
                         let path = dir.join(format!("{}.wasm", d.to_hex()));
                         if !path.exists() {
                             let _ = std::fs::create_dir_all(&dir);
-                            store.materialize(&d, &path)?;
+                            store.materialize(&d, &path).await?;
                         }
                         Ok(path)
                     }
@@ -440,12 +450,12 @@ impl Engine {
             };
             // Every component a run used is kept in the store, so that the run can be
             // replayed and exported from its record alone.
-            let keep = |path: PathBuf| -> Result<(PathBuf, Digest), String> {
+            let keep = async |path: PathBuf| -> Result<(PathBuf, Digest), String> {
                 let digest = Digest::of_file(&path).map_err(|e| {
                     format!("step `{}`: cannot read {}: {e}", step.step, path.display())
                 })?;
-                if !store.contains(&digest).unwrap_or(false) {
-                    let stored = store.put_file(&path).map_err(|e| {
+                if !store.contains(&digest).await.unwrap_or(false) {
+                    let stored = store.put_file(&path).await.map_err(|e| {
                         format!("step `{}`: cannot store its component: {e}", step.step)
                     })?;
                     if stored != digest {
@@ -458,7 +468,11 @@ impl Engine {
                 }
                 Ok((path, digest))
             };
-            match resolved.and_then(keep) {
+            let kept = match resolved {
+                Ok(path) => keep(path).await,
+                Err(e) => Err(e),
+            };
+            match kept {
                 Ok(found) => {
                     components.insert(step.step.clone(), found);
                 }
@@ -732,7 +746,16 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             None,
         ),
     };
-    let key_parts = KeyParts::new(&step.cache_key, component.as_ref().map(|(_, d)| d), &inputs);
+    let pins = match executor.key_pins(step).await {
+        Ok(pins) => pins,
+        Err(e) => return fail(e.kind, e.message, 0),
+    };
+    let key_parts = KeyParts::new(
+        &step.cache_key,
+        component.as_ref().map(|(_, d)| d),
+        &inputs,
+        pins,
+    );
     let key = key_parts.digest();
     let key_json = serde_json::to_value(&key_parts).expect("key parts serialise");
     let input_digests: BTreeMap<String, String> = inputs
@@ -761,7 +784,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
     if shared.config.use_cache
         && step.policy.cache
         && let Some(entry) = shared.cache.get(&key)
-        && let Some(outputs) = present_outputs(&shared.store, &entry, &step.outputs)
+        && let Some(outputs) = present_outputs(shared.store.as_ref(), &entry, &step.outputs).await
     {
         debug!(run = %shared.run_id, step = %step.id, key = %key, "cache hit");
         let mut rec = base_record(AttemptStatus::Cached, 0);
@@ -800,7 +823,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         let attempt_started = Instant::now();
         let place = AttemptPlace {
             run_id: &shared.run_id,
-            store: &shared.store,
+            store: shared.store.as_ref(),
             scratch: shared.state.scratch_dir(&shared.run_id),
             log: shared.state.log_path(&shared.run_id, &step.id),
         };
@@ -917,7 +940,7 @@ pub(crate) type AttemptResult = Result<
 /// folder its scratch folder is made in, and its log.
 pub(crate) struct AttemptPlace<'a> {
     pub(crate) run_id: &'a str,
-    pub(crate) store: &'a LocalStore,
+    pub(crate) store: &'a dyn BlobStore,
     pub(crate) scratch: PathBuf,
     pub(crate) log: PathBuf,
 }
@@ -946,12 +969,9 @@ pub(crate) async fn run_attempt(
     let mut input_paths = BTreeMap::new();
     for (name, digest) in inputs {
         let dest = in_dir.join(name);
-        let (store, digest_c, dest_c) = (place.store.clone(), *digest, dest.clone());
-        blocking(move || store.materialize(&digest_c, &dest_c))
-            .await
-            .map_err(|e| {
-                AttemptFailure::new("input", format!("cannot materialise input `{name}`: {e}"))
-            })?;
+        place.store.materialize(digest, &dest).await.map_err(|e| {
+            AttemptFailure::new("input", format!("cannot materialise input `{name}`: {e}"))
+        })?;
         input_paths.insert(name.clone(), dest);
     }
     let outputs: BTreeMap<String, PathBuf> = step
@@ -1027,17 +1047,14 @@ pub(crate) async fn run_attempt(
             failure.retryable = false;
             return Err(failure);
         }
-        let store = place.store.clone();
-        let is_dir = meta.is_dir();
-        let digest = blocking(move || {
-            if is_dir {
-                store.put_tree_owned(&path)
-            } else {
-                store.put_file_owned(&path)
-            }
-        })
-        .await
-        .map_err(|e| AttemptFailure::new("output", format!("cannot store output `{name}`: {e}")))?;
+        let stored = if meta.is_dir() {
+            place.store.put_tree_owned(&path).await
+        } else {
+            place.store.put_file_owned(&path).await
+        };
+        let digest = stored.map_err(|e| {
+            AttemptFailure::new("output", format!("cannot store output `{name}`: {e}"))
+        })?;
         published.insert(name, digest);
     }
     drop(guard);
@@ -1110,7 +1127,7 @@ async fn resolve_inputs(
                         format!("input `{name}`: instance {k} has no output `{output}`")
                     })?);
                 }
-                collect_tree(&shared.store, &digests)?
+                collect_tree(shared.store.as_ref(), &digests).await?
             }
             InputSource::Workspace { path } => {
                 let mut cache = shared.workspace.lock().await;
@@ -1118,17 +1135,12 @@ async fn resolve_inputs(
                     Some(d) => *d,
                     None => {
                         let full = shared.base_dir.join(path);
-                        let store = shared.store.clone();
-                        let full_c = full.clone();
-                        let digest = blocking(move || {
-                            if full_c.is_dir() {
-                                store.put_tree(&full_c)
-                            } else {
-                                store.put_file(&full_c)
-                            }
-                        })
-                        .await
-                        .map_err(|e| {
+                        let stored = if full.is_dir() {
+                            shared.store.put_tree(&full).await
+                        } else {
+                            shared.store.put_file(&full).await
+                        };
+                        let digest = stored.map_err(|e| {
                             format!("input `{name}`: cannot read {}: {e}", full.display())
                         })?;
                         cache.insert(path.clone(), digest);
@@ -1143,7 +1155,8 @@ async fn resolve_inputs(
                 };
                 shared
                     .store
-                    .put_bytes(text.as_bytes())
+                    .put_bytes(text.into_bytes().into())
+                    .await
                     .map_err(|e| format!("input `{name}`: {e}"))?
             }
         };
@@ -1153,10 +1166,13 @@ async fn resolve_inputs(
 }
 
 /// The folder a `Collect` input is: one entry per instance, named by its index.
-pub(crate) fn collect_tree(store: &LocalStore, digests: &[Digest]) -> Result<Digest, String> {
+pub(crate) async fn collect_tree(
+    store: &dyn BlobStore,
+    digests: &[Digest],
+) -> Result<Digest, String> {
     let mut entries = Vec::new();
     for (k, digest) in digests.iter().enumerate() {
-        let kind = match store.kind(digest).map_err(|e| e.to_string())? {
+        let kind = match store.kind(digest).await.map_err(|e| e.to_string())? {
             Some(ObjectKind::Tree) => EntryKind::Folder,
             _ => EntryKind::File,
         };
@@ -1167,19 +1183,19 @@ pub(crate) fn collect_tree(store: &LocalStore, digests: &[Digest]) -> Result<Dig
         });
     }
     let tree = Tree::new(entries).map_err(|e| e.to_string())?;
-    store.put_manifest(&tree).map_err(|e| e.to_string())
+    store.put_manifest(&tree).await.map_err(|e| e.to_string())
 }
 
 /// The cached outputs, if every declared output is there and its object is still stored.
-fn present_outputs(
-    store: &LocalStore,
+async fn present_outputs(
+    store: &dyn BlobStore,
     entry: &CacheEntry,
     declared: &[String],
 ) -> Option<BTreeMap<String, Digest>> {
     let mut outputs = BTreeMap::new();
     for name in declared {
         let digest: Digest = entry.outputs.get(name)?.parse().ok()?;
-        if !store.contains(&digest).unwrap_or(false) {
+        if !store.contains(&digest).await.unwrap_or(false) {
             return None;
         }
         outputs.insert(name.clone(), digest);
@@ -1200,14 +1216,14 @@ async fn evaluate_condition(
             .filter_map(|id| outputs.get(id).map(|o| (id.clone(), o.clone())))
             .collect()
     };
-    condition_holds(&shared.plan, &shared.store, &produced, step, when)
+    condition_holds(&shared.plan, shared.store.as_ref(), &produced, step, when).await
 }
 
 /// Evaluates `when` with the small JSON outputs of the step's dependencies, read from
 /// `produced` (outputs by step id).
-pub(crate) fn condition_holds(
+pub(crate) async fn condition_holds(
     plan: &Plan,
-    store: &LocalStore,
+    store: &dyn BlobStore,
     produced: &HashMap<String, BTreeMap<String, Digest>>,
     step: &PlannedStep,
     when: &str,
@@ -1220,7 +1236,7 @@ pub(crate) fn condition_holds(
         };
         let producer = plan.step(id).expect("planned dependency");
         for (output, digest) in outputs {
-            let Some(value) = small_json(store, digest) else {
+            let Some(value) = small_json(store, digest).await else {
                 continue;
             };
             if producer.instance.is_some() {
@@ -1247,24 +1263,13 @@ pub(crate) fn condition_holds(
         .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 
-fn small_json(store: &LocalStore, digest: &Digest) -> Option<serde_json::Value> {
-    if store.kind(digest).ok()?? != ObjectKind::Blob {
-        return None;
-    }
-    let size = std::fs::metadata(store.blob_path(digest)).ok()?.len();
+async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Option<serde_json::Value> {
+    // A tree has no blob size: `None` here covers both "not a blob" and "not stored".
+    let size = store.blob_size(digest).await.ok()??;
     if size > MAX_CONDITION_INPUT {
         return None;
     }
-    serde_json::from_slice(&store.read_verified(digest).ok()?).ok()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> kiln_cas::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("a blocking task failed: {e}")),
-    }
+    serde_json::from_slice(&store.read_verified(digest).await.ok()?).ok()
 }
 
 /// `1m 30s` style.

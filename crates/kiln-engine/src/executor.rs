@@ -123,6 +123,20 @@ pub trait Executor: Send + Sync {
         Ok(())
     }
 
+    /// What this executor adds to a step's cache key, besides the step itself: what it
+    /// depends on that the plan does not say. A container backend names itself (`backend`:
+    /// the process backend never runs the image, an engine does) and an engine the id its
+    /// image reference resolves to now (`image_id`), so that a moved tag is a miss and the
+    /// same image under another tag a hit. Empty by default (a deterministic wasm runtime's
+    /// result depends on nothing but the component and the inputs).
+    async fn key_pins(
+        &self,
+        step: &PlannedStep,
+    ) -> Result<BTreeMap<String, String>, ExecutorError> {
+        let _ = step;
+        Ok(BTreeMap::new())
+    }
+
     /// Runs one attempt.
     async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError>;
 }

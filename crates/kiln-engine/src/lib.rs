@@ -29,7 +29,8 @@ pub use bundle::{
     ExportSummary, export_run, import_bundle, read_manifest,
 };
 pub use cache::{
-    CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyChange, KeyParts, canonical_json, diff_keys,
+    CacheEntry, CacheIndex, DETERMINISM_VERSION, KEY_VERSION, KeyChange, KeyParts, canonical_json,
+    diff_keys,
 };
 pub use engine::{
     Engine, EngineConfig, Event, Executors, RunInput, RunSummary, StepStatus, StepSummary,

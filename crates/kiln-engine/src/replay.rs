@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_cas::{Digest, EntryKind, LocalStore, ObjectKind};
+use kiln_cas::{BlobStore, Digest, EntryKind, ObjectKind};
 use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
 use serde::Serialize;
 
@@ -253,6 +253,7 @@ pub enum ReplayProgress {
 /// replayed outputs are stored in its store (content-addressed, so nothing recorded changes).
 pub async fn replay_run(
     state: &StateDir,
+    store: &dyn BlobStore,
     run_id: &str,
     executors: &Executors,
     options: &ReplayOptions,
@@ -289,7 +290,6 @@ pub async fn replay_run(
         })
         .map_err(ReplayError::Record)?;
 
-    let store = state.store();
     let replaced = replacements(&plan, &options.replace)?;
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -305,7 +305,7 @@ pub async fn replay_run(
     let replay_id = format!("replay-{run_id}-{}", now_ms());
     let mut ctx = Ctx {
         plan: &plan,
-        store: &store,
+        store,
         executors,
         options,
         replaced: &replaced,
@@ -384,7 +384,7 @@ fn dedup(mut names: Vec<&str>) -> Vec<&str> {
 /// What the steps of one replay share.
 struct Ctx<'a> {
     plan: &'a Plan,
-    store: &'a LocalStore,
+    store: &'a dyn BlobStore,
     executors: &'a Executors,
     options: &'a ReplayOptions,
     replaced: &'a BTreeMap<String, (PathBuf, Digest)>,
@@ -419,7 +419,7 @@ impl Ctx<'_> {
                 .iter()
                 .any(|d| self.failed_upstream.contains_key(d))
         {
-            match condition_holds(self.plan, self.store, &self.current, planned, when) {
+            match condition_holds(self.plan, self.store, &self.current, planned, when).await {
                 Ok(true) if !recorded_ran => {
                     return self.not_produced(
                         planned,
@@ -494,7 +494,7 @@ impl Ctx<'_> {
 
         // What this step reads in the replay.
         let inputs = if self.propagate {
-            match self.inputs_from_upstream(planned, &recorded_inputs) {
+            match self.inputs_from_upstream(planned, &recorded_inputs).await {
                 Ok(inputs) => inputs,
                 Err((code, message)) => {
                     return self.not_produced(
@@ -528,10 +528,14 @@ impl Ctx<'_> {
             && !self.options.rerun_containers
         {
             result.verdict = Verdict::Served;
-            if let Some((name, digest)) = recorded_outputs
-                .iter()
-                .find(|(_, d)| !self.store.contains(d).unwrap_or(false))
-            {
+            let mut missing = None;
+            for (name, digest) in &recorded_outputs {
+                if !self.store.contains(digest).await.unwrap_or(false) {
+                    missing = Some((name, digest));
+                    break;
+                }
+            }
+            if let Some((name, digest)) = missing {
                 self.failed_upstream.insert(
                     planned.id.clone(),
                     format!("its output `{name}` is missing"),
@@ -562,7 +566,7 @@ impl Ctx<'_> {
 
         // Everything it reads must be at hand before it runs.
         for (name, digest) in &inputs {
-            if !self.store.contains(digest).unwrap_or(false) {
+            if !self.store.contains(digest).await.unwrap_or(false) {
                 self.failed_upstream
                     .insert(planned.id.clone(), "an input is missing".to_owned());
                 return result.problem(
@@ -576,18 +580,20 @@ impl Ctx<'_> {
         let component = match (&planned.kind, &replacement) {
             (StepKind::Container(_), _) => None,
             (StepKind::Wasm { .. }, Some((path, digest))) => Some((path.clone(), *digest)),
-            (StepKind::Wasm { .. }, None) => match self.component_file(rec, recorded_component) {
-                Ok(found) => Some(found),
-                Err(message) => {
-                    self.failed_upstream
-                        .insert(planned.id.clone(), "its component is missing".to_owned());
-                    return result.problem(
-                        Verdict::CouldNotReplay,
-                        "kiln::replay::missing-object",
-                        message,
-                    );
+            (StepKind::Wasm { .. }, None) => {
+                match self.component_file(rec, recorded_component).await {
+                    Ok(found) => Some(found),
+                    Err(message) => {
+                        self.failed_upstream
+                            .insert(planned.id.clone(), "its component is missing".to_owned());
+                        return result.problem(
+                            Verdict::CouldNotReplay,
+                            "kiln::replay::missing-object",
+                            message,
+                        );
+                    }
                 }
-            },
+            }
         };
         let executor = match &planned.kind {
             StepKind::Wasm { .. } => self.executors.wasm.clone(),
@@ -692,25 +698,23 @@ impl Ctx<'_> {
             }
         };
 
-        result.outputs = outputs
-            .iter()
-            .map(|(name, replayed)| {
-                let recorded = recorded_outputs.get(name);
-                let same = recorded == Some(replayed);
-                let (paths, diff) = match recorded {
-                    Some(recorded) if !same => describe(self.store, recorded, replayed),
-                    _ => (Vec::new(), None),
-                };
-                OutputReplay {
-                    name: name.clone(),
-                    recorded: recorded.map(ToString::to_string).unwrap_or_default(),
-                    replayed: replayed.to_string(),
-                    same,
-                    paths,
-                    diff,
-                }
-            })
-            .collect();
+        result.outputs = Vec::with_capacity(outputs.len());
+        for (name, replayed) in &outputs {
+            let recorded = recorded_outputs.get(name);
+            let same = recorded == Some(replayed);
+            let (paths, diff) = match recorded {
+                Some(recorded) if !same => describe(self.store, recorded, replayed).await,
+                _ => (Vec::new(), None),
+            };
+            result.outputs.push(OutputReplay {
+                name: name.clone(),
+                recorded: recorded.map(ToString::to_string).unwrap_or_default(),
+                replayed: replayed.to_string(),
+                same,
+                paths,
+                diff,
+            });
+        }
         let mut names: Vec<&String> = rec.metrics.keys().chain(metrics.keys()).collect();
         names.sort();
         names.dedup();
@@ -789,7 +793,7 @@ impl Ctx<'_> {
     }
 
     /// The inputs of a step from what the replay wrote upstream.
-    fn inputs_from_upstream(
+    async fn inputs_from_upstream(
         &self,
         planned: &PlannedStep,
         recorded: &BTreeMap<String, Digest>,
@@ -832,6 +836,7 @@ impl Ctx<'_> {
                         })?);
                     }
                     collect_tree(self.store, &digests)
+                        .await
                         .map_err(|e| ("kiln::replay::executor", format!("input `{name}`: {e}")))?
                 }
                 InputSource::Workspace { .. } | InputSource::Param { .. } => {
@@ -849,7 +854,7 @@ impl Ctx<'_> {
     }
 
     /// The recorded component as a file the executor can load.
-    fn component_file(
+    async fn component_file(
         &self,
         rec: &StepRecord,
         digest: Option<Digest>,
@@ -859,7 +864,7 @@ impl Ctx<'_> {
         if path.is_file() && Digest::of_file(&path).ok() == Some(digest) {
             return Ok((path, digest));
         }
-        if !self.store.contains(&digest).unwrap_or(false) {
+        if !self.store.contains(&digest).await.unwrap_or(false) {
             return Err(format!(
                 "its component {digest} is not in the store or bundle (step `{}`)",
                 rec.step
@@ -870,6 +875,7 @@ impl Ctx<'_> {
         let _ = std::fs::remove_file(&path);
         self.store
             .materialize(&digest, &path)
+            .await
             .map_err(|e| format!("cannot copy its component out of the store: {e}"))?;
         Ok((path, digest))
     }
@@ -918,14 +924,14 @@ fn cause_text(replaced: bool, inputs_changed: &[String]) -> String {
 
 /// How two versions of an output differ: the paths that differ inside folders, and a diff of
 /// small text.
-fn describe(
-    store: &LocalStore,
+async fn describe(
+    store: &dyn BlobStore,
     recorded: &Digest,
     replayed: &Digest,
 ) -> (Vec<String>, Option<String>) {
-    match (store.kind(recorded), store.kind(replayed)) {
+    match (store.kind(recorded).await, store.kind(replayed).await) {
         (Ok(Some(ObjectKind::Blob)), Ok(Some(ObjectKind::Blob))) => {
-            (Vec::new(), text_diff(store, recorded, replayed, ""))
+            (Vec::new(), text_diff(store, recorded, replayed, "").await)
         }
         (Ok(Some(ObjectKind::Tree)), Ok(Some(ObjectKind::Tree))) => {
             let mut paths = Vec::new();
@@ -937,10 +943,11 @@ fn describe(
                 replayed,
                 &mut paths,
                 &mut changed_files,
-            );
+            )
+            .await;
             let mut diffs = String::new();
             for (path, a, b) in changed_files.iter().take(3) {
-                if let Some(d) = text_diff(store, a, b, path) {
+                if let Some(d) = text_diff(store, a, b, path).await {
                     diffs.push_str(&d);
                 }
             }
@@ -956,15 +963,15 @@ fn describe(
 }
 
 /// Walks two trees, listing the paths that differ; changed files go to `files` too.
-fn tree_changes(
-    store: &LocalStore,
+async fn tree_changes(
+    store: &dyn BlobStore,
     prefix: &str,
     a: &Digest,
     b: &Digest,
     paths: &mut Vec<String>,
     files: &mut Vec<(String, Digest, Digest)>,
 ) {
-    let (Ok(ta), Ok(tb)) = (store.get_tree(a), store.get_tree(b)) else {
+    let (Ok(ta), Ok(tb)) = (store.get_tree(a).await, store.get_tree(b).await) else {
         paths.push(format!("~ {prefix}(unreadable)"));
         return;
     };
@@ -983,14 +990,15 @@ fn tree_changes(
             (Some(ea), Some(eb))
                 if ea.kind == EntryKind::Folder && eb.kind == EntryKind::Folder =>
             {
-                tree_changes(
+                Box::pin(tree_changes(
                     store,
                     &format!("{path}/"),
                     &ea.digest,
                     &eb.digest,
                     paths,
                     files,
-                );
+                ))
+                .await;
             }
             (Some(ea), Some(eb)) => {
                 paths.push(format!("~ {path}"));
@@ -1006,17 +1014,14 @@ fn tree_changes(
 }
 
 /// A unified diff of two small text blobs, cut to [`MAX_DIFF_LINES`] lines.
-fn text_diff(store: &LocalStore, a: &Digest, b: &Digest, label: &str) -> Option<String> {
-    let small = |d: &Digest| {
-        std::fs::metadata(store.blob_path(d))
-            .map(|m| m.len() <= MAX_DIFF_BYTES)
-            .unwrap_or(false)
-    };
-    if !small(a) || !small(b) {
-        return None;
+async fn text_diff(store: &dyn BlobStore, a: &Digest, b: &Digest, label: &str) -> Option<String> {
+    for d in [a, b] {
+        if !matches!(store.blob_size(d).await, Ok(Some(size)) if size <= MAX_DIFF_BYTES) {
+            return None;
+        }
     }
-    let a = String::from_utf8(store.read_verified(a).ok()?).ok()?;
-    let b = String::from_utf8(store.read_verified(b).ok()?).ok()?;
+    let a = String::from_utf8(store.read_verified(a).await.ok()?.to_vec()).ok()?;
+    let b = String::from_utf8(store.read_verified(b).await.ok()?.to_vec()).ok()?;
     let (old, new) = if label.is_empty() {
         ("recorded".to_owned(), "replayed".to_owned())
     } else {

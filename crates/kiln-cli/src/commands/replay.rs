@@ -50,10 +50,11 @@ pub struct Args {
     /// temporary folder, removed at the end]
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
-    /// Where compiled components are kept between replays of bundles [default: the state
-    /// folder's for runs; `$XDG_CACHE_HOME/kiln/wasm-cache` or `~/.cache/kiln/wasm-cache`
-    /// for bundles]
-    #[arg(long, value_name = "DIR", env = "KILN_WASM_CACHE")]
+    /// Where compiled components are kept [default: as for `kiln run`, once per machine:
+    /// `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/compiled`, else
+    /// `~/.cache/kiln/compiled`; where none is set, the state folder's for runs and a
+    /// temporary folder for bundles]
+    #[arg(long, value_name = "DIR")]
     wasm_cache: Option<PathBuf>,
     /// Print the report as JSON on stdout
     #[arg(long, value_enum, default_value_t)]
@@ -82,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let cache = match &args.wasm_cache {
                 Some(dir) => dir.clone(),
-                None => user_wasm_cache().unwrap_or_else(|| temp.path().join("wasm-cache")),
+                None => crate::compiled_cache_or(temp.path().join("wasm-cache")),
             };
             (state, manifest.run_id, cache)
         }
@@ -92,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let cache = args
                 .wasm_cache
                 .clone()
-                .unwrap_or_else(|| state.root().join("wasm-cache"));
+                .unwrap_or_else(|| crate::compiled_cache_or(state.root().join("wasm-cache")));
             (state, run_id, cache)
         }
     };
@@ -105,16 +106,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => temp.path().join("work"),
     };
     replay(&args, &state, &run_id, &wasm_cache, &work)
-}
-
-/// Where compiled components of bundle replays are kept: `$XDG_CACHE_HOME/kiln/wasm-cache`,
-/// else `~/.cache/kiln/wasm-cache`.
-fn user_wasm_cache() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("kiln").join("wasm-cache"))
 }
 
 /// The argument as a bundle file, if it names one.
@@ -169,8 +160,9 @@ fn replay(
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let store = state.store();
     let report = runtime.block_on(kiln_engine::replay_run(
-        state, run_id, &executors, &options, &progress,
+        state, &store, run_id, &executors, &options, &progress,
     ));
     let report = match report {
         Ok(report) => report,
