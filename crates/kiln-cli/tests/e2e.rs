@@ -1,10 +1,13 @@
 //! End-to-end cases: each folder under `tests/e2e/` is a pipeline, its files and a script
 //! (`case.json`) played against the real `kiln` binary. See `tests/e2e/README.md`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
+
+mod support;
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e")
@@ -23,117 +26,238 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Plays one case; returns a description of the first mismatch.
-fn play(case: &Path) -> Result<(), String> {
-    let work = tempfile::tempdir().unwrap();
-    copy_dir(case, work.path());
+/// The image `scripts/setup-containers.sh` builds; a case that needs podman needs it too.
+const PODMAN_IMAGE: &str = "localhost/kiln-busybox:test";
+
+/// How a case ended when nothing in it failed.
+enum Outcome {
+    Played,
+    /// It needs something this machine lacks (and `CI` is not set): why.
+    Skipped(String),
+}
+
+/// Whether podman runs here with the test image (`podman --runtime runc image exists`).
+fn podman_ready() -> bool {
+    Command::new("podman")
+        .args(["--runtime", "runc", "image", "exists", PODMAN_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// In CI (`CI` set) a case never skips: what it needs must be there.
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Checks a case's optional first action, `{"needs": "podman"}`.
+fn check_needs(name: &str, needs: &Value) -> Result<Option<Outcome>, String> {
+    match needs.as_str() {
+        Some("podman") => {
+            if podman_ready() {
+                Ok(None)
+            } else if in_ci() {
+                Err(format!(
+                    "needs podman and the image {PODMAN_IMAGE}, which are missing, and CI is set \
+                     (run scripts/setup-containers.sh)"
+                ))
+            } else {
+                // Straight to the process's stderr: libtest captures `eprintln!` of a passing
+                // test, and a skip must be seen.
+                let line = format!(
+                    "skipping e2e case {name}: needs podman (run scripts/setup-containers.sh)"
+                );
+                let _ = writeln!(std::io::stderr(), "{line}");
+                Ok(Some(Outcome::Skipped(line)))
+            }
+        }
+        _ => Err(format!("unknown need {needs} (known: \"podman\")")),
+    }
+}
+
+/// Plays one case; returns a description of the first mismatch. Actions after a failed one
+/// are not played, except those marked `"always": true` (clean-ups).
+fn play(case: &Path) -> Result<Outcome, String> {
+    let name = case.file_name().unwrap().to_string_lossy().into_owned();
     let script: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(case.join("case.json")).map_err(|e| format!("case.json: {e}"))?,
     )
     .map_err(|e| format!("case.json: {e}"))?;
+    let mut actions = script.iter().enumerate().peekable();
+    if let Some((_, first)) = actions.peek()
+        && let Some(needs) = first.get("needs")
+    {
+        if let Some(skipped) = check_needs(&name, needs)? {
+            return Ok(skipped);
+        }
+        actions.next();
+    }
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(case, work.path());
     let mut last: Option<Value> = None;
-    for (n, action) in script.iter().enumerate() {
+    let mut failure: Option<String> = None;
+    for (n, action) in actions {
+        let always = action.get("always").and_then(Value::as_bool) == Some(true);
+        if failure.is_some() && !always {
+            continue;
+        }
         let at = format!("action {} ({action})", n + 1);
-        let obj = action.as_object().ok_or(format!("{at}: not an object"))?;
-        if let Some(args) = obj.get("run") {
-            let args: Vec<&str> = args
-                .as_array()
-                .ok_or(format!("{at}: `run` takes a list"))?
-                .iter()
-                .map(|a| a.as_str().unwrap())
-                .collect();
-            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .arg("run")
-                .arg("pipeline.yaml")
-                .args(["--output", "json"])
-                .args(&args)
-                .current_dir(work.path())
-                .env("NO_COLOR", "1")
-                .env_remove("KILN_HOME")
-                .output()
-                .map_err(|e| format!("{at}: {e}"))?;
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let want_exit = obj.get("exit").and_then(Value::as_i64).unwrap_or(0);
-            if out.status.code() != Some(want_exit as i32) {
-                return Err(format!(
-                    "{at}: exit {:?}, expected {want_exit}\n{stderr}",
-                    out.status.code()
-                ));
-            }
-            let json: Value = serde_json::from_slice(&out.stdout)
-                .map_err(|e| format!("{at}: stdout is not JSON ({e})\n{stderr}"))?;
-            if let Some(want) = obj.get("steps").and_then(Value::as_object) {
-                for (step, status) in want {
-                    let got = step_of(&json, step).map(|s| s["status"].clone());
-                    if got.as_ref() != Some(status) {
-                        return Err(format!(
-                            "{at}: step `{step}` is {got:?}, expected {status}\n{stderr}"
-                        ));
-                    }
-                }
-            }
-            last = Some(json);
-        } else if let Some(want) = obj.get("messages").and_then(Value::as_object) {
-            let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
-            for (step, text) in want {
-                let message = step_of(json, step)
-                    .and_then(|s| s["message"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                if !message.contains(text.as_str().unwrap()) {
+        let result = act(work.path(), n, action, &mut last).map_err(|e| format!("{at}: {e}"));
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Played),
+    }
+}
+
+/// The action `n` of a case, played in `work`; `last` is the JSON of the last run.
+fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Result<(), String> {
+    let obj = action.as_object().ok_or("not an object")?;
+    if let Some(args) = obj.get("run") {
+        let args: Vec<&str> = args
+            .as_array()
+            .ok_or("`run` takes a list")?
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("run")
+            .arg("pipeline.yaml")
+            .args(["--output", "json"])
+            .args(&args)
+            .current_dir(work)
+            .env("NO_COLOR", "1")
+            .env_remove("KILN_HOME")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want_exit = obj.get("exit").and_then(Value::as_i64).unwrap_or(0);
+        if out.status.code() != Some(want_exit as i32) {
+            return Err(format!(
+                "exit {:?}, expected {want_exit}\n{stderr}",
+                out.status.code()
+            ));
+        }
+        let json: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("stdout is not JSON ({e})\n{stderr}"))?;
+        if let Some(want) = obj.get("steps").and_then(Value::as_object) {
+            for (step, status) in want {
+                let got = step_of(&json, step).map(|s| s["status"].clone());
+                if got.as_ref() != Some(status) {
                     return Err(format!(
-                        "{at}: step `{step}` message {message:?} lacks {text}"
+                        "step `{step}` is {got:?}, expected {status}\n{stderr}"
                     ));
                 }
             }
-        } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {
-            let json = last.as_ref().ok_or(format!("{at}: no run yet"))?;
-            let (step, output, want) = (
-                spec[0].as_str().unwrap(),
-                spec[1].as_str().unwrap(),
-                spec[2].as_str().unwrap(),
-            );
-            let run_id = json["run_id"].as_str().unwrap();
-            let dest = work.path().join(format!("got-{n}"));
-            let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .args(["artifact", "get", run_id, step, output, "-o"])
-                .arg(&dest)
-                .args(["--state", ".kiln"])
-                .current_dir(work.path())
-                .output()
-                .map_err(|e| format!("{at}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{at}: artifact get failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let got = std::fs::read_to_string(&dest).unwrap();
-            if got != want {
-                return Err(format!("{at}: output is {got:?}, expected {want:?}"));
-            }
-        } else if let Some(spec) = obj.get("write").and_then(Value::as_array) {
-            std::fs::write(
-                work.path().join(spec[0].as_str().unwrap()),
-                spec[1].as_str().unwrap(),
-            )
-            .unwrap();
-        } else if let Some(spec) = obj.get("rename").and_then(Value::as_array) {
-            std::fs::rename(
-                work.path().join(spec[0].as_str().unwrap()),
-                work.path().join(spec[1].as_str().unwrap()),
-            )
-            .unwrap();
-        } else if let Some(spec) = obj.get("replace").and_then(Value::as_array) {
-            let path = work.path().join(spec[0].as_str().unwrap());
-            let text = std::fs::read_to_string(&path).unwrap();
-            let (from, to) = (spec[1].as_str().unwrap(), spec[2].as_str().unwrap());
-            if !text.contains(from) {
-                return Err(format!("{at}: {from:?} is not in the file"));
-            }
-            std::fs::write(&path, text.replace(from, to)).unwrap();
-        } else {
-            return Err(format!("{at}: unknown action"));
         }
+        *last = Some(json);
+    } else if let Some(want) = obj.get("messages").and_then(Value::as_object) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        for (step, text) in want {
+            let message = step_of(json, step)
+                .and_then(|s| s["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if !message.contains(text.as_str().unwrap()) {
+                return Err(format!("step `{step}` message {message:?} lacks {text}"));
+            }
+        }
+    } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        let (step, output, want) = (
+            spec[0].as_str().unwrap(),
+            spec[1].as_str().unwrap(),
+            spec[2].as_str().unwrap(),
+        );
+        let run_id = json["run_id"].as_str().unwrap();
+        let dest = work.join(format!("got-{n}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["artifact", "get", run_id, step, output, "-o"])
+            .arg(&dest)
+            .args(["--state", ".kiln"])
+            .current_dir(work)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "artifact get failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let got = std::fs::read_to_string(&dest).unwrap();
+        if got != want {
+            return Err(format!("output is {got:?}, expected {want:?}"));
+        }
+    } else if let Some(spec) = obj.get("explain").and_then(Value::as_array) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        let step = spec
+            .first()
+            .and_then(Value::as_str)
+            .ok_or("`explain` takes [STEP, TEXT...]")?;
+        let run_id = json["run_id"].as_str().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["explain", run_id, step, "--state", ".kiln"])
+            .current_dir(work)
+            .env("NO_COLOR", "1")
+            .env_remove("KILN_HOME")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "explain failed ({:?}): {stdout}{}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        for text in &spec[1..] {
+            let text = text.as_str().ok_or("`explain` texts are strings")?;
+            if !stdout.contains(text) {
+                return Err(format!("explain of `{step}` lacks {text:?}:\n{stdout}"));
+            }
+        }
+    } else if let Some(line) = obj.get("sh") {
+        let line = line.as_str().ok_or("`sh` takes a command line")?;
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(work)
+            .output()
+            .map_err(|e| format!("sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "sh exited with {:?}\nstdout: {}\nstderr: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    } else if let Some(spec) = obj.get("write").and_then(Value::as_array) {
+        std::fs::write(
+            work.join(spec[0].as_str().unwrap()),
+            spec[1].as_str().unwrap(),
+        )
+        .unwrap();
+    } else if let Some(spec) = obj.get("rename").and_then(Value::as_array) {
+        std::fs::rename(
+            work.join(spec[0].as_str().unwrap()),
+            work.join(spec[1].as_str().unwrap()),
+        )
+        .unwrap();
+    } else if let Some(spec) = obj.get("replace").and_then(Value::as_array) {
+        let path = work.join(spec[0].as_str().unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (from, to) = (spec[1].as_str().unwrap(), spec[2].as_str().unwrap());
+        if !text.contains(from) {
+            return Err(format!("{from:?} is not in the file"));
+        }
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    } else if obj.contains_key("needs") {
+        return Err("`needs` must be the first action".into());
+    } else {
+        return Err("unknown action".into());
     }
     Ok(())
 }
@@ -151,14 +275,24 @@ fn end_to_end_cases() {
         .collect();
     cases.sort();
     assert!(cases.len() >= 5, "the e2e cases are missing");
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|case| {
-            play(case)
-                .err()
-                .map(|e| format!("{}: {e}", case.file_name().unwrap().to_string_lossy()))
-        })
-        .collect();
+    let mut failures = Vec::new();
+    let mut skipped = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        match play(case) {
+            Ok(Outcome::Played) => {}
+            Ok(Outcome::Skipped(why)) => skipped.push(why),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} of {} e2e cases skipped",
+            skipped.len(),
+            cases.len()
+        );
+    }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
 
@@ -236,7 +370,7 @@ fn the_digits_example_runs_end_to_end() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let state = tempfile::tempdir().unwrap();
     let run = || {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        support::kiln()
             .args([
                 "run",
                 "examples/digits/pipeline.yaml",
