@@ -151,14 +151,15 @@ fn run_json(
 ) -> (Duration, serde_json::Value) {
     let salt = format!("salt={salt}");
     let start = Instant::now();
-    let out = Command::new(KILN)
-        .args(["run", "pipeline.yaml", "--state", state, "-p", &salt])
-        .args(["--output", "json"])
-        .current_dir(dir)
-        .env("PATH", path_var)
-        .stdin(Stdio::null())
-        .output()
-        .expect("kiln starts");
+    let out = kiln_in(
+        dir,
+        &["run", "pipeline.yaml", "--state", state, "-p", &salt],
+    )
+    .args(["--output", "json"])
+    .env("PATH", path_var)
+    .stdin(Stdio::null())
+    .output()
+    .expect("kiln starts");
     let time = start.elapsed();
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert!(

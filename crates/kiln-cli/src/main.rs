@@ -2,10 +2,14 @@
 
 mod commands;
 
-use std::io::IsTerminal;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::ProgressBar;
 
 /// kiln runs machine-learning pipelines described in YAML: small steps as sandboxed
 /// WebAssembly, training as containers, one DAG for both.
@@ -30,7 +34,8 @@ enum Command {
     Schema(commands::schema::Args),
     /// Build the wasm components of steps given by source, when stale
     Build(commands::build::Args),
-    /// Run a pipeline on this machine
+    // No doc comment here: it would hide the long help of `kiln run --help`, which the
+    // doc comment of `commands::run::Args` gives (its first line is the summary).
     Run(commands::run::Args),
     /// List the runs in the state folder
     Runs(commands::runs::Args),
@@ -71,13 +76,63 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The executor for wasm steps: one wasmtime engine, precompiled components kept in the
-/// state folder, an instance pool sized to the run's parallelism.
+/// The executor for wasm steps: one wasmtime engine, precompiled components kept once per
+/// machine ([`compiled_cache_or`], else in the state folder), an instance pool sized to the
+/// run's parallelism.
 pub fn wasm_executor(
     state: &kiln_engine::StateDir,
     jobs: usize,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
-    wasm_executor_at(&state.root().join("wasm-cache"), jobs)
+    wasm_executor_at(&compiled_cache_or(state.root().join("wasm-cache")), jobs)
+}
+
+/// Where compiled wasm components are kept: in the user's cache folder ([`user_compiled_cache`])
+/// when there is one and it can be created, else in `fallback`. `kiln run` and `kiln replay`
+/// both ask here, so a component compiled by one is loaded by the other.
+pub fn compiled_cache_or(fallback: PathBuf) -> PathBuf {
+    let Some(dir) = user_compiled_cache() else {
+        return fallback;
+    };
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => dir,
+        Err(e) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                fallback = %fallback.display(),
+                error = %e,
+                "cannot create the compiled-components cache; compiling into the fallback"
+            );
+            fallback
+        }
+    }
+}
+
+/// The user's folder for compiled wasm components, kept once per machine: `$KILN_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/kiln/compiled`, else `$HOME/.cache/kiln/compiled`; `None` where
+/// none of these is set.
+pub fn user_compiled_cache() -> Option<PathBuf> {
+    compiled_cache_from(
+        std::env::var_os("KILN_CACHE_DIR"),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`user_compiled_cache`] from the values of its variables (empty counts as unset, and so
+/// does a relative `XDG_CACHE_HOME`, as the XDG base directory specification says).
+fn compiled_cache_from(
+    kiln_cache_dir: Option<OsString>,
+    xdg_cache_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
+    let set = |value: Option<OsString>| value.filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set(kiln_cache_dir) {
+        return Some(dir);
+    }
+    let base = set(xdg_cache_home)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| set(home).map(|home| home.join(".cache")))?;
+    Some(base.join("kiln").join("compiled"))
 }
 
 /// The executor for wasm steps, with its precompiled components kept in `cache_dir`.
@@ -91,14 +146,18 @@ pub fn wasm_executor_at(
         .on_compile(kiln_wasm::CompileListener::new(|notice| match notice {
             // Compiling a large component (a Python one is tens of MiB) takes a while, once
             // per machine: say so rather than look stuck.
-            kiln_wasm::CompileNotice::Started { path, bytes } if *bytes >= 1 << 20 => eprintln!(
-                "compiling {} ({:.1} MiB) for this machine; this happens once",
-                path.display(),
-                *bytes as f64 / (1024.0 * 1024.0)
-            ),
-            kiln_wasm::CompileNotice::Finished { path, took } => {
-                eprintln!("compiled {} in {:.1}s", path.display(), took.as_secs_f64())
+            kiln_wasm::CompileNotice::Started { path, bytes } if *bytes >= 1 << 20 => {
+                eprintln_above_bar(&format!(
+                    "compiling {} ({:.1} MiB) for this machine; this happens once",
+                    path.display(),
+                    *bytes as f64 / (1024.0 * 1024.0)
+                ))
             }
+            kiln_wasm::CompileNotice::Finished { path, took } => eprintln_above_bar(&format!(
+                "compiled {} in {:.1}s",
+                path.display(),
+                took.as_secs_f64()
+            )),
             _ => {}
         }));
     let runtime = kiln_wasm::WasmRuntime::with_options(cache_dir, &options)
@@ -108,8 +167,78 @@ pub fn wasm_executor_at(
     ))))
 }
 
+/// The progress bar on screen, if any: what kiln logs is printed above it, not through it.
+static PROGRESS_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Makes `bar` the progress bar that log lines are printed above, or, with `None`, says there
+/// is none any more (before the bar is cleared).
+pub fn log_above(bar: Option<&ProgressBar>) {
+    *PROGRESS_BAR.lock().unwrap_or_else(PoisonError::into_inner) = bar.cloned();
+}
+
+/// Prints `line` on stderr, above the progress bar when one is on screen.
+pub fn eprintln_above_bar(line: &str) {
+    write_above_bar(format!("{line}\n").as_bytes());
+}
+
+fn write_above_bar(bytes: &[u8]) {
+    let bar = PROGRESS_BAR
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let write = || {
+        let _ = std::io::stderr().lock().write_all(bytes);
+    };
+    match bar {
+        // `suspend` clears the bar, lets the line through and draws the bar again below it.
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
+/// One log event's text, written whole by [`write_above_bar`] when the formatter is done.
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            write_above_bar(&self.0);
+        }
+    }
+}
+
+/// Sends `tracing` events to stderr: what `RUST_LOG` says when it is set; otherwise warnings,
+/// and with `verbose` (`kiln run -v`) kiln's own info lines too.
+fn init_logging(verbose: bool) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::builder().parse_lossy(directives)
+        }
+        // `kiln` matches every target that starts with it: all of kiln's crates.
+        _ if verbose => tracing_subscriber::EnvFilter::new("warn,kiln=info"),
+        _ => tracing_subscriber::EnvFilter::new("warn"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| LogLine(Vec::new()))
+        .without_time()
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(matches!(&cli.command, Command::Run(args) if args.verbose()));
     let result = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
         Command::Graph(args) => commands::graph::run(args),
@@ -130,5 +259,41 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compiled_cache_from;
+    use std::path::PathBuf;
+
+    fn cache(kiln: Option<&str>, xdg: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
+        compiled_cache_from(
+            kiln.map(Into::into),
+            xdg.map(Into::into),
+            home.map(Into::into),
+        )
+    }
+
+    #[test]
+    fn the_compiled_cache_is_the_users() {
+        let all = (Some("/k"), Some("/x"), Some("/h"));
+        assert_eq!(cache(all.0, all.1, all.2), Some("/k".into()));
+        assert_eq!(cache(None, all.1, all.2), Some("/x/kiln/compiled".into()));
+        assert_eq!(
+            cache(Some(""), all.1, all.2),
+            Some("/x/kiln/compiled".into())
+        );
+        assert_eq!(
+            cache(None, None, all.2),
+            Some("/h/.cache/kiln/compiled".into())
+        );
+        // A relative XDG_CACHE_HOME is ignored, as the XDG specification says.
+        assert_eq!(
+            cache(None, Some("rel"), all.2),
+            Some("/h/.cache/kiln/compiled".into())
+        );
+        assert_eq!(cache(None, Some(""), Some("")), None);
+        assert_eq!(cache(None, None, None), None);
     }
 }

@@ -3,9 +3,11 @@
 //! source folder, so that each test can tell whether the recipe really ran.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
+
+mod support;
 
 /// A pipeline whose two steps share one source folder, each with its own command.
 struct Workspace {
@@ -47,11 +49,9 @@ impl Workspace {
     }
 
     fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        support::kiln()
             .args(args)
             .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("KILN_HOME")
             .output()
             .expect("kiln runs")
     }

@@ -3,15 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
+    support::kiln()
         .args(args)
         .current_dir(repo())
-        .env("NO_COLOR", "1")
         .output()
         .expect("kiln runs")
 }
@@ -156,5 +157,48 @@ print("ok")
         "stdout: {}\nstderr: {}\n(run scripts/setup.sh to install jsonschema and pyyaml)",
         text(&out.stdout),
         text(&out.stderr)
+    );
+}
+
+/// What kiln logs goes to stderr: what `RUST_LOG` asks for when it is set, kiln's info lines
+/// with `kiln run -v`, and otherwise no more than warnings.
+#[test]
+fn rust_log_and_verbose_turn_on_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        "apiVersion: kiln/v1\nname: hello\nsteps:\n  hello:\n    container:\n      image: busybox\n      command: [sh, -c, \"echo hi > {{outputs.greeting}}\"]\n    outputs: [greeting]\n",
+    )
+    .unwrap();
+    let stderr = |rust_log: Option<&str>, extra: &[&str]| {
+        let mut command = support::kiln();
+        command
+            .args(["run", "pipeline.yaml", "--no-cache"])
+            .args(extra)
+            .current_dir(dir.path());
+        if let Some(directives) = rust_log {
+            command.env("RUST_LOG", directives);
+        }
+        let out = command.output().expect("kiln runs");
+        assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let run_started = |stderr: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains("kiln_engine") && l.contains("run started"))
+    };
+
+    let logged = stderr(Some("kiln_engine=debug"), &[]);
+    assert!(run_started(&logged), "{logged}");
+    let verbose = stderr(None, &["-v"]);
+    assert!(run_started(&verbose), "{verbose}");
+    let quiet = stderr(None, &[]);
+    assert!(!run_started(&quiet), "{quiet}");
+    assert!(
+        !quiet
+            .lines()
+            .any(|l| l.starts_with(" INFO ") || l.starts_with("DEBUG ")),
+        "{quiet}"
     );
 }

@@ -6,7 +6,6 @@
 //! The guest is `clockwork` from `crates/kiln-wasm/tests/guests`, built by this test.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -60,13 +59,13 @@ fn run_in(root: &Path, order: &[usize]) -> Ran {
     }
     let state = root.join("state");
     let kiln = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        let out = support::kiln()
             .args(args)
             .arg("--state")
             .arg(&state)
             .current_dir(root)
-            .env("NO_COLOR", "1")
-            .env_remove("KILN_HOME")
+            // Each process compiles the component itself, as on two machines.
+            .env("KILN_CACHE_DIR", root.join("compiled"))
             .output()
             .unwrap();
         assert!(

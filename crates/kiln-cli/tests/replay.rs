@@ -5,7 +5,7 @@
 //! while a damaged one is refused without writing anything.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -46,17 +46,13 @@ impl Workspace {
         self.root.join("state")
     }
 
-    /// Runs kiln in the workspace with its state folder and a private cache home.
+    /// Runs kiln in the workspace with its state folder.
     fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        support::kiln()
             .args(args)
             .arg("--state")
             .arg(self.state())
             .current_dir(&self.root)
-            .env("NO_COLOR", "1")
-            .env("XDG_CACHE_HOME", self.root.join("cache-home"))
-            .env_remove("KILN_HOME")
-            .env_remove("KILN_WASM_CACHE")
             .output()
             .unwrap()
     }
@@ -128,6 +124,53 @@ fn chain() -> Workspace {
         &["entropy", "copy"],
         &[("data.txt", "some data\n"), ("other.txt", "other data\n")],
     )
+}
+
+/// The `.cwasm` files under a compiled-components cache folder.
+fn compiled_components(cache: &Path) -> Vec<PathBuf> {
+    let Ok(engines) = std::fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for engine in engines {
+        for file in std::fs::read_dir(engine.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "cwasm") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// `kiln run` compiles components into the user's cache folder (here `KILN_CACHE_DIR`), not
+/// the state folder, and `kiln replay` of the run loads them from there without compiling.
+#[test]
+fn run_and_replay_share_the_compiled_components() {
+    let ws = chain();
+    let cache = ws.root.join("compiled");
+    let kiln = |args: &[&str]| {
+        let out = support::kiln()
+            .args(args)
+            .arg("--state")
+            .arg(ws.state())
+            .current_dir(&ws.root)
+            .env("KILN_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kiln {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let ran = kiln(&["run", "pipeline.yaml"]);
+    assert_eq!(compiled_components(&cache).len(), 2, "{ran}");
+    let compiled = |stderr: &str| stderr.lines().any(|l| l.starts_with("compiled "));
+    assert!(compiled(&ran), "{ran}");
+    assert!(!ws.state().join("wasm-cache").exists());
+
+    let replayed = kiln(&["replay", "latest"]);
+    assert!(!compiled(&replayed), "{replayed}");
+    assert_eq!(compiled_components(&cache).len(), 2);
 }
 
 #[test]
@@ -293,13 +336,12 @@ fn a_bundle_replays_with_nothing_else_and_a_damaged_one_writes_nothing() {
     drop(ws);
     let home = alone.path().join("home");
     let kiln = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        // No KILN_CACHE_DIR: the default, the user's cache folder, is what is tested here.
+        support::kiln()
             .args(args)
             .current_dir(alone.path())
-            .env("NO_COLOR", "1")
             .env("XDG_CACHE_HOME", &home)
-            .env_remove("KILN_HOME")
-            .env_remove("KILN_WASM_CACHE")
+            .env_remove("KILN_CACHE_DIR")
             .output()
             .unwrap()
     };
@@ -311,7 +353,7 @@ fn a_bundle_replays_with_nothing_else_and_a_damaged_one_writes_nothing() {
         assert_eq!(step(&report, id)["verdict"], "identical", "{report:#}");
     }
     // The compiled components were kept in the user's cache for the next replay.
-    assert!(home.join("kiln/wasm-cache").is_dir());
+    assert!(home.join("kiln/compiled").is_dir());
 
     // Damaged copies: cut short at several points, or one byte flipped.
     let bytes = std::fs::read(&moved).unwrap();
@@ -358,14 +400,12 @@ fn the_committed_digits_bundle_replays_identical() {
     let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/replay/digits.kiln");
     // Compiled components are kept between test runs (the Python step's takes a while).
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-wasm-cache");
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = support::kiln()
         .arg("replay")
         .arg(&bundle)
         .arg("--wasm-cache")
         .arg(&cache)
         .args(["--output", "json"])
-        .env("NO_COLOR", "1")
-        .env_remove("KILN_HOME")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
