@@ -26,7 +26,7 @@ use kiln_plan::{ComponentSource, Plan, StepKind};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::state::{StateDir, now_ms};
+use kiln_record::{StateDir, now_ms};
 
 /// Domain of a build key; bump the version when anything about what it covers changes.
 const BUILD_KEY_DOMAIN: &str = "kiln build key v1";

@@ -95,6 +95,7 @@ fn run_input(shape: &str, n: usize, base_dir: &Path) -> RunInput {
     assert_eq!(plan.steps.len(), n);
     RunInput {
         plan,
+        components: Default::default(),
         base_dir: base_dir.to_path_buf(),
         pipeline_file: "pipeline.yaml".into(),
         pipeline_text: text,

@@ -8,19 +8,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_cas::{BlobStore, Digest, EntryKind, EntryName, ObjectKind, Tree, TreeEntry};
-use kiln_plan::{ComponentSource, InputSource, Plan, PlannedStep, StepKind};
+use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
 use kiln_spec::Value;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{broadcast, mpsc, mpsc::UnboundedSender};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::EngineError;
-use crate::build::{BuildProgress, BuildRecipe, ComponentBuilder};
-use crate::cache::{CacheEntry, CacheIndex, DETERMINISM_VERSION, KeyParts, canonical_json};
+use crate::cache::{DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
-use crate::record::{AttemptStatus, RecordEvent, RecordWriter, RunStatus, StepRecord};
-use crate::state::{StateDir, new_run_id, now_ms};
+use kiln_record::CacheEntry;
+use kiln_record::{AttemptStatus, FileMetadata, MetadataStore, RecordEvent, RunStatus, StepRecord};
+use kiln_record::{StateDir, new_run_id};
 
 /// Failure kinds that repeat exactly on a retry (a sandbox's deterministic limits).
 const DETERMINISTIC_FAILURES: &[&str] = &["out-of-fuel", "memory", "output-limit", "sandbox"];
@@ -69,6 +69,9 @@ pub struct Executors {
 pub struct RunInput {
     /// The plan.
     pub plan: Plan,
+    /// The component of every wasm step, by step name, pinned to a digest in the store
+    /// before the run (`kiln_build::pin`): the engine builds and resolves nothing itself.
+    pub components: BTreeMap<String, Digest>,
     /// The folder workspace paths are relative to.
     pub base_dir: PathBuf,
     /// The pipeline file as the user named it (for the record).
@@ -119,6 +122,74 @@ pub enum Event {
         /// How it ended.
         status: RunStatus,
     },
+}
+
+/// An [`Event`] of one run: the one type the terminal, the record writer, tests and a
+/// server's event stream all read.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    /// The run it belongs to.
+    pub run_id: Arc<str>,
+    /// Milliseconds since the Unix epoch, from the engine's [`Clock`].
+    pub at_ms: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Where the engine reads the time of day for records and events (injected, so that tests
+/// and replays can fix it).
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The host's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        kiln_record::now_ms()
+    }
+}
+
+/// A run started with [`Engine::start`]: its id at once, its events, a way to cancel it and
+/// to wait for its end.
+pub struct RunHandle {
+    id: String,
+    events: Option<broadcast::Receiver<RunEvent>>,
+    sender: broadcast::Sender<RunEvent>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<Result<RunSummary, EngineError>>,
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The run's events. The first call gets every event from the start; later calls get
+    /// those sent from then on. A receiver that falls far behind misses events
+    /// (`RecvError::Lagged`) rather than slowing the run.
+    pub fn events(&mut self) -> broadcast::Receiver<RunEvent> {
+        self.events
+            .take()
+            .unwrap_or_else(|| self.sender.subscribe())
+    }
+
+    /// Asks the run to stop: running steps are stopped and the run ends as cancelled.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the run to end.
+    pub async fn join(self) -> Result<RunSummary, EngineError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(EngineError::Internal(format!("the run's task failed: {e}"))),
+        }
+    }
 }
 
 /// How a step ended in a run.
@@ -192,10 +263,14 @@ pub struct RunSummary {
     pub duration: Duration,
 }
 
-/// The engine: a state folder, a blob store, executors and a configuration.
+/// The engine: a state folder (scratch space, logs), a blob store, a metadata store,
+/// executors, a clock and a configuration. Cheap to clone; any number of runs may go at once.
+#[derive(Clone)]
 pub struct Engine {
     state: StateDir,
     store: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetadataStore>,
+    clock: Arc<dyn Clock>,
     executors: Executors,
     config: EngineConfig,
 }
@@ -207,12 +282,14 @@ struct Shared {
     base_dir: PathBuf,
     state: StateDir,
     store: Arc<dyn BlobStore>,
-    cache: CacheIndex,
+    meta: Arc<dyn MetadataStore>,
+    clock: Arc<dyn Clock>,
     executors: Executors,
     config: EngineConfig,
     components: HashMap<String, (PathBuf, Digest)>,
-    record: Mutex<RecordWriter>,
-    events: Option<UnboundedSender<Event>>,
+    /// Record events, in order, to the task that appends them to the metadata store.
+    record: mpsc::UnboundedSender<RecordEvent>,
+    events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
     outputs: Mutex<HashMap<String, BTreeMap<String, Digest>>>,
     /// Digests of workspace inputs, hashed once per run.
@@ -221,16 +298,39 @@ struct Shared {
 
 impl Shared {
     fn emit(&self, event: Event) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(event);
-        }
+        let _ = self.events.send(RunEvent {
+            run_id: self.run_id.as_str().into(),
+            at_ms: self.clock.now_ms(),
+            event,
+        });
     }
 
     fn record(&self, event: &RecordEvent) {
-        if let Err(e) = self.record.lock().expect("record lock").append(event) {
-            warn!(run = %self.run_id, error = %e, "cannot append to the run record");
+        // The writer task is gone only after a write failed; that failure ends the run.
+        let _ = self.record.send(event.clone());
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
+
+/// Appends a run's record events in order; the first failure cancels the run (a run whose
+/// record cannot be written must not go on as if it were recorded) and is returned.
+async fn write_record(
+    meta: Arc<dyn MetadataStore>,
+    run_id: String,
+    mut events: mpsc::UnboundedReceiver<RecordEvent>,
+    stop: CancellationToken,
+) -> Result<(), kiln_record::RecordError> {
+    while let Some(event) = events.recv().await {
+        if let Err(e) = meta.append(&run_id, &event).await {
+            warn!(run = %run_id, error = %e, "cannot append to the run record: stopping the run");
+            stop.cancel();
+            return Err(e);
         }
     }
+    Ok(())
 }
 
 impl Engine {
@@ -243,9 +343,46 @@ impl Engine {
         };
         Self {
             store: Arc::new(state.store()),
+            meta: Arc::new(FileMetadata::new(state.clone())),
+            clock: Arc::new(SystemClock),
             state,
             executors,
             config,
+        }
+    }
+
+    /// Keeps cache entries, records and the run list in `meta` instead of the state folder.
+    pub fn with_metadata(mut self, meta: Arc<dyn MetadataStore>) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Reads the time of day from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts a run in the background and returns at once: the handle has its id, its events
+    /// (every one of them, from the start), and ways to cancel it and wait for it. Needs a
+    /// tokio runtime.
+    pub fn start(&self, input: RunInput) -> RunHandle {
+        let id = new_run_id();
+        let capacity = (input.plan.steps.len() * 4 + 64).max(1024);
+        let (sender, events) = broadcast::channel(capacity);
+        let cancel = CancellationToken::new();
+        let engine = self.clone();
+        let (run_id, run_sender, run_cancel) = (id.clone(), sender.clone(), cancel.clone());
+        let task =
+            tokio::spawn(
+                async move { engine.execute(run_id, input, run_cancel, run_sender).await },
+            );
+        RunHandle {
+            id,
+            events: Some(events),
+            sender,
+            cancel,
+            task,
         }
     }
 
@@ -260,41 +397,78 @@ impl Engine {
     /// Everything that can be checked before a step runs is checked first (executors
     /// available, commands and images present, components built): a problem there is an
     /// [`EngineError::Preflight`] and nothing runs.
+    ///
+    /// This is [`Engine::start`] and [`RunHandle::join`] for a caller that wants the events
+    /// without their run id (one run, one receiver).
     pub async fn run(
         &self,
         input: RunInput,
         cancel: CancellationToken,
         events: Option<UnboundedSender<Event>>,
     ) -> Result<RunSummary, EngineError> {
+        let mut handle = self.start(input);
+        let mut rx = handle.events();
+        let forward = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        if let Some(tx) = &events {
+                            let _ = tx.send(e.event);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "progress fell behind; some events were dropped")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        let on_cancel = cancel.clone();
+        let stop = handle.cancel.clone();
+        let relay = tokio::spawn(async move {
+            on_cancel.cancelled().await;
+            stop.cancel();
+        });
+        let result = handle.join().await;
+        relay.abort();
+        let _ = forward.await;
+        result
+    }
+
+    async fn execute(
+        &self,
+        run_id: String,
+        input: RunInput,
+        cancel: CancellationToken,
+        events: broadcast::Sender<RunEvent>,
+    ) -> Result<RunSummary, EngineError> {
         let started = Instant::now();
         let mut input = input;
         if let Ok(base) = std::path::absolute(&input.base_dir) {
             input.base_dir = base;
         }
-        let run_id = new_run_id();
-        let run_dir = self.state.run_dir(&run_id);
-        let logs = run_dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| EngineError::io(&logs, e))?;
+        // Nothing of the run is written before its preflight passed: a run that cannot start
+        // leaves no ghost behind for `latest` to find.
         let store = self.store.clone();
+        let clock = self.clock.clone();
 
         let emit = |event: Event| {
-            if let Some(tx) = &events {
-                let _ = tx.send(event);
-            }
+            let _ = events.send(RunEvent {
+                run_id: run_id.as_str().into(),
+                at_ms: clock.now_ms(),
+                event,
+            });
         };
-        let components = self
-            .preflight(&input, &run_id, store.as_ref(), &emit)
-            .await?;
+        let components = self.preflight(&input, store.as_ref()).await?;
 
-        let plan_path = run_dir.join("plan.json");
-        std::fs::write(
-            &plan_path,
-            serde_json::to_vec_pretty(&input.plan).expect("plans serialise"),
-        )
-        .map_err(|e| EngineError::io(&plan_path, e))?;
-        let mut record = RecordWriter::create(&self.state.record_path(&run_id))?;
+        self.meta
+            .create_run(
+                &run_id,
+                &serde_json::to_vec_pretty(&input.plan).expect("plans serialise"),
+            )
+            .await?;
         let params_json = serde_json::to_value(&input.plan.params).expect("params serialise");
-        record.append(&RecordEvent::RunStarted {
+        let started_event = RecordEvent::RunStarted {
             run_id: run_id.clone(),
             pipeline: input.plan.pipeline.clone(),
             pipeline_digest: Digest::of_bytes(input.pipeline_text.as_bytes()).to_string(),
@@ -303,30 +477,48 @@ impl Engine {
             pipeline_file: input.pipeline_file.clone(),
             kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
             determinism_version: DETERMINISM_VERSION,
-            at_ms: now_ms(),
-        })?;
+            at_ms: self.clock.now_ms(),
+        };
+        self.meta.append(&run_id, &started_event).await?;
         info!(run = %run_id, pipeline = %input.plan.pipeline, steps = input.plan.steps.len(), "run started");
         emit(Event::RunStarted {
             run_id: run_id.clone(),
             total: input.plan.steps.len(),
         });
 
+        let stop = CancellationToken::new();
+        let (record_tx, record_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_record(
+            self.meta.clone(),
+            run_id.clone(),
+            record_rx,
+            stop.clone(),
+        ));
         let shared = Arc::new(Shared {
             run_id: run_id.clone(),
             plan: input.plan,
             base_dir: input.base_dir,
             state: self.state.clone(),
-            cache: CacheIndex::new(self.state.cache_dir()),
             store,
+            meta: self.meta.clone(),
+            clock: self.clock.clone(),
             executors: self.executors.clone(),
             config: self.config.clone(),
             components,
-            record: Mutex::new(record),
+            record: record_tx,
             events: events.clone(),
             outputs: Mutex::new(HashMap::new()),
             workspace: tokio::sync::Mutex::new(HashMap::new()),
         });
-        let (steps, cancelled) = schedule(shared.clone(), cancel).await;
+        let relay = {
+            let (cancel, stop) = (cancel.clone(), stop.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                stop.cancel();
+            })
+        };
+        let (steps, cancelled) = schedule(shared.clone(), stop.clone(), &cancel).await;
+        relay.abort();
 
         let status = if cancelled {
             RunStatus::Cancelled
@@ -341,13 +533,24 @@ impl Engine {
         let duration = started.elapsed();
         shared.record(&RecordEvent::RunFinished {
             status,
-            at_ms: now_ms(),
+            at_ms: shared.now_ms(),
             duration_ms: duration.as_millis() as u64,
         });
         let scratch = self.state.scratch_dir(&run_id);
         remove_tree(&scratch);
+        let Shared { record, .. } = Arc::into_inner(shared).expect("every step task has ended");
+        drop(record);
+        match writer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(EngineError::Record(e)),
+            Err(e) => {
+                return Err(EngineError::Internal(format!(
+                    "the record writer failed: {e}"
+                )));
+            }
+        }
         info!(run = %run_id, %status, "run finished");
-        shared.emit(Event::RunFinished { status });
+        emit(Event::RunFinished { status });
         Ok(RunSummary {
             run_id,
             status,
@@ -356,13 +559,11 @@ impl Engine {
         })
     }
 
-    /// Checks executors, commands and images; resolves and builds components.
+    /// Checks executors, commands and images, and stages the pinned components.
     async fn preflight(
         &self,
         input: &RunInput,
-        run_id: &str,
         store: &dyn BlobStore,
-        emit: &impl Fn(Event),
     ) -> Result<HashMap<String, (PathBuf, Digest)>, EngineError> {
         let mut problems = Vec::new();
         let wasm_steps: Vec<&PlannedStep> = input
@@ -401,82 +602,40 @@ impl Engine {
             }
         }
 
+        // Stage each pinned component where the in-process wasm executor loads it from.
         let mut components = HashMap::new();
-        let mut builder =
-            ComponentBuilder::for_plan(self.state.clone(), &input.base_dir, &input.plan);
-        builder.log_dir(self.state.run_dir(run_id).join("logs"));
+        let dir = self.state.components_dir();
         for step in &wasm_steps {
             if components.contains_key(&step.step) {
                 continue;
             }
-            let StepKind::Wasm { component, .. } = &step.kind else {
+            let Some(digest) = input.components.get(&step.step) else {
+                problems.push(format!(
+                    "step `{}`: its component was not pinned to a digest before the run",
+                    step.step
+                ));
                 continue;
             };
-            let resolved = match component {
-                ComponentSource::Path { path } => Ok(input.base_dir.join(path)),
-                ComponentSource::Build { .. } => {
-                    let recipe = BuildRecipe::of(component).expect("a build recipe");
-                    let mut progress = |BuildProgress::Started { command, .. }| {
-                        emit(Event::Building {
-                            step: step.step.clone(),
-                            command,
-                        })
-                    };
-                    builder
-                        .build(&step.step, &recipe, &mut progress)
-                        .await
-                        .map(|built| built.path)
-                        .map_err(|e| format!("step `{}`: {e}", step.step))
+            let path = dir.join(format!("{}.wasm", digest.to_hex()));
+            let staged = async {
+                if !store.contains(digest).await? {
+                    return Ok(false);
                 }
-                ComponentSource::Digest { digest } => match digest.parse::<Digest>() {
-                    Ok(d) if store.contains(&d).await.unwrap_or(false) => {
-                        let dir = self.state.components_dir();
-                        let path = dir.join(format!("{}.wasm", d.to_hex()));
-                        if !path.exists() {
-                            let _ = std::fs::create_dir_all(&dir);
-                            store.materialize(&d, &path).await?;
-                        }
-                        Ok(path)
-                    }
-                    _ => Err(format!(
-                        "step `{}`: component {digest} is not in the local store",
-                        step.step
-                    )),
-                },
-                ComponentSource::Registry { name, version } => Err(format!(
-                    "step `{}`: registry component `{name}@{version}` needs a kiln server, which local runs do not use yet; use a `.wasm` path or a build recipe",
+                if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                    let _ = tokio::fs::create_dir_all(&dir).await;
+                    store.materialize(digest, &path).await?;
+                }
+                Ok::<_, kiln_cas::CasError>(true)
+            };
+            match staged.await {
+                Ok(true) => {
+                    components.insert(step.step.clone(), (path, *digest));
+                }
+                Ok(false) => problems.push(format!(
+                    "step `{}`: component {digest} is not in the store",
                     step.step
                 )),
-            };
-            // Every component a run used is kept in the store, so that the run can be
-            // replayed and exported from its record alone.
-            let keep = async |path: PathBuf| -> Result<(PathBuf, Digest), String> {
-                let digest = Digest::of_file(&path).map_err(|e| {
-                    format!("step `{}`: cannot read {}: {e}", step.step, path.display())
-                })?;
-                if !store.contains(&digest).await.unwrap_or(false) {
-                    let stored = store.put_file(&path).await.map_err(|e| {
-                        format!("step `{}`: cannot store its component: {e}", step.step)
-                    })?;
-                    if stored != digest {
-                        return Err(format!(
-                            "step `{}`: component {} changed while it was read",
-                            step.step,
-                            path.display()
-                        ));
-                    }
-                }
-                Ok((path, digest))
-            };
-            let kept = match resolved {
-                Ok(path) => keep(path).await,
-                Err(e) => Err(e),
-            };
-            match kept {
-                Ok(found) => {
-                    components.insert(step.step.clone(), found);
-                }
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(format!("step `{}`: {e}", step.step)),
             }
         }
         if problems.is_empty() {
@@ -489,7 +648,11 @@ impl Engine {
 
 /// The dependency-driven loop: returns each step's summary in plan order, and whether the
 /// run was cancelled.
-async fn schedule(shared: Arc<Shared>, cancel: CancellationToken) -> (Vec<StepSummary>, bool) {
+async fn schedule(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    cancel: &CancellationToken,
+) -> (Vec<StepSummary>, bool) {
     let steps = &shared.plan.steps;
     let n = steps.len();
     let index: HashMap<&str, usize> = steps
@@ -509,7 +672,6 @@ async fn schedule(shared: Arc<Shared>, cancel: CancellationToken) -> (Vec<StepSu
         (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
     let mut running: JoinSet<(usize, StepSummary)> = JoinSet::new();
     let mut running_ids: HashMap<tokio::task::Id, usize> = HashMap::new();
-    let stop = cancel.child_token();
     let jobs = shared.config.jobs.max(1);
     let mut cancelled = false;
 
@@ -783,7 +945,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
 
     if shared.config.use_cache
         && step.policy.cache
-        && let Some(entry) = shared.cache.get(&key)
+        && let Ok(Some(entry)) = shared.meta.cache_entry(&key).await
         && let Some(outputs) = present_outputs(shared.store.as_ref(), &entry, &step.outputs).await
     {
         debug!(run = %shared.run_id, step = %step.id, key = %key, "cache hit");
@@ -814,7 +976,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         shared.record(&RecordEvent::StepStarted {
             step: step.id.clone(),
             attempt,
-            at_ms: now_ms(),
+            at_ms: shared.now_ms(),
         });
         shared.emit(Event::StepStarted {
             id: step.id.clone(),
@@ -857,7 +1019,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
                         step: step.id.clone(),
                         metrics: metrics.clone(),
                     };
-                    if let Err(e) = shared.cache.put(&key, &entry) {
+                    if let Err(e) = shared.meta.put_cache_entry(&key, &entry).await {
                         warn!(step = %step.id, error = %e, "cannot write the cache entry");
                     }
                 }

@@ -9,41 +9,29 @@
 //! publishes outputs to the store only after the step succeeded, so a failed or cancelled
 //! step leaves nothing half-written behind.
 
-mod build;
-mod bundle;
 mod cache;
 mod engine;
 mod executor;
-mod record;
 mod replay;
-mod state;
 
 use std::path::Path;
 
-pub use build::{
-    BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
-    build_key, builds_dir, sources_digest,
-};
-pub use bundle::{
-    BUNDLE_FORMAT_VERSION, BundleError, BundleManifest, BundleObject, ExportProgress,
-    ExportSummary, export_run, import_bundle, read_manifest,
-};
-pub use cache::{
-    CacheEntry, CacheIndex, DETERMINISM_VERSION, KEY_VERSION, KeyChange, KeyParts, canonical_json,
-    diff_keys,
-};
+pub use cache::{DETERMINISM_VERSION, KEY_VERSION, KeyChange, KeyParts, canonical_json, diff_keys};
 pub use engine::{
-    Engine, EngineConfig, Event, Executors, RunInput, RunSummary, StepStatus, StepSummary,
+    Clock, Engine, EngineConfig, Event, Executors, RunEvent, RunHandle, RunInput, RunSummary,
+    StepStatus, StepSummary, SystemClock,
 };
 pub use executor::{ExecOutcome, Executor, ExecutorError, StepTask, fill_paths};
-pub use record::{
-    AttemptStatus, RecordEvent, RecordWriter, RunStatus, RunView, StepRecord, StepView, read_record,
-};
 pub use replay::{
     MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
     StepReplay, Verdict, replay_run,
 };
-pub use state::{StateDir, new_run_id, now_ms};
+// The metadata types the engine's API speaks in.
+pub use kiln_record::{
+    AttemptStatus, CacheEntry, CacheIndex, FileMetadata, MetadataStore, RecordError, RecordEvent,
+    RecordWriter, RunStatus, RunView, StateDir, StepRecord, StepView, new_run_id, now_ms,
+    read_record,
+};
 
 /// What can stop the engine itself (a step failing is not an error: it is an outcome).
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +52,10 @@ pub enum EngineError {
     Store(#[from] kiln_cas::CasError),
     /// The run record could not be written or read.
     #[error("run record: {0}")]
-    Record(String),
+    Record(#[from] RecordError),
+    /// kiln's own bug: a task it started failed.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl EngineError {

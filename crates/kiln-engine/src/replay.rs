@@ -24,8 +24,8 @@ use serde::Serialize;
 
 use crate::cache::{DETERMINISM_VERSION, KeyParts};
 use crate::engine::{AttemptPlace, Executors, collect_tree, condition_holds, run_attempt};
-use crate::record::{AttemptStatus, RecordEvent, RunView, StepRecord, read_record};
-use crate::state::{StateDir, now_ms};
+use kiln_record::{AttemptStatus, RecordEvent, RunView, StepRecord, read_record};
+use kiln_record::{StateDir, now_ms};
 
 /// The largest output (each side) shown as a text diff.
 const MAX_DIFF_BYTES: u64 = 64 * 1024;
@@ -404,7 +404,7 @@ impl Ctx<'_> {
     async fn step(
         &mut self,
         planned: &PlannedStep,
-        view: Option<&crate::record::StepView>,
+        view: Option<&kiln_record::StepView>,
         progress: &(dyn Fn(ReplayProgress) + Send + Sync),
     ) -> StepReplay {
         let kind_name = match planned.kind {

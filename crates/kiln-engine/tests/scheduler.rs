@@ -150,6 +150,7 @@ impl Setup {
             .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics));
         RunInput {
             plan,
+            components: Default::default(),
             base_dir: self.dir.path().to_path_buf(),
             pipeline_file: "pipeline.yaml".into(),
             pipeline_text: text,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::EngineError;
+use crate::error::RecordError;
 
 /// One line of a run record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,40 +142,50 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// Appends events to a record file, one JSON line each, flushed as they come.
+#[derive(Debug)]
 pub struct RecordWriter {
     file: File,
 }
 
 impl RecordWriter {
     /// Creates the record (it must not exist).
-    pub fn create(path: &Path) -> Result<Self, EngineError> {
+    pub fn create(path: &Path) -> Result<Self, RecordError> {
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
             .open(path)
-            .map_err(|e| EngineError::io(path, e))?;
+            .map_err(|e| RecordError::io(path, e))?;
+        Ok(Self { file })
+    }
+
+    /// Opens an existing record to append to it.
+    pub fn open(path: &Path) -> Result<Self, RecordError> {
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| RecordError::io(path, e))?;
         Ok(Self { file })
     }
 
     /// Appends one event.
-    pub fn append(&mut self, event: &RecordEvent) -> Result<(), EngineError> {
+    pub fn append(&mut self, event: &RecordEvent) -> Result<(), RecordError> {
         let mut line = serde_json::to_vec(event).expect("record events serialise");
         line.push(b'\n');
         // One write per line: a crash leaves whole lines and at most one torn tail.
         self.file
             .write_all(&line)
             .and_then(|()| self.file.flush())
-            .map_err(|e| EngineError::Record(e.to_string()))
+            .map_err(|e| RecordError::Invalid(format!("cannot append to the run record: {e}")))
     }
 }
 
 /// Reads a record; a torn last line (a crash mid-write) is ignored.
-pub fn read_record(path: &Path) -> Result<Vec<RecordEvent>, EngineError> {
-    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+pub fn read_record(path: &Path) -> Result<Vec<RecordEvent>, RecordError> {
+    let file = File::open(path).map_err(|e| RecordError::io(path, e))?;
     let lines: Vec<String> = BufReader::new(file)
         .lines()
         .collect::<Result<_, _>>()
-        .map_err(|e| EngineError::io(path, e))?;
+        .map_err(|e| RecordError::io(path, e))?;
     let mut events = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
@@ -185,7 +195,7 @@ pub fn read_record(path: &Path) -> Result<Vec<RecordEvent>, EngineError> {
             Ok(event) => events.push(event),
             Err(_) if i + 1 == lines.len() => break,
             Err(e) => {
-                return Err(EngineError::Record(format!(
+                return Err(RecordError::Invalid(format!(
                     "{}: line {} is not a record event: {e}",
                     path.display(),
                     i + 1

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_engine::{BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder};
+use kiln_build::{BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder};
 use kiln_plan::StepKind;
 
 use super::state::{StateArgs, human_duration, short_digest};

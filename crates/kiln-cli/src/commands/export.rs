@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_engine::ExportProgress;
+use kiln_record::bundle::ExportProgress;
 
 use super::state::StateArgs;
 
@@ -50,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_message(format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)));
         }
     };
-    let result = kiln_engine::export_run(&state, &run_id, &args.output, args.level, &mut progress);
+    let result =
+        kiln_record::bundle::export_run(&state, &run_id, &args.output, args.level, &mut progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(bundle) => {
             // Read and check the whole bundle before anything is written outside `temp`.
             let state = StateDir::new(temp.path().join("state"));
-            let manifest = match kiln_engine::import_bundle(&bundle, &state) {
+            let manifest = match kiln_record::bundle::import_bundle(&bundle, &state) {
                 Ok(manifest) => manifest,
                 Err(e) => {
                     eprintln!("error[{}]: {e}", e.code());

@@ -23,6 +23,11 @@ use crate::Output;
 /// a second run with the same inputs is served from the cache. Ctrl-C stops running steps
 /// and records the run as cancelled.
 ///
+/// Compiled wasm components are kept once per machine, in `$KILN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/kiln/compiled`, else `~/.cache/kiln/compiled` (in the state folder's
+/// `wasm-cache/` where none of these is set). Warnings go to stderr; `RUST_LOG` sets what
+/// else is logged (`RUST_LOG=kiln_engine=debug`).
+///
 /// Exit code: 0 when every step succeeded or was cached or skipped by its condition, 1 when a
 /// step failed, 130 when cancelled, 2 when the run could not start.
 #[derive(Debug, clap::Args)]
@@ -45,7 +50,8 @@ pub struct Args {
     /// How container steps run: process (on the host, image unused), podman or docker
     #[arg(long, value_name = "BACKEND", default_value = "process")]
     containers: kiln_container::Backend,
-    /// Stream each step's output as it runs
+    /// Stream each step's output as it runs, and log what kiln does (unless `RUST_LOG` says
+    /// otherwise)
     #[arg(short, long)]
     verbose: bool,
     /// Print the result as JSON on stdout
@@ -53,6 +59,13 @@ pub struct Args {
     output: Output,
     #[command(flatten)]
     state: StateArgs,
+}
+
+impl Args {
+    /// Whether `-v` was given.
+    pub fn verbose(&self) -> bool {
+        self.verbose
+    }
 }
 
 /// Runs the command.
@@ -80,13 +93,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(jobs) = args.jobs {
         config.jobs = jobs.max(1);
     }
+    // A pipeline without wasm steps neither starts wasmtime nor touches the compiled cache.
+    let has_wasm = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, kiln_plan::StepKind::Wasm { .. }));
     let executors = Executors {
-        wasm: crate::wasm_executor(&state, config.jobs)?,
+        wasm: if has_wasm {
+            crate::wasm_executor(&state, config.jobs)?
+        } else {
+            None
+        },
         container: Some(args.containers.executor()),
     };
     let engine = Engine::new(state.clone(), executors, config);
     let input = RunInput {
         plan,
+        components: Default::default(),
         base_dir,
         pipeline_file: args.file.display().to_string(),
         pipeline_text: source.text.to_string(),
@@ -98,7 +121,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let on_signal = cancel.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ncancelling: stopping running steps (Ctrl-C again to quit at once)");
+                crate::eprintln_above_bar(
+                    "\ncancelling: stopping running steps (Ctrl-C again to quit at once)",
+                );
                 on_signal.cancel();
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(130);
@@ -107,7 +132,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let reporter = tokio::spawn(report(rx, state.clone(), args.verbose));
-        let result = engine.run(input, cancel, Some(tx)).await;
+        // Pin first, here on the client: every component built or resolved to a digest in
+        // the store. The engine builds and resolves nothing itself.
+        let mut input = input;
+        let store: std::sync::Arc<dyn kiln_cas::BlobStore> = std::sync::Arc::new(state.store());
+        let building = tx.clone();
+        let mut resolver =
+            kiln_build::LocalResolver::new(&state, &input.base_dir, &input.plan, store);
+        resolver.on_build(move |step, command| {
+            let _ = building.send(Event::Building {
+                step: step.to_owned(),
+                command: command.to_owned(),
+            });
+        });
+        let result = match kiln_build::pin(&input.plan, &mut resolver).await {
+            Ok(components) => {
+                drop(resolver);
+                input.components = components;
+                engine.run(input, cancel, Some(tx)).await
+            }
+            Err(problems) => {
+                drop(resolver);
+                drop(tx);
+                Err(kiln_engine::EngineError::Preflight(problems))
+            }
+        };
         let _ = reporter.await;
         result
     });
@@ -185,6 +234,7 @@ async fn report(
                         .expect("a valid template"),
                     );
                     b.enable_steady_tick(Duration::from_millis(100));
+                    crate::log_above(Some(&b));
                     bar = Some(b);
                 }
             }
@@ -252,6 +302,7 @@ async fn report(
         }
     }
     if let Some(b) = bar {
+        crate::log_above(None);
         b.finish_and_clear();
     }
 }

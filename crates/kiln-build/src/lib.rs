@@ -1,0 +1,143 @@
+//! Pinning: the stage between a [`Plan`] and the engine that turns every wasm component
+//! reference into the digest of a component in the store. It runs on the client — the
+//! laptop that holds the sources — and never on a server or inside the engine, which only
+//! ever sees digests.
+//!
+//! A [`Resolver`] resolves one reference; [`LocalResolver`] handles what a laptop has: a
+//! `.wasm` file, a source folder built with its recipe ([`ComponentBuilder`], cached by the
+//! digest of its sources), and a `blake3:` digest already in the store. A registry name
+//! (`name@version`) needs a kiln server. [`pin`] resolves every wasm step of a plan, each
+//! component once, and reports every problem at once.
+//!
+//! It does not schedule or run steps.
+
+mod build;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_cas::{BlobStore, Digest};
+use kiln_plan::{ComponentSource, Plan, StepKind};
+use kiln_record::StateDir;
+
+pub use build::{
+    BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
+    build_key, builds_dir, sources_digest,
+};
+
+/// Resolves a step's component reference to the digest of a component in the store.
+#[async_trait::async_trait]
+pub trait Resolver: Send {
+    /// The digest of `step`'s component (`step` is the step's name, for messages), stored.
+    async fn resolve(&mut self, step: &str, source: &ComponentSource) -> Result<Digest, String>;
+}
+
+/// Called with `(step, command)` when a component starts building from source.
+type OnBuild<'a> = Box<dyn FnMut(&str, &str) + Send + Sync + 'a>;
+
+/// Resolves references the way a laptop can: files relative to the pipeline's folder, source
+/// folders built here, digests already in the store.
+pub struct LocalResolver<'a> {
+    base_dir: PathBuf,
+    store: Arc<dyn BlobStore>,
+    builder: ComponentBuilder,
+    on_build: OnBuild<'a>,
+}
+
+impl<'a> LocalResolver<'a> {
+    /// A resolver for `plan`, whose paths are relative to `base_dir`; builds are cached in
+    /// `state` and every component is kept in `store`.
+    pub fn new(state: &StateDir, base_dir: &Path, plan: &Plan, store: Arc<dyn BlobStore>) -> Self {
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_owned());
+        Self {
+            builder: ComponentBuilder::for_plan(state.clone(), &base_dir, plan),
+            base_dir,
+            store,
+            on_build: Box::new(|_, _| {}),
+        }
+    }
+
+    /// Calls `f(step, command)` when a component starts building from source.
+    pub fn on_build(&mut self, f: impl FnMut(&str, &str) + Send + Sync + 'a) -> &mut Self {
+        self.on_build = Box::new(f);
+        self
+    }
+
+    /// Stores a component file and returns its digest.
+    async fn keep(&self, step: &str, path: &Path) -> Result<Digest, String> {
+        let stored = self.store.put_file(path).await.map_err(|e| {
+            format!(
+                "step `{step}`: cannot store its component {}: {e}",
+                path.display()
+            )
+        })?;
+        Ok(stored)
+    }
+}
+
+#[async_trait::async_trait]
+impl Resolver for LocalResolver<'_> {
+    async fn resolve(&mut self, step: &str, source: &ComponentSource) -> Result<Digest, String> {
+        match source {
+            ComponentSource::Path { path } => {
+                let path = self.base_dir.join(path);
+                self.keep(step, &path).await
+            }
+            ComponentSource::Build { .. } => {
+                let recipe = BuildRecipe::of(source).expect("a build recipe");
+                let on_build = &mut self.on_build;
+                let mut progress =
+                    |BuildProgress::Started { command, .. }| on_build(step, &command);
+                let built = self
+                    .builder
+                    .build(step, &recipe, &mut progress)
+                    .await
+                    .map_err(|e| format!("step `{step}`: {e}"))?;
+                // Built into the state folder's store; kept in the run's store too.
+                self.keep(step, &built.path).await
+            }
+            ComponentSource::Digest { digest } => match digest.parse::<Digest>() {
+                Ok(d) if self.store.contains(&d).await.unwrap_or(false) => Ok(d),
+                _ => Err(format!(
+                    "step `{step}`: component {digest} is not in the local store"
+                )),
+            },
+            ComponentSource::Registry { name, version } => Err(format!(
+                "step `{step}`: registry component `{name}@{version}` needs a kiln server, which local runs do not use yet; use a `.wasm` path or a build recipe"
+            )),
+        }
+    }
+}
+
+/// Every wasm step's component digest, by step name (fan-out instances share one).
+pub type PinnedComponents = BTreeMap<String, Digest>;
+
+/// Resolves the component of every wasm step of `plan`, each once; every problem at once.
+pub async fn pin(
+    plan: &Plan,
+    resolver: &mut dyn Resolver,
+) -> Result<PinnedComponents, Vec<String>> {
+    let mut pinned = PinnedComponents::new();
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for step in &plan.steps {
+        let StepKind::Wasm { component, .. } = &step.kind else {
+            continue;
+        };
+        if !seen.insert(step.step.as_str()) {
+            continue;
+        }
+        match resolver.resolve(&step.step, component).await {
+            Ok(digest) => {
+                pinned.insert(step.step.clone(), digest);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if problems.is_empty() {
+        Ok(pinned)
+    } else {
+        Err(problems)
+    }
+}
