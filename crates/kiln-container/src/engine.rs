@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kiln_engine::{ExecOutcome, Executor, ExecutorError, StepTask, fill_paths};
+use kiln_engine::{ExecOutcome, Executor, ExecutorError, FailureKind, StagedTask, fill_paths};
 use kiln_plan::{ContainerPlan, PlannedStep, StepKind};
 use tokio::process::Command;
 
@@ -166,7 +166,7 @@ impl Executor for EngineExecutor {
         ]))
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
         let argv = command_line(self.engine, task)?;
         // Bind-mount sources must exist.
@@ -220,14 +220,11 @@ impl Executor for EngineExecutor {
                     if let Some(id) = image_id(self.engine, &plan.image).await {
                         details.insert("image_id".to_owned(), id.into());
                     }
-                    ExecOutcome::Succeeded {
-                        metrics: BTreeMap::new(),
-                        details,
-                    }
+                    ExecOutcome::success().with_details(details)
                 }
                 // Docker and podman both exit 125 when they fail themselves.
                 (Some(125), _) => ExecOutcome::failure(
-                    "engine",
+                    FailureKind::Engine,
                     format!(
                         "`{program} run` failed before {what} could start (exit 125){}",
                         quote_tail(&tail)
@@ -241,13 +238,13 @@ impl Executor for EngineExecutor {
                         ""
                     };
                     ExecOutcome::failure(
-                        "exit",
+                        FailureKind::Exit,
                         format!("{what} exited with code {code}{hint}{}", quote_tail(&tail)),
                         Some(code),
                     )
                 }
                 (None, signal) => ExecOutcome::failure(
-                    "signal",
+                    FailureKind::Signal,
                     format!(
                         "the `{program}` client running {what} was killed by {}{}",
                         signal_name(signal.unwrap_or(0)),
@@ -266,7 +263,7 @@ fn absolute(path: &Path) -> Result<PathBuf, ContainerError> {
 
 /// The container's name: `kiln-<run>-<step>-<attempt>`, with every character an engine does
 /// not accept in a name (`[`, `]`, `/`...) turned into `-`, and runs of `-` collapsed.
-pub fn container_name(task: &StepTask) -> String {
+pub fn container_name(task: &StagedTask) -> String {
     let raw = format!("kiln-{}-{}-{}", task.run_id, task.step.id, task.attempt);
     let mut name = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -327,7 +324,7 @@ fn cpus(millis: u64) -> String {
 /// GPU.
 pub fn command_line(
     engine: ContainerEngine,
-    task: &StepTask,
+    task: &StagedTask,
 ) -> Result<Vec<String>, ContainerError> {
     let plan: &ContainerPlan = crate::container_plan(&task.step)?;
     let mut argv = engine.base();

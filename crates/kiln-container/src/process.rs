@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use kiln_engine::{ExecOutcome, Executor, ExecutorError, StepTask, fill_paths};
+use kiln_engine::{ExecOutcome, Executor, ExecutorError, FailureKind, StagedTask, fill_paths};
 use kiln_plan::{PlannedStep, StepKind};
 use tokio::process::Command;
 
@@ -120,7 +120,7 @@ impl Executor for ProcessExecutor {
         )]))
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
         let inputs = host_paths(&task.inputs);
         let outputs = host_paths(&task.outputs);
@@ -172,19 +172,19 @@ impl Executor for ProcessExecutor {
         let ended = run_logged(command, program, &task.log, &header, self.log_cap, None).await?;
         Ok(match ended {
             Ended::NotStarted(error) => ExecOutcome::failure(
-                "spawn",
+                FailureKind::Spawn,
                 format!("could not start `{program}`: {error}"),
                 None,
             ),
             Ended::Exited { status, tail } => match (status.code(), status.signal()) {
                 (Some(0), _) => ExecOutcome::success(),
                 (Some(code), _) => ExecOutcome::failure(
-                    "exit",
+                    FailureKind::Exit,
                     format!("`{program}` exited with code {code}{}", quote_tail(&tail)),
                     Some(code),
                 ),
                 (None, signal) => ExecOutcome::failure(
-                    "signal",
+                    FailureKind::Signal,
                     format!(
                         "`{program}` was killed by {}{}",
                         signal_name(signal.unwrap_or(0)),

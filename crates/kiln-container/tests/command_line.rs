@@ -13,7 +13,7 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// A training step with everything set: inputs, outputs, env, cpu, memory, a GPU.
-fn training_task() -> kiln_engine::StepTask {
+fn training_task() -> kiln_engine::StagedTask {
     let mut step = container_step(
         "train[0]",
         "localhost/trainer:1",

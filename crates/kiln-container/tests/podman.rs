@@ -84,7 +84,7 @@ async fn reads_an_input_and_writes_outputs_in_the_image() {
         &["upper", "facts"],
     );
 
-    let outcome = executor.run(&task).await.unwrap();
+    let outcome = executor.run_staged(&task).await.unwrap();
 
     let log = std::fs::read_to_string(&task.log).unwrap_or_default();
     let ExecOutcome::Succeeded { details, .. } = &outcome else {
@@ -130,7 +130,7 @@ async fn inputs_are_read_only() {
     );
     let task = task(dir.path(), step, &[("text", "original\n")], &[]);
 
-    let (kind, code, message) = failure(executor.run(&task).await.unwrap());
+    let (kind, code, message) = failure(executor.run_staged(&task).await.unwrap());
 
     assert_eq!((kind.as_str(), code), ("exit", Some(1)));
     assert!(message.contains("Read-only file system"), "{message}");
@@ -158,7 +158,7 @@ async fn a_failing_step_quotes_its_log() {
     );
     let task = task(dir.path(), step, &[], &[]);
 
-    let (kind, code, message) = failure(executor.run(&task).await.unwrap());
+    let (kind, code, message) = failure(executor.run_staged(&task).await.unwrap());
 
     assert_eq!(kind, "exit");
     assert_eq!(code, Some(4));
@@ -178,7 +178,7 @@ async fn a_missing_command_is_reported_by_the_engine() {
     let step = container_step("nope", IMAGE, &["kiln-no-such-program"], &[]);
     let task = task(dir.path(), step, &[], &[]);
 
-    let (kind, code, message) = failure(executor.run(&task).await.unwrap());
+    let (kind, code, message) = failure(executor.run_staged(&task).await.unwrap());
 
     assert_eq!((kind.as_str(), code), ("exit", Some(127)));
     assert!(message.contains("executable file not found"), "{message}");
@@ -196,7 +196,7 @@ async fn dropping_the_future_removes_the_container() {
     let name = container_name(&task);
 
     tokio::select! {
-        outcome = executor.run(&task) => panic!("the step ended: {outcome:?}"),
+        outcome = executor.run_staged(&task) => panic!("the step ended: {outcome:?}"),
         // Once the container really runs, the select drops `run`.
         () = wait_until_running(&name) => {}
     }
@@ -218,7 +218,7 @@ async fn a_timeout_stops_the_step() {
     let task = task(dir.path(), step, &[], &[]);
 
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(Duration::from_millis(300), executor.run(&task)).await;
+    let result = tokio::time::timeout(Duration::from_millis(300), executor.run_staged(&task)).await;
 
     assert!(result.is_err(), "the step ended: {result:?}");
     assert!(started.elapsed() < Duration::from_secs(10));

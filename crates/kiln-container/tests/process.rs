@@ -22,7 +22,7 @@ async fn writes_an_output_from_an_input() {
     );
     let task = task(dir.path(), step, &[("text", "hello kiln\n")], &["upper"]);
 
-    let outcome = ProcessExecutor::new().run(&task).await.unwrap();
+    let outcome = ProcessExecutor::new().run_staged(&task).await.unwrap();
 
     assert_eq!(outcome, ExecOutcome::success());
     assert_eq!(
@@ -56,7 +56,7 @@ async fn the_environment_is_only_the_declared_one() {
     // cargo sets this for the test process; the step must not see it.
     assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
 
-    let outcome = ProcessExecutor::new().run(&task).await.unwrap();
+    let outcome = ProcessExecutor::new().run_staged(&task).await.unwrap();
 
     assert_eq!(outcome, ExecOutcome::success());
     let log = std::fs::read_to_string(&task.log).unwrap();
@@ -96,7 +96,7 @@ async fn runs_in_the_workdir() {
     let step = container_step("pwd", IMAGE, &["sh", "-c", "pwd > here"], &[]);
     let task = task(dir.path(), step, &[], &[]);
     assert_eq!(
-        ProcessExecutor::new().run(&task).await.unwrap(),
+        ProcessExecutor::new().run_staged(&task).await.unwrap(),
         ExecOutcome::success()
     );
     let here = std::fs::read_to_string(task.workdir.join("here")).unwrap();
@@ -111,7 +111,7 @@ async fn a_non_zero_exit_is_a_failure_that_quotes_the_log() {
     let step = container_step("fail", IMAGE, &["sh", "-c", script], &[]);
     let task = task(dir.path(), step, &[], &[]);
 
-    let (kind, code, message) = failure(ProcessExecutor::new().run(&task).await.unwrap());
+    let (kind, code, message) = failure(ProcessExecutor::new().run_staged(&task).await.unwrap());
 
     assert_eq!(kind, "exit");
     assert_eq!(code, Some(3));
@@ -137,7 +137,7 @@ async fn a_signal_is_its_own_failure_kind() {
     );
     let task = task(dir.path(), step, &[], &[]);
 
-    let (kind, code, message) = failure(ProcessExecutor::new().run(&task).await.unwrap());
+    let (kind, code, message) = failure(ProcessExecutor::new().run_staged(&task).await.unwrap());
 
     assert_eq!(kind, "signal");
     assert_eq!(code, None);
@@ -153,7 +153,7 @@ async fn a_command_that_cannot_start_is_a_spawn_failure() {
     let step = container_step("missing", IMAGE, &["./no-such-script.sh"], &[]);
     let task = task(dir.path(), step, &[], &[]);
 
-    let (kind, code, message) = failure(ProcessExecutor::new().run(&task).await.unwrap());
+    let (kind, code, message) = failure(ProcessExecutor::new().run_staged(&task).await.unwrap());
 
     assert_eq!((kind.as_str(), code), ("spawn", None));
     assert!(
@@ -173,7 +173,7 @@ async fn dropping_the_future_kills_the_whole_process_group() {
     let executor = ProcessExecutor::new();
 
     let pids: Vec<i32> = tokio::select! {
-        outcome = executor.run(&task) => panic!("the step ended: {outcome:?}"),
+        outcome = executor.run_staged(&task) => panic!("the step ended: {outcome:?}"),
         pids = async {
             loop {
                 let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
@@ -209,7 +209,7 @@ async fn background_processes_do_not_outlive_a_finished_step() {
     let task = task(dir.path(), step, &[], &[]);
     let started = Instant::now();
 
-    let outcome = ProcessExecutor::new().run(&task).await.unwrap();
+    let outcome = ProcessExecutor::new().run_staged(&task).await.unwrap();
 
     assert_eq!(outcome, ExecOutcome::success());
     // The background sleep holds the log pipe; the step still ends promptly.
@@ -243,7 +243,7 @@ async fn the_log_is_capped_with_a_note() {
 
     let outcome = ProcessExecutor::new()
         .with_log_cap(1000)
-        .run(&task)
+        .run_staged(&task)
         .await
         .unwrap();
 

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kiln_engine::{
     Engine, EngineConfig, ExecOutcome, Executor, ExecutorError, Executors, RunInput, RunStatus,
-    StateDir, StepStatus, StepTask,
+    StagedTask, StateDir, StepStatus,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ impl Executor for NoOp {
         "noop"
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         for path in task.outputs.values() {
             std::fs::write(path, task.step.id.as_bytes())
                 .map_err(|e| ExecutorError::new(e.to_string()))?;

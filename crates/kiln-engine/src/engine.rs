@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,12 +18,12 @@ use tracing::{debug, info, warn};
 use crate::EngineError;
 use crate::cache::{DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
+use crate::staging::{ScratchLock, StagingArea, remove_tree};
 use kiln_record::CacheEntry;
-use kiln_record::{AttemptStatus, FileMetadata, MetadataStore, RecordEvent, RunStatus, StepRecord};
+use kiln_record::{
+    AttemptStatus, FailureKind, FileMetadata, MetadataStore, RecordEvent, RunStatus, StepRecord,
+};
 use kiln_record::{StateDir, new_run_id};
-
-/// Failure kinds that repeat exactly on a retry (a sandbox's deterministic limits).
-const DETERMINISTIC_FAILURES: &[&str] = &["out-of-fuel", "memory", "output-limit", "sandbox"];
 
 /// The largest upstream output a `when` condition reads as JSON.
 const MAX_CONDITION_INPUT: u64 = 1024 * 1024;
@@ -202,7 +202,7 @@ pub enum StepStatus {
     /// It failed (after its retries).
     Failed {
         /// A stable kind: `exit`, `timeout`, `out-of-fuel`, `missing-output`...
-        kind: String,
+        kind: FailureKind,
         /// What went wrong.
         message: String,
     },
@@ -286,7 +286,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     executors: Executors,
     config: EngineConfig,
-    components: HashMap<String, (PathBuf, Digest)>,
+    components: HashMap<String, Digest>,
     /// Record events, in order, to the task that appends them to the metadata store.
     record: mpsc::UnboundedSender<RecordEvent>,
     events: broadcast::Sender<RunEvent>,
@@ -486,6 +486,15 @@ impl Engine {
             total: input.plan.steps.len(),
         });
 
+        // The run's claim on its scratch space; what killed runs left is swept now.
+        let scratch_root = self.state.root().join("scratch");
+        let scratch_lock = {
+            let (root, id) = (scratch_root.clone(), run_id.clone());
+            tokio::task::spawn_blocking(move || ScratchLock::take(&root, &id))
+                .await
+                .map_err(|e| EngineError::Internal(format!("scratch lock: {e}")))?
+                .map_err(|e| EngineError::io(&scratch_root, e))?
+        };
         let stop = CancellationToken::new();
         let (record_tx, record_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_record(
@@ -538,6 +547,7 @@ impl Engine {
         });
         let scratch = self.state.scratch_dir(&run_id);
         remove_tree(&scratch);
+        drop(scratch_lock);
         let Shared { record, .. } = Arc::into_inner(shared).expect("every step task has ended");
         drop(record);
         match writer.await {
@@ -564,7 +574,7 @@ impl Engine {
         &self,
         input: &RunInput,
         store: &dyn BlobStore,
-    ) -> Result<HashMap<String, (PathBuf, Digest)>, EngineError> {
+    ) -> Result<HashMap<String, Digest>, EngineError> {
         let mut problems = Vec::new();
         let wasm_steps: Vec<&PlannedStep> = input
             .plan
@@ -602,9 +612,8 @@ impl Engine {
             }
         }
 
-        // Stage each pinned component where the in-process wasm executor loads it from.
+        // Every pinned component must be in the store; executors stage them where they run.
         let mut components = HashMap::new();
-        let dir = self.state.components_dir();
         for step in &wasm_steps {
             if components.contains_key(&step.step) {
                 continue;
@@ -616,20 +625,9 @@ impl Engine {
                 ));
                 continue;
             };
-            let path = dir.join(format!("{}.wasm", digest.to_hex()));
-            let staged = async {
-                if !store.contains(digest).await? {
-                    return Ok(false);
-                }
-                if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                    let _ = tokio::fs::create_dir_all(&dir).await;
-                    store.materialize(digest, &path).await?;
-                }
-                Ok::<_, kiln_cas::CasError>(true)
-            };
-            match staged.await {
+            match store.contains(digest).await {
                 Ok(true) => {
-                    components.insert(step.step.clone(), (path, *digest));
+                    components.insert(step.step.clone(), *digest);
                 }
                 Ok(false) => problems.push(format!(
                     "step `{}`: component {digest} is not in the store",
@@ -739,7 +737,7 @@ async fn schedule(
                         let i = running_ids[&e.id()];
                         (i, StepSummary {
                             id: shared.plan.steps[i].id.clone(),
-                            status: StepStatus::Failed { kind: "internal".into(), message: format!("kiln failed while running this step: {e}") },
+                            status: StepStatus::Failed { kind: FailureKind::Internal, message: format!("kiln failed while running this step: {e}") },
                             attempts: 1,
                             duration: Duration::ZERO,
                             outputs: BTreeMap::new(),
@@ -863,12 +861,9 @@ fn finish(
 async fn run_step(shared: &Shared, i: usize) -> StepSummary {
     let step = &shared.plan.steps[i];
     let started = Instant::now();
-    let fail = |kind: &str, message: String, attempts: u32| StepSummary {
+    let fail = |kind: FailureKind, message: String, attempts: u32| StepSummary {
         id: step.id.clone(),
-        status: StepStatus::Failed {
-            kind: kind.to_owned(),
-            message,
-        },
+        status: StepStatus::Failed { kind, message },
         attempts,
         duration: started.elapsed(),
         outputs: BTreeMap::new(),
@@ -886,13 +881,13 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
                 });
                 return skipped(&step.id, reason);
             }
-            Err(e) => return fail("condition", e, 0),
+            Err(e) => return fail(FailureKind::Condition, e, 0),
         }
     }
 
     let inputs = match resolve_inputs(shared, step).await {
         Ok(inputs) => inputs,
-        Err(e) => return fail("input", e, 0),
+        Err(e) => return fail(FailureKind::Input, e, 0),
     };
     let (executor, component) = match &step.kind {
         StepKind::Wasm { .. } => (
@@ -912,12 +907,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         Ok(pins) => pins,
         Err(e) => return fail(e.kind, e.message, 0),
     };
-    let key_parts = KeyParts::new(
-        &step.cache_key,
-        component.as_ref().map(|(_, d)| d),
-        &inputs,
-        pins,
-    );
+    let key_parts = KeyParts::new(&step.cache_key, component.as_ref(), &inputs, pins);
     let key = key_parts.digest();
     let key_json = serde_json::to_value(&key_parts).expect("key parts serialise");
     let input_digests: BTreeMap<String, String> = inputs
@@ -985,9 +975,12 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         let attempt_started = Instant::now();
         let place = AttemptPlace {
             run_id: &shared.run_id,
-            store: shared.store.as_ref(),
-            scratch: shared.state.scratch_dir(&shared.run_id),
-            log: shared.state.log_path(&shared.run_id, &step.id),
+            area: StagingArea {
+                store: shared.store.clone(),
+                scratch: shared.state.scratch_dir(&shared.run_id),
+                components: shared.state.components_dir(),
+                log: shared.state.log_path(&shared.run_id, &step.id),
+            },
         };
         let result = run_attempt(
             &place,
@@ -995,7 +988,7 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             attempt,
             &key,
             &inputs,
-            component.as_ref().map(|(p, _)| p.clone()),
+            component,
             BTreeMap::new(),
             executor.as_ref(),
         )
@@ -1040,12 +1033,12 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
             }
             Err(failure) => {
                 rec.message = Some(failure.message.clone());
-                rec.failure_kind = Some(failure.kind.clone());
+                rec.failure_kind = Some(failure.kind);
                 rec.exit_code = failure.exit_code;
                 rec.details = failure.details;
                 shared.record(&RecordEvent::StepFinished(Box::new(rec)));
                 if attempt >= max_attempts || !failure.retryable {
-                    return fail(&failure.kind, failure.message, attempt);
+                    return fail(failure.kind, failure.message, attempt);
                 }
                 let delay = backoff(&shared.config, attempt);
                 shared.emit(Event::StepRetrying {
@@ -1070,23 +1063,11 @@ fn backoff(config: &EngineConfig, attempt: u32) -> Duration {
 }
 
 pub(crate) struct AttemptFailure {
-    pub(crate) kind: String,
+    pub(crate) kind: FailureKind,
     pub(crate) message: String,
     pub(crate) exit_code: Option<i32>,
     pub(crate) details: BTreeMap<String, serde_json::Value>,
     pub(crate) retryable: bool,
-}
-
-impl AttemptFailure {
-    fn new(kind: &str, message: String) -> Self {
-        Self {
-            kind: kind.to_owned(),
-            message,
-            exit_code: None,
-            details: BTreeMap::new(),
-            retryable: true,
-        }
-    }
 }
 
 pub(crate) type AttemptResult = Result<
@@ -1098,16 +1079,15 @@ pub(crate) type AttemptResult = Result<
     AttemptFailure,
 >;
 
-/// Where an attempt runs: its run, the store its inputs come from and its outputs go to, the
-/// folder its scratch folder is made in, and its log.
+/// Where an attempt runs: its run, and where it is staged (the store its inputs come from
+/// and its outputs go to, the folder its scratch folder is made in, its log).
 pub(crate) struct AttemptPlace<'a> {
     pub(crate) run_id: &'a str,
-    pub(crate) store: &'a dyn BlobStore,
-    pub(crate) scratch: PathBuf,
-    pub(crate) log: PathBuf,
+    pub(crate) area: StagingArea,
 }
 
-/// One attempt in its own scratch folder: materialise, execute, publish outputs.
+/// One attempt: hand the task, by digest, to the executor (which stages, runs and
+/// publishes), within the step's timeout.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_attempt(
     place: &AttemptPlace<'_>,
@@ -1115,143 +1095,76 @@ pub(crate) async fn run_attempt(
     attempt: u32,
     key: &Digest,
     inputs: &BTreeMap<String, Digest>,
-    component: Option<PathBuf>,
+    component: Option<Digest>,
     recorded: BTreeMap<String, serde_json::Value>,
     executor: &dyn Executor,
 ) -> AttemptResult {
-    let workdir = place.scratch.join(format!("{}.{attempt}", step.id));
-    let guard = ScratchGuard(workdir.clone());
-    let in_dir = workdir.join("in");
-    let out_dir = workdir.join("out");
-    for dir in [&in_dir, &out_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            AttemptFailure::new("internal", format!("cannot create {}: {e}", dir.display()))
-        })?;
-    }
-    let mut input_paths = BTreeMap::new();
-    for (name, digest) in inputs {
-        let dest = in_dir.join(name);
-        place.store.materialize(digest, &dest).await.map_err(|e| {
-            AttemptFailure::new("input", format!("cannot materialise input `{name}`: {e}"))
-        })?;
-        input_paths.insert(name.clone(), dest);
-    }
-    let outputs: BTreeMap<String, PathBuf> = step
-        .outputs
-        .iter()
-        .map(|name| (name.clone(), out_dir.join(name)))
-        .collect();
     let task = StepTask {
         run_id: place.run_id.to_owned(),
         step: step.clone(),
         attempt,
-        cache_key: key.to_string(),
-        workdir: workdir.clone(),
-        inputs: input_paths,
-        outputs: outputs.clone(),
+        cache_key: *key,
+        inputs: inputs.clone(),
+        outputs: step.outputs.clone(),
         component,
-        log: place.log.clone(),
         recorded,
     };
-    let run = executor.run(&task);
+    let run = executor.run(&task, &place.area);
     let outcome = match step.policy.timeout_ms {
         Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), run).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                return Err(AttemptFailure::new(
-                    "timeout",
-                    format!("timed out after {}", humanize(Duration::from_millis(ms))),
-                ));
+                return Err(AttemptFailure {
+                    kind: FailureKind::Timeout,
+                    message: format!("timed out after {}", humanize(Duration::from_millis(ms))),
+                    exit_code: None,
+                    details: BTreeMap::new(),
+                    retryable: true,
+                });
             }
         },
         None => run.await,
     };
-    let (metrics, details) = match outcome {
-        Ok(ExecOutcome::Succeeded { metrics, details }) => (metrics, details),
+    match outcome {
+        Ok(ExecOutcome::Succeeded {
+            outputs,
+            metrics,
+            details,
+        }) => {
+            // Every declared output: an executor that publishes outputs itself is held to
+            // the plan.
+            if let Some(name) = step.outputs.iter().find(|n| !outputs.contains_key(*n)) {
+                return Err(AttemptFailure {
+                    kind: FailureKind::MissingOutput,
+                    message: format!("the executor reported no digest for output `{name}`"),
+                    exit_code: None,
+                    details,
+                    retryable: false,
+                });
+            }
+            Ok((outputs, metrics, details))
+        }
         Ok(ExecOutcome::Failed {
             message,
             exit_code,
             kind,
-        }) => {
-            let mut failure = AttemptFailure::new(&kind, message);
-            failure.exit_code = exit_code;
-            // A deterministic limit gives the same result every time: retrying cannot help.
-            failure.retryable = !DETERMINISTIC_FAILURES.contains(&kind.as_str());
-            return Err(failure);
-        }
-        Err(e) => {
-            let mut failure = AttemptFailure::new(e.kind, e.message);
-            failure.retryable = false;
-            return Err(failure);
-        }
-    };
-    let mut published = BTreeMap::new();
-    for (name, path) in outputs {
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
-            Err(_) => {
-                let mut failure = AttemptFailure::new(
-                    "missing-output",
-                    format!("the step succeeded but did not write its output `{name}`"),
-                );
-                failure.retryable = false;
-                return Err(failure);
-            }
-        };
-        if !meta.is_dir() && !meta.is_file() {
-            // Following a link would publish whatever it points at, outside the step's folder.
-            let mut failure = AttemptFailure::new(
-                "sandbox",
-                format!(
-                    "output `{name}` is a symbolic link or a special file; outputs must be plain files or folders"
-                ),
-            );
-            failure.retryable = false;
-            return Err(failure);
-        }
-        let stored = if meta.is_dir() {
-            place.store.put_tree_owned(&path).await
-        } else {
-            place.store.put_file_owned(&path).await
-        };
-        let digest = stored.map_err(|e| {
-            AttemptFailure::new("output", format!("cannot store output `{name}`: {e}"))
-        })?;
-        published.insert(name, digest);
+            retryable,
+            details,
+        }) => Err(AttemptFailure {
+            kind,
+            message,
+            exit_code,
+            details,
+            retryable,
+        }),
+        Err(e) => Err(AttemptFailure {
+            kind: e.kind,
+            message: e.message,
+            exit_code: None,
+            details: BTreeMap::new(),
+            retryable: false,
+        }),
     }
-    drop(guard);
-    Ok((published, metrics, details))
-}
-
-/// Removes a scratch folder when an attempt ends, however it ends.
-struct ScratchGuard(PathBuf);
-
-impl Drop for ScratchGuard {
-    fn drop(&mut self) {
-        remove_tree(&self.0);
-    }
-}
-
-/// Removes a folder tree even where materialised inputs made parts of it read-only.
-fn remove_tree(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
-        return;
-    }
-    fn make_writable(path: &Path) {
-        if let Ok(meta) = std::fs::symlink_metadata(path)
-            && meta.is_dir()
-        {
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-            if let Ok(entries) = std::fs::read_dir(path) {
-                for entry in entries.flatten() {
-                    make_writable(&entry.path());
-                }
-            }
-        }
-    }
-    make_writable(path);
-    let _ = std::fs::remove_dir_all(path);
 }
 
 /// Digests of every input, hashing workspace files once per run.

@@ -1,17 +1,27 @@
 //! The seam between the engine and whatever runs a step.
+//!
+//! The engine hands an executor a [`StepTask`]: one attempt of one step, its inputs, its
+//! component and its outputs named by digest and name, never by host path. It is
+//! serialisable: the same value can travel to a runner on another machine or an agent in a
+//! Pod. Whoever runs the step stages it where it runs ([`crate::staging`]: materialise the
+//! inputs from the store, run, publish the outputs) and says how it ended in an
+//! [`ExecOutcome`] that carries the output digests. A local executor implements
+//! [`Executor::run_staged`] and lets the default [`Executor::run`] do the staging in process.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use kiln_cas::Digest;
 use kiln_plan::PlannedStep;
+use kiln_record::FailureKind;
+use serde::{Deserialize, Serialize};
 
-/// Everything an executor needs to run one attempt of one step.
-///
-/// The engine has already materialised every input (read-only) and created the folder each
-/// output must be written into; the executor runs the step and says how it ended. It never
-/// touches the store.
-#[derive(Debug, Clone)]
+use crate::staging::{StagingArea, publish, stage};
+
+/// One attempt of one step, by digest: what the engine hands an executor (and, serialised,
+/// what it would send a remote runner).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepTask {
     /// The run this attempt belongs to.
     pub run_id: String,
@@ -19,8 +29,33 @@ pub struct StepTask {
     pub step: PlannedStep,
     /// Attempt number, from 1.
     pub attempt: u32,
-    /// The step's cache key (`blake3:<hex>`): what a deterministic executor seeds its random
-    /// sources from, so that the same inputs give the same bytes.
+    /// The step's cache key: what a deterministic executor seeds its random sources from, so
+    /// that the same inputs give the same bytes.
+    pub cache_key: Digest,
+    /// Input name → the artifact's digest (a blob or a tree).
+    pub inputs: BTreeMap<String, Digest>,
+    /// The outputs the step must write, by name.
+    pub outputs: Vec<String>,
+    /// The component of a wasm step, pinned before the run.
+    pub component: Option<Digest>,
+    /// Facts an earlier attempt recorded that a deterministic executor must reproduce (the
+    /// `details` of the recorded attempt: where the clocks started, the fuel budget...).
+    /// Empty in a run; set by replay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recorded: BTreeMap<String, serde_json::Value>,
+}
+
+/// A task staged on the machine that runs it: every input materialised read-only, a folder
+/// for every output, the component as a file. Made by [`crate::staging::stage`].
+#[derive(Debug, Clone)]
+pub struct StagedTask {
+    /// The run this attempt belongs to.
+    pub run_id: String,
+    /// The planned step (kind, params, templates, policy).
+    pub step: PlannedStep,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The step's cache key (`blake3:<hex>`).
     pub cache_key: String,
     /// A scratch folder for this attempt; the executor may use it as the working directory.
     pub workdir: PathBuf,
@@ -28,21 +63,22 @@ pub struct StepTask {
     pub inputs: BTreeMap<String, PathBuf>,
     /// Output name → where the step must write it (a file or a folder; the parent exists).
     pub outputs: BTreeMap<String, PathBuf>,
-    /// The component file of a wasm step, already built and resolved by the engine.
+    /// The component file of a wasm step.
     pub component: Option<PathBuf>,
     /// Where the step's stdout and stderr go.
     pub log: PathBuf,
-    /// Facts an earlier attempt recorded that a deterministic executor must reproduce (the
-    /// `details` of the recorded attempt: where the clocks started, the fuel budget...).
-    /// Empty in a run; set by replay.
+    /// See [`StepTask::recorded`].
     pub recorded: BTreeMap<String, serde_json::Value>,
 }
 
 /// How an attempt ended, from the step's point of view.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecOutcome {
-    /// The step succeeded; outputs are where the task said.
+    /// The step succeeded.
     Succeeded {
+        /// Output digests by name, once published ([`Executor::run`]); empty from
+        /// [`Executor::run_staged`], whose outputs are the files the task named.
+        outputs: BTreeMap<String, Digest>,
         /// Numbers the step reported (accuracy, loss...), if any.
         metrics: BTreeMap<String, f64>,
         /// Extra facts for the run record (fuel used, seed...), if any.
@@ -54,8 +90,13 @@ pub enum ExecOutcome {
         message: String,
         /// The exit code, when there is one.
         exit_code: Option<i32>,
-        /// A stable kind such as `exit`, `out-of-fuel`, `memory`, for tests and tools.
-        kind: String,
+        /// A stable kind, for tests and tools.
+        kind: FailureKind,
+        /// Whether another attempt could end otherwise. The executor decides: a wasm step's
+        /// failures repeat exactly; a container's exit may be a flaky network.
+        retryable: bool,
+        /// Facts for the run record (fuel used, seed...), also when it failed.
+        details: BTreeMap<String, serde_json::Value>,
     },
 }
 
@@ -63,30 +104,53 @@ impl ExecOutcome {
     /// A success with nothing to add.
     pub fn success() -> Self {
         ExecOutcome::Succeeded {
+            outputs: BTreeMap::new(),
             metrics: BTreeMap::new(),
             details: BTreeMap::new(),
         }
     }
 
-    /// A failure with a message and a kind.
-    pub fn failure(kind: &str, message: impl Into<String>, exit_code: Option<i32>) -> Self {
+    /// A failure with a message and a kind, worth retrying unless the executor says otherwise
+    /// ([`ExecOutcome::deterministic`]).
+    pub fn failure(kind: FailureKind, message: impl Into<String>, exit_code: Option<i32>) -> Self {
         ExecOutcome::Failed {
             message: message.into(),
             exit_code,
-            kind: kind.to_owned(),
+            kind,
+            retryable: true,
+            details: BTreeMap::new(),
         }
+    }
+
+    /// The same outcome, marked as one a retry would only repeat (if it is a failure).
+    pub fn deterministic(mut self) -> Self {
+        if let ExecOutcome::Failed { retryable, .. } = &mut self {
+            *retryable = false;
+        }
+        self
+    }
+
+    /// The same outcome with these facts for the record.
+    pub fn with_details(mut self, facts: BTreeMap<String, serde_json::Value>) -> Self {
+        match &mut self {
+            ExecOutcome::Succeeded { details, .. } | ExecOutcome::Failed { details, .. } => {
+                *details = facts
+            }
+        }
+        self
     }
 }
 
-/// An executor could not run the step at all (kiln's problem, not the step's).
+/// An executor could not run the step at all (kiln's problem, not the step's). Never
+/// retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ExecutorError {
     /// What went wrong, for people.
     pub message: String,
-    /// A stable kind: `executor` in general, `component` when the step's component cannot be
-    /// read, compiled or linked.
-    pub kind: &'static str,
+    /// [`FailureKind::Executor`] in general, [`FailureKind::Component`] when the step's
+    /// component cannot be read, compiled or linked.
+    pub kind: FailureKind,
 }
 
 impl ExecutorError {
@@ -94,7 +158,7 @@ impl ExecutorError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            kind: "executor",
+            kind: FailureKind::Executor,
         }
     }
 
@@ -102,7 +166,7 @@ impl ExecutorError {
     pub fn component(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            kind: "component",
+            kind: FailureKind::Component,
         }
     }
 }
@@ -137,8 +201,43 @@ pub trait Executor: Send + Sync {
         Ok(BTreeMap::new())
     }
 
-    /// Runs one attempt.
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError>;
+    /// Runs one attempt where this executor runs steps, and publishes its outputs: the
+    /// outcome of a success carries their digests.
+    ///
+    /// By default the attempt is staged here, in `area` ([`crate::staging`]), run with
+    /// [`Executor::run_staged`] and published to `area`'s store. An executor that runs steps
+    /// elsewhere (a runner pool, a Pod) sends the task there instead, and the other side
+    /// stages it with the same code.
+    async fn run(&self, task: &StepTask, area: &StagingArea) -> Result<ExecOutcome, ExecutorError> {
+        let staged = match stage(task, area).await {
+            Ok(staged) => staged,
+            Err(failure) => return Ok(failure),
+        };
+        let outcome = self.run_staged(staged.task()).await?;
+        Ok(match outcome {
+            ExecOutcome::Succeeded {
+                metrics, details, ..
+            } => match publish(staged.task(), area.store.as_ref()).await {
+                Ok(outputs) => ExecOutcome::Succeeded {
+                    outputs,
+                    metrics,
+                    details,
+                },
+                Err(failure) => failure.with_details(details),
+            },
+            failed => failed,
+        })
+    }
+
+    /// Runs one attempt that is staged on this machine: its inputs are files, and it writes
+    /// its outputs where the task says.
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
+        let _ = task;
+        Err(ExecutorError::new(format!(
+            "the `{}` executor does not run steps on this machine",
+            self.name()
+        )))
+    }
 }
 
 /// Replaces `{{inputs.X}}` and `{{outputs.X}}` in a container field with the paths an
@@ -182,5 +281,31 @@ mod tests {
             ),
             "--data=/in/data /out/model"
         );
+    }
+
+    #[test]
+    fn tasks_travel_as_json() {
+        let pipeline = kiln_spec::parse(
+            "apiVersion: kiln/v1\nname: t\nsteps:\n  a:\n    container: {image: x, command: [sh]}\n    outputs: [out]\n",
+        )
+        .unwrap();
+        let plan = kiln_plan::compile(&pipeline, &kiln_plan::PlanOptions::default())
+            .plan
+            .unwrap();
+        let task = StepTask {
+            run_id: "r".into(),
+            step: plan.steps[0].clone(),
+            attempt: 2,
+            cache_key: Digest::of_bytes(b"key"),
+            inputs: BTreeMap::from([("data".to_owned(), Digest::of_bytes(b"data"))]),
+            outputs: vec!["out".into()],
+            component: None,
+            recorded: BTreeMap::new(),
+        };
+        let text = serde_json::to_string(&task).unwrap();
+        assert!(!text.contains("/tmp") && text.contains("blake3:"), "{text}");
+        let back: StepTask = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert_eq!(back.cache_key, task.cache_key);
     }
 }

@@ -13,6 +13,7 @@ mod cache;
 mod engine;
 mod executor;
 mod replay;
+pub mod staging;
 
 use std::path::Path;
 
@@ -21,16 +22,17 @@ pub use engine::{
     Clock, Engine, EngineConfig, Event, Executors, RunEvent, RunHandle, RunInput, RunSummary,
     StepStatus, StepSummary, SystemClock,
 };
-pub use executor::{ExecOutcome, Executor, ExecutorError, StepTask, fill_paths};
+pub use executor::{ExecOutcome, Executor, ExecutorError, StagedTask, StepTask, fill_paths};
 pub use replay::{
     MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
     StepReplay, Verdict, replay_run,
 };
+pub use staging::StagingArea;
 // The metadata types the engine's API speaks in.
 pub use kiln_record::{
-    AttemptStatus, CacheEntry, CacheIndex, FileMetadata, MetadataStore, RecordError, RecordEvent,
-    RecordWriter, RunStatus, RunView, StateDir, StepRecord, StepView, new_run_id, now_ms,
-    read_record,
+    AttemptStatus, CacheEntry, CacheIndex, FailureKind, FileMetadata, MetadataStore, RecordError,
+    RecordEvent, RecordWriter, RunStatus, RunView, StateDir, StepRecord, StepView, new_run_id,
+    now_ms, read_record,
 };
 
 /// What can stop the engine itself (a step failing is not an error: it is an outcome).

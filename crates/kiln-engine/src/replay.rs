@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_cas::{BlobStore, Digest, EntryKind, ObjectKind};
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 use crate::cache::{DETERMINISM_VERSION, KeyParts};
 use crate::engine::{AttemptPlace, Executors, collect_tree, condition_holds, run_attempt};
+use crate::staging::StagingArea;
 use kiln_record::{AttemptStatus, RecordEvent, RunView, StepRecord, read_record};
 use kiln_record::{StateDir, now_ms};
 
@@ -253,7 +255,7 @@ pub enum ReplayProgress {
 /// replayed outputs are stored in its store (content-addressed, so nothing recorded changes).
 pub async fn replay_run(
     state: &StateDir,
-    store: &dyn BlobStore,
+    store: Arc<dyn BlobStore>,
     run_id: &str,
     executors: &Executors,
     options: &ReplayOptions,
@@ -291,6 +293,19 @@ pub async fn replay_run(
         .map_err(ReplayError::Record)?;
 
     let replaced = replacements(&plan, &options.replace)?;
+    // A replacement runs from the store like any component.
+    for (name, (path, digest)) in &replaced {
+        let stored = store
+            .put_file(path)
+            .await
+            .map_err(|e| ReplayError::Replace(format!("--with {name}={}: {e}", path.display())))?;
+        if stored != *digest {
+            return Err(ReplayError::Replace(format!(
+                "--with {name}={}: the file changed while it was read",
+                path.display()
+            )));
+        }
+    }
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ReplayError::Io {
@@ -305,7 +320,8 @@ pub async fn replay_run(
     let replay_id = format!("replay-{run_id}-{}", now_ms());
     let mut ctx = Ctx {
         plan: &plan,
-        store,
+        store: store.as_ref(),
+        shared_store: store.clone(),
         executors,
         options,
         replaced: &replaced,
@@ -385,6 +401,8 @@ fn dedup(mut names: Vec<&str>) -> Vec<&str> {
 struct Ctx<'a> {
     plan: &'a Plan,
     store: &'a dyn BlobStore,
+    /// The same store, for staging attempts.
+    shared_store: Arc<dyn BlobStore>,
     executors: &'a Executors,
     options: &'a ReplayOptions,
     replaced: &'a BTreeMap<String, (PathBuf, Digest)>,
@@ -464,7 +482,7 @@ impl Ctx<'_> {
         if rec.status == AttemptStatus::Failed {
             let reason = format!(
                 "it failed in the recorded run ({}): nothing to compare",
-                rec.failure_kind.as_deref().unwrap_or("failed")
+                rec.failure_kind.map_or("failed", |k| k.as_str())
             );
             return self.not_produced(planned, &rec.executor, Verdict::Skipped, None, reason);
         }
@@ -579,9 +597,9 @@ impl Ctx<'_> {
         let recorded_component = recorded_component(rec);
         let component = match (&planned.kind, &replacement) {
             (StepKind::Container(_), _) => None,
-            (StepKind::Wasm { .. }, Some((path, digest))) => Some((path.clone(), *digest)),
+            (StepKind::Wasm { .. }, Some((_, digest))) => Some(*digest),
             (StepKind::Wasm { .. }, None) => {
-                match self.component_file(rec, recorded_component).await {
+                match self.component_in_store(rec, recorded_component).await {
                     Ok(found) => Some(found),
                     Err(message) => {
                         self.failed_upstream
@@ -612,14 +630,14 @@ impl Ctx<'_> {
 
         // Same component and inputs: the recorded key, hence the recorded seed. Otherwise the
         // key a run would compute, as `kiln run` would seed it.
-        let same_component = component.as_ref().map(|(_, d)| *d) == recorded_component;
+        let same_component = component == recorded_component;
         let key = if same_component && inputs_changed.is_empty() {
             rec.cache_key.parse::<Digest>().ok()
         } else {
             serde_json::from_value::<KeyParts>(rec.key.clone())
                 .ok()
                 .map(|mut parts| {
-                    parts.component = component.as_ref().map(|(_, d)| d.to_string());
+                    parts.component = component.map(|d| d.to_string());
                     parts.inputs = inputs
                         .iter()
                         .map(|(k, v)| (k.clone(), v.to_string()))
@@ -638,9 +656,12 @@ impl Ctx<'_> {
         let _ = std::fs::remove_file(&log);
         let place = AttemptPlace {
             run_id: &self.replay_id,
-            store: self.store,
-            scratch: self.options.work_dir.join("scratch"),
-            log: log.clone(),
+            area: StagingArea {
+                store: self.shared_store.clone(),
+                scratch: self.options.work_dir.join("scratch"),
+                components: self.components.clone(),
+                log: log.clone(),
+            },
         };
         let recorded_facts = if matches!(planned.kind, StepKind::Wasm { .. }) {
             rec.details.clone()
@@ -654,7 +675,7 @@ impl Ctx<'_> {
             1,
             &key,
             &inputs,
-            component.as_ref().map(|(p, _)| p.clone()),
+            component,
             recorded_facts,
             executor.as_ref(),
         )
@@ -853,31 +874,20 @@ impl Ctx<'_> {
         Ok(inputs)
     }
 
-    /// The recorded component as a file the executor can load.
-    async fn component_file(
+    /// The recorded component, which must be in the store.
+    async fn component_in_store(
         &self,
         rec: &StepRecord,
         digest: Option<Digest>,
-    ) -> Result<(PathBuf, Digest), String> {
+    ) -> Result<Digest, String> {
         let digest = digest.ok_or_else(|| "the record names no component".to_owned())?;
-        let path = self.components.join(format!("{}.wasm", digest.to_hex()));
-        if path.is_file() && Digest::of_file(&path).ok() == Some(digest) {
-            return Ok((path, digest));
-        }
         if !self.store.contains(&digest).await.unwrap_or(false) {
             return Err(format!(
                 "its component {digest} is not in the store or bundle (step `{}`)",
                 rec.step
             ));
         }
-        std::fs::create_dir_all(&self.components)
-            .map_err(|e| format!("{}: {e}", self.components.display()))?;
-        let _ = std::fs::remove_file(&path);
-        self.store
-            .materialize(&digest, &path)
-            .await
-            .map_err(|e| format!("cannot copy its component out of the store: {e}"))?;
-        Ok((path, digest))
+        Ok(digest)
     }
 }
 

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use kiln_cas::{BlobStore, BucketStore, Digest};
 use kiln_engine::{
     Engine, EngineConfig, Event, ExecOutcome, Executor, ExecutorError, Executors, FileMetadata,
-    MetadataStore, RunInput, RunStatus, StateDir, StepStatus, StepTask,
+    MetadataStore, RunInput, RunStatus, StagedTask, StateDir, StepStatus,
 };
 
 /// Writes each output from its step's name, params and inputs' bytes: the same step with the
@@ -42,7 +42,7 @@ impl Executor for Echo {
         "echo"
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let read: Vec<String> = task.inputs.values().map(|p| read_all(p)).collect();
         for (name, path) in &task.outputs {
             let text = format!("{}:{name}:{:?}:{read:?}", task.step.step, task.step.params);

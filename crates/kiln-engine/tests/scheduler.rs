@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_engine::{
-    Engine, EngineConfig, Event, ExecOutcome, Executor, ExecutorError, Executors, RecordEvent,
-    RunInput, RunStatus, StateDir, StepStatus, StepTask, read_record,
+    Engine, EngineConfig, Event, ExecOutcome, Executor, ExecutorError, Executors, FailureKind,
+    RecordEvent, RunInput, RunStatus, StagedTask, StateDir, StepStatus, read_record,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,7 @@ impl Executor for Fake {
         "fake"
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let b = self
             .behaviour
             .get(&task.step.step)
@@ -111,7 +111,7 @@ impl Executor for Fake {
         self.running.fetch_sub(1, Ordering::SeqCst);
         if b.always_fail || attempt <= b.fail_first {
             return Ok(ExecOutcome::failure(
-                "exit",
+                FailureKind::Exit,
                 format!("attempt {attempt} failed"),
                 Some(1),
             ));

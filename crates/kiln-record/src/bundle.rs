@@ -1089,7 +1089,7 @@ mod tests {
             outputs: map(outputs),
             duration_ms: 5,
             message: (status == AttemptStatus::Failed).then(|| "exit 1".into()),
-            failure_kind: (status == AttemptStatus::Failed).then(|| "exit".into()),
+            failure_kind: (status == AttemptStatus::Failed).then_some(crate::FailureKind::Exit),
             exit_code: (status == AttemptStatus::Failed).then_some(1),
             metrics: BTreeMap::new(),
             details,

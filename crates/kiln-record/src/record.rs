@@ -92,7 +92,7 @@ pub struct StepRecord {
     pub message: Option<String>,
     /// For failures: a stable kind (`exit`, `timeout`, `out-of-fuel`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_kind: Option<String>,
+    pub failure_kind: Option<FailureKind>,
     /// For failures: the exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -105,6 +105,103 @@ pub struct StepRecord {
     /// For a cache hit: the run whose outputs were reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+}
+
+/// Why an attempt failed: a stable kind, for tests, tools and the record. Written as
+/// kebab-case text (`out-of-fuel`); a kind this kiln does not know reads back as `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The step exited with a non-zero code.
+    Exit,
+    /// The step, or the engine client running it, was killed by a signal.
+    Signal,
+    /// The step ran past its `timeout`.
+    Timeout,
+    /// A wasm step used all of its fuel.
+    OutOfFuel,
+    /// A wasm step asked for more memory than its limit.
+    Memory,
+    /// A wasm step overflowed its stack.
+    StackOverflow,
+    /// The step wrote past its log limit.
+    LogLimit,
+    /// The step wrote past its output limit.
+    OutputLimit,
+    /// A wasm step trapped.
+    Trap,
+    /// The step did something its sandbox refuses (a link among its outputs...).
+    Sandbox,
+    /// A step-world component returned an error.
+    StepError,
+    /// The container engine failed before the step could start.
+    Engine,
+    /// The step's command could not be started.
+    Spawn,
+    /// The step succeeded but did not write a declared output.
+    MissingOutput,
+    /// An input could not be resolved or materialised.
+    Input,
+    /// An output could not be stored.
+    Output,
+    /// The step's `when` condition could not be evaluated.
+    Condition,
+    /// The step's component cannot be read, compiled or linked.
+    Component,
+    /// The executor could not run the step at all.
+    Executor,
+    /// kiln itself failed (a bug).
+    Internal,
+    /// A kind this kiln does not know (from a newer record).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureKind {
+    /// The kind as it is written: `exit`, `out-of-fuel`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Exit => "exit",
+            FailureKind::Signal => "signal",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfFuel => "out-of-fuel",
+            FailureKind::Memory => "memory",
+            FailureKind::StackOverflow => "stack-overflow",
+            FailureKind::LogLimit => "log-limit",
+            FailureKind::OutputLimit => "output-limit",
+            FailureKind::Trap => "trap",
+            FailureKind::Sandbox => "sandbox",
+            FailureKind::StepError => "step-error",
+            FailureKind::Engine => "engine",
+            FailureKind::Spawn => "spawn",
+            FailureKind::MissingOutput => "missing-output",
+            FailureKind::Input => "input",
+            FailureKind::Output => "output",
+            FailureKind::Condition => "condition",
+            FailureKind::Component => "component",
+            FailureKind::Executor => "executor",
+            FailureKind::Internal => "internal",
+            FailureKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for FailureKind {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for FailureKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// How a step attempt ended.
@@ -313,6 +410,23 @@ mod tests {
         for (i, v) in values.iter().enumerate() {
             assert_eq!(back.metrics[&format!("m{i}")].to_bits(), v.to_bits(), "{v}");
         }
+    }
+
+    #[test]
+    fn failure_kinds_are_written_as_text_and_unknown_ones_read_back() {
+        for kind in [
+            FailureKind::OutOfFuel,
+            FailureKind::StackOverflow,
+            FailureKind::Exit,
+        ] {
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(text, format!("\"{kind}\""));
+            assert_eq!(serde_json::from_str::<FailureKind>(&text).unwrap(), kind);
+        }
+        assert_eq!(
+            serde_json::from_str::<FailureKind>("\"gpu-melted\"").unwrap(),
+            FailureKind::Unknown
+        );
     }
 
     #[test]

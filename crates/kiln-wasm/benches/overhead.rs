@@ -70,7 +70,7 @@ async fn bench(name: &str, runs: usize) {
             let _ = std::fs::remove_file(path);
         }
         let started = Instant::now();
-        let outcome = exec.run(&t).await.unwrap();
+        let outcome = exec.run_staged(&t).await.unwrap();
         let took = started.elapsed();
         assert!(
             matches!(outcome, ExecOutcome::Succeeded { .. }),

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kiln_engine::{
     Engine, EngineConfig, ExecOutcome, Executor, ExecutorError, Executors, RunInput, RunStatus,
-    StateDir, StepStatus, StepTask,
+    StagedTask, StateDir, StepStatus,
 };
 use kiln_plan::PlannedStep;
 use kiln_wasm::{LoadSource, WasmExecutor, WasmRuntime};
@@ -228,9 +228,9 @@ impl Executor for TimedExecutor {
         self.inner.preflight(steps).await
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let start = Instant::now();
-        let outcome = self.inner.run(task).await;
+        let outcome = self.inner.run_staged(task).await;
         self.calls.lock().unwrap().push((start, Instant::now()));
         outcome
     }

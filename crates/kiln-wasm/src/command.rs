@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_engine::StepTask;
+use kiln_engine::StagedTask;
 use kiln_spec::Value;
 
 use crate::WasmError;
@@ -37,7 +37,7 @@ pub struct GuestLayout {
 impl GuestLayout {
     /// The layout of a step attempt: `task.workdir/in` and `task.workdir/out`, where the
     /// engine materialises inputs and expects outputs, and the argv of the convention.
-    pub fn for_task(task: &StepTask) -> Result<Self, WasmError> {
+    pub fn for_task(task: &StagedTask) -> Result<Self, WasmError> {
         let in_dir = task.workdir.join("in");
         let out_dir = task.workdir.join("out");
         let mut args = vec![task.step.step.clone()];

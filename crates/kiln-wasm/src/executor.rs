@@ -1,7 +1,7 @@
 //! [`WasmExecutor`]: the engine's [`Executor`] for wasm steps.
 
 use async_trait::async_trait;
-use kiln_engine::{ExecOutcome, Executor, ExecutorError, StepTask};
+use kiln_engine::{ExecOutcome, Executor, ExecutorError, StagedTask};
 use kiln_plan::{PlannedStep, StepKind};
 
 use crate::command::GuestLayout;
@@ -28,7 +28,7 @@ impl WasmExecutor {
 
     /// The run a task asks for: the calling convention's layout, the step's limits, and its
     /// seed (derived from the step's cache key).
-    pub fn guest_run(task: &StepTask) -> Result<GuestRun, WasmError> {
+    pub fn guest_run(task: &StagedTask) -> Result<GuestRun, WasmError> {
         let StepKind::Wasm {
             memory_bytes, fuel, ..
         } = &task.step.kind
@@ -99,7 +99,7 @@ impl Executor for WasmExecutor {
         }
     }
 
-    async fn run(&self, task: &StepTask) -> Result<ExecOutcome, ExecutorError> {
+    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let run = Self::guest_run(task)?;
         let path = task
             .component

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use kiln_engine::ExecOutcome;
+use kiln_engine::{ExecOutcome, FailureKind};
 use serde_json::json;
 use tokio::sync::{OnceCell, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, types::ComponentItem};
@@ -633,9 +633,14 @@ impl WasmRuntime {
             memory_denied: limiter.memory_denied,
             log: &log,
         };
-        let mut outcome = classify(ended, &facts, layout, details)?;
+        let mut outcome = classify(ended, &facts, layout, details.clone())?;
         if let ExecOutcome::Succeeded { .. } = &outcome {
             outcome = check_outputs(outcome, layout, options.output_limit_bytes)?;
+        }
+        if let ExecOutcome::Failed { .. } = &outcome {
+            // Same component, inputs, seed, clocks and fuel: a wasm step fails the same way
+            // every time, so a retry cannot help. The record keeps what the attempt used.
+            outcome = outcome.with_details(details).deterministic();
         }
         if let ExecOutcome::Failed { message, kind, .. } = &outcome {
             log.note(&format!("step failed ({kind}): {message}"));
@@ -669,7 +674,7 @@ fn check_outputs(
     };
     if let Some(found) = find_non_plain(&layout.out_dir).map_err(sandbox)? {
         return Ok(ExecOutcome::failure(
-            "sandbox",
+            FailureKind::Sandbox,
             format!(
                 "the step left {found}; outputs must be plain files and folders (a link \
                  could make kiln read outside the sandbox when it stores them)"
@@ -686,7 +691,7 @@ fn check_outputs(
 
 fn output_limit_failure(limit: u64) -> ExecOutcome {
     ExecOutcome::failure(
-        "output-limit",
+        FailureKind::OutputLimit,
         format!(
             "the step wrote more than its output limit of {} (or more than {MAX_OUTPUT_ENTRIES} \
              files and folders) into its outputs and was stopped",
@@ -801,7 +806,7 @@ impl RunFacts<'_> {
     fn memory_failure(&self) -> Option<ExecOutcome> {
         let asked = self.memory_denied?;
         Some(ExecOutcome::failure(
-            "memory",
+            FailureKind::Memory,
             self.with_stderr(format!(
                 "the step needs more than its memory limit of {} (it asked for {})",
                 bytes_text(self.memory_bytes),
@@ -820,16 +825,13 @@ fn classify(
     layout: &GuestLayout,
     details: BTreeMap<String, serde_json::Value>,
 ) -> Result<ExecOutcome, WasmError> {
-    let success = || ExecOutcome::Succeeded {
-        metrics: BTreeMap::new(),
-        details: details.clone(),
-    };
+    let success = || ExecOutcome::success().with_details(details.clone());
     let error = match ended {
         Ended::Ran(Ok(Ok(()))) => return Ok(success()),
         Ended::Returned(Ok(Ok(returned))) => return step_success(returned, layout, details),
         Ended::Returned(Ok(Err(e))) => {
             return Ok(ExecOutcome::failure(
-                "step-error",
+                FailureKind::StepError,
                 format!("{}: {}", world::error_kind_text(e.kind), e.message),
                 None,
             ));
@@ -840,7 +842,7 @@ fn classify(
                 return Ok(failure);
             }
             return Ok(ExecOutcome::failure(
-                "exit",
+                FailureKind::Exit,
                 facts.with_stderr("the step exited with code 1".into()),
                 Some(1),
             ));
@@ -860,7 +862,7 @@ fn classify(
     }
     if let Some(limit) = error.downcast_ref::<LogLimitExceeded>() {
         return Ok(ExecOutcome::failure(
-            "log-limit",
+            FailureKind::LogLimit,
             format!(
                 "the step wrote more than {} to stdout and stderr and was stopped; the log \
                  holds the first {}",
@@ -872,7 +874,7 @@ fn classify(
     }
     if facts.log.limit_hit() {
         return Ok(ExecOutcome::failure(
-            "log-limit",
+            FailureKind::LogLimit,
             "the step wrote past its log limit and was stopped",
             None,
         ));
@@ -885,14 +887,14 @@ fn classify(
             return Ok(failure);
         }
         return Ok(ExecOutcome::failure(
-            "exit",
+            FailureKind::Exit,
             facts.with_stderr(format!("the step exited with code {}", exit.0)),
             Some(exit.0),
         ));
     }
     if let Some(Trap::OutOfFuel) = error.downcast_ref::<Trap>() {
         return Ok(ExecOutcome::failure(
-            "out-of-fuel",
+            FailureKind::OutOfFuel,
             format!("the step used all of its fuel ({})", facts.fuel),
             None,
         ));
@@ -902,7 +904,7 @@ fn classify(
     }
     if let Some(Trap::StackOverflow) = error.downcast_ref::<Trap>() {
         return Ok(ExecOutcome::failure(
-            "stack-overflow",
+            FailureKind::StackOverflow,
             facts.with_stderr(
                 "the step overflowed its call stack (unbounded recursion?)".to_owned(),
             ),
@@ -914,7 +916,7 @@ fn classify(
         None => format!("{:#}", error),
     };
     Ok(ExecOutcome::failure(
-        "trap",
+        FailureKind::Trap,
         facts.with_stderr(format!("the step trapped: {message}")),
         None,
     ))
@@ -927,7 +929,7 @@ fn step_success(
     layout: &GuestLayout,
     details: BTreeMap<String, serde_json::Value>,
 ) -> Result<ExecOutcome, WasmError> {
-    let refuse = |message: String| Ok(ExecOutcome::failure("step-error", message, None));
+    let refuse = |message: String| Ok(ExecOutcome::failure(FailureKind::StepError, message, None));
     let mut metrics = BTreeMap::new();
     for metric in returned.metrics {
         if !metric.value.is_finite() {
@@ -974,7 +976,11 @@ fn step_success(
             source,
         })?;
     }
-    Ok(ExecOutcome::Succeeded { metrics, details })
+    Ok(ExecOutcome::Succeeded {
+        outputs: BTreeMap::new(),
+        metrics,
+        details,
+    })
 }
 
 /// An entry under the output folder that is not a plain file or folder, described with its

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kiln_engine::{ExecOutcome, Executor, StepTask};
+use kiln_engine::{ExecOutcome, Executor, StagedTask};
 use kiln_spec::Value;
 use kiln_wasm::{LoadSource, RuntimeOptions, WasmExecutor, WasmRuntime};
 use support::{TaskSpec, digits_step, guest, task};
@@ -28,9 +28,9 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-wasm-cache")
 }
 
-async fn run(task: &StepTask) -> ExecOutcome {
+async fn run(task: &StagedTask) -> ExecOutcome {
     executor()
-        .run(task)
+        .run_staged(task)
         .await
         .expect("the executor runs the step")
 }
@@ -41,7 +41,8 @@ fn failure(outcome: &ExecOutcome) -> (&str, &str, Option<i32>) {
             message,
             exit_code,
             kind,
-        } => (kind, message, *exit_code),
+            ..
+        } => (kind.as_str(), message, *exit_code),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -146,7 +147,7 @@ async fn dropping_the_future_stops_an_infinite_loop() {
         .await
         .unwrap();
     let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_millis(300), executor().run(&t)).await;
+    let result = tokio::time::timeout(Duration::from_millis(300), executor().run_staged(&t)).await;
     assert!(result.is_err(), "the loop ended by itself: {result:?}");
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
@@ -162,11 +163,11 @@ async fn dropping_the_future_frees_the_slot_of_a_single_slot_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let t = task(dir.path(), "spin", &guest("spin"), TaskSpec::default());
     for _ in 0..3 {
-        let result = tokio::time::timeout(Duration::from_millis(100), exec.run(&t)).await;
+        let result = tokio::time::timeout(Duration::from_millis(100), exec.run_staged(&t)).await;
         assert!(result.is_err());
     }
     let t2 = task(dir.path(), "noop", &guest("noop"), TaskSpec::default());
-    let outcome = tokio::time::timeout(Duration::from_secs(30), exec.run(&t2))
+    let outcome = tokio::time::timeout(Duration::from_secs(30), exec.run_staged(&t2))
         .await
         .expect("a slot is free")
         .unwrap();
@@ -439,7 +440,7 @@ async fn a_file_that_is_not_a_component_is_an_executor_error() {
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm not really").unwrap();
     let t = task(dir.path(), "bogus", &bogus, TaskSpec::default());
-    let err = executor().run(&t).await.unwrap_err();
+    let err = executor().run_staged(&t).await.unwrap_err();
     assert!(
         err.message.contains("is not a valid WebAssembly component"),
         "{}",
@@ -468,7 +469,7 @@ async fn more_runs_than_slots_wait_for_a_slot() {
             )
         })
         .collect();
-    let outcomes = futures_join_all(tasks.iter().map(|t| exec.run(t))).await;
+    let outcomes = futures_join_all(tasks.iter().map(|t| exec.run_staged(t))).await;
     for (t, outcome) in tasks.iter().zip(outcomes) {
         details(&outcome.unwrap());
         assert_eq!(std::fs::read(&t.outputs["dst"]).unwrap(), b"abc");

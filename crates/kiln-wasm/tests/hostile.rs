@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kiln_engine::{ExecOutcome, Executor, StepTask};
+use kiln_engine::{ExecOutcome, Executor, StagedTask};
 use kiln_spec::Value;
 use kiln_wasm::{
     DEFAULT_LOG_LIMIT_BYTES, MAX_MEMORY_BYTES, RuntimeOptions, WasmExecutor, WasmRuntime,
@@ -46,20 +46,22 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-wasm-cache")
 }
 
-async fn run_on(exec: &WasmExecutor, task: &StepTask) -> ExecOutcome {
-    exec.run(task).await.expect("the executor runs the step")
+async fn run_on(exec: &WasmExecutor, task: &StagedTask) -> ExecOutcome {
+    exec.run_staged(task)
+        .await
+        .expect("the executor runs the step")
 }
 
 /// The failure's kind and message; panics on success.
 fn failure(outcome: &ExecOutcome) -> (&str, &str) {
     match outcome {
-        ExecOutcome::Failed { kind, message, .. } => (kind, message),
+        ExecOutcome::Failed { kind, message, .. } => (kind.as_str(), message),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
 
 /// A `copy` step with these bytes as its input, in a folder of its own.
-fn copy_task(dir: &Path, bytes: &[u8]) -> StepTask {
+fn copy_task(dir: &Path, bytes: &[u8]) -> StagedTask {
     task(
         dir,
         "copy",
@@ -128,11 +130,11 @@ fn tree(dir: &Path) -> Vec<(PathBuf, u64)> {
     found
 }
 
-fn recurse_task(dir: &Path) -> StepTask {
+fn recurse_task(dir: &Path) -> StagedTask {
     task(dir, "recurse", &guest("recurse"), TaskSpec::default())
 }
 
-fn stdout_flood_task(dir: &Path) -> StepTask {
+fn stdout_flood_task(dir: &Path) -> StagedTask {
     task(
         dir,
         "flood",
@@ -144,7 +146,7 @@ fn stdout_flood_task(dir: &Path) -> StepTask {
     )
 }
 
-fn big_output_task(dir: &Path, files: Option<&str>) -> StepTask {
+fn big_output_task(dir: &Path, files: Option<&str>) -> StagedTask {
     task(
         dir,
         "bigout",
@@ -157,7 +159,7 @@ fn big_output_task(dir: &Path, files: Option<&str>) -> StepTask {
     )
 }
 
-fn hog_task(dir: &Path, how: &str, memory_bytes: Option<u64>) -> StepTask {
+fn hog_task(dir: &Path, how: &str, memory_bytes: Option<u64>) -> StagedTask {
     task(
         dir,
         "hog",

@@ -19,7 +19,7 @@ fn shared_cache() -> std::path::PathBuf {
 }
 
 /// A `pick` task whose `candidates` folder holds these metrics files, named 0, 1, ...
-fn pick_task(dir: &Path, accuracies: &[&str]) -> kiln_engine::StepTask {
+fn pick_task(dir: &Path, accuracies: &[&str]) -> kiln_engine::StagedTask {
     let mut t = task(
         dir,
         "pick",
@@ -58,8 +58,11 @@ async fn a_step_world_component_returns_metrics_and_writes_its_output() {
             r#"{"accuracy":0.5,"n":2,"correct":1}"#,
         ],
     );
-    let outcome = exec.run(&t).await.unwrap();
-    let ExecOutcome::Succeeded { metrics, details } = &outcome else {
+    let outcome = exec.run_staged(&t).await.unwrap();
+    let ExecOutcome::Succeeded {
+        metrics, details, ..
+    } = &outcome
+    else {
         panic!("expected success, got {outcome:?}");
     };
     assert_eq!(metrics.get("accuracy"), Some(&0.95), "{metrics:?}");
@@ -78,11 +81,12 @@ async fn a_step_error_is_a_typed_failure_with_its_kind_and_message() {
     let dir = tempfile::tempdir().unwrap();
     let exec = executor(&shared_cache());
     let t = pick_task(dir.path(), &[r#"{"accuracy":1.5}"#]);
-    let outcome = exec.run(&t).await.unwrap();
+    let outcome = exec.run_staged(&t).await.unwrap();
     let ExecOutcome::Failed {
         kind,
         message,
         exit_code,
+        ..
     } = &outcome
     else {
         panic!("expected a failure, got {outcome:?}");
@@ -114,7 +118,7 @@ async fn step_and_command_components_share_one_runtime() {
         },
     );
     let pick = pick_task(&dir.path().join("pick"), &[r#"{"accuracy":0.25}"#]);
-    let (a, b) = tokio::join!(exec.run(&copy), exec.run(&pick));
+    let (a, b) = tokio::join!(exec.run_staged(&copy), exec.run_staged(&pick));
     assert!(matches!(a.unwrap(), ExecOutcome::Succeeded { .. }));
     let ExecOutcome::Succeeded { metrics, .. } = b.unwrap() else {
         panic!("pick failed");

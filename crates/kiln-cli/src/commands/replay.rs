@@ -160,9 +160,9 @@ fn replay(
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let store = state.store();
+    let store: std::sync::Arc<dyn kiln_cas::BlobStore> = std::sync::Arc::new(state.store());
     let report = runtime.block_on(kiln_engine::replay_run(
-        state, &store, run_id, &executors, &options, &progress,
+        state, store, run_id, &executors, &options, &progress,
     ));
     let report = match report {
         Ok(report) => report,

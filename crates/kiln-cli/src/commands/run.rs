@@ -427,7 +427,7 @@ fn summary_json(summary: &RunSummary) -> serde_json::Value {
         "duration_ms": summary.duration.as_millis() as u64,
         "steps": summary.steps.iter().map(|s| {
             let (reason, kind) = match &s.status {
-                StepStatus::Failed { kind, message } => (Some(message.clone()), Some(kind.clone())),
+                StepStatus::Failed { kind, message } => (Some(message.clone()), Some(*kind)),
                 StepStatus::Skipped { reason } => (Some(reason.clone()), None),
                 _ => (None, None),
             };

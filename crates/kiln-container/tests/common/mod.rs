@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kiln_engine::StepTask;
+use kiln_engine::StagedTask;
 use kiln_plan::{CacheKeyMaterial, ContainerPlan, PlannedStep, Policy, StepKind};
 
 /// A planned container step.
@@ -81,7 +81,12 @@ pub fn plan_mut(step: &mut PlannedStep) -> &mut ContainerPlan {
 
 /// A task for `step` in `root`: each input written as a file with its text, outputs under
 /// `<root>/work/out`, the log at `<root>/logs/<step>.log`.
-pub fn task(root: &Path, step: PlannedStep, inputs: &[(&str, &str)], outputs: &[&str]) -> StepTask {
+pub fn task(
+    root: &Path,
+    step: PlannedStep,
+    inputs: &[(&str, &str)],
+    outputs: &[&str],
+) -> StagedTask {
     let workdir = root.join("work");
     let in_dir = workdir.join("in");
     let out_dir = workdir.join("out");
@@ -99,7 +104,7 @@ pub fn task(root: &Path, step: PlannedStep, inputs: &[(&str, &str)], outputs: &[
         .iter()
         .map(|name| (name.to_string(), out_dir.join(name)))
         .collect();
-    StepTask {
+    StagedTask {
         run_id: "20260101-000000-000-ab12".to_owned(),
         log: root.join("logs").join(format!("{}.log", step.id)),
         recorded: Default::default(),
@@ -114,8 +119,8 @@ pub fn task(root: &Path, step: PlannedStep, inputs: &[(&str, &str)], outputs: &[
 }
 
 /// A task with made-up absolute paths (nothing is created), for command-line tests.
-pub fn paper_task(step: PlannedStep) -> StepTask {
-    StepTask {
+pub fn paper_task(step: PlannedStep) -> StagedTask {
+    StagedTask {
         run_id: "r1".to_owned(),
         log: PathBuf::from("/s/logs/x.log"),
         recorded: Default::default(),
@@ -142,7 +147,8 @@ pub fn failure(outcome: kiln_engine::ExecOutcome) -> (String, Option<i32>, Strin
             message,
             exit_code,
             kind,
-        } => (kind, exit_code, message),
+            ..
+        } => (kind.to_string(), exit_code, message),
         other => panic!("expected a failure, got {other:?}"),
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use kiln_engine::StepTask;
+use kiln_engine::StagedTask;
 use kiln_plan::{CacheKeyMaterial, ComponentSource, PlannedStep, Policy, StepKind};
 use kiln_spec::Value;
 
@@ -102,7 +102,7 @@ pub struct TaskSpec<'a> {
 
 /// A step task in `dir` (`dir/work/in`, `dir/work/out`, `dir/step.log`) as the engine
 /// would hand it over, with the inputs written.
-pub fn task(dir: &Path, step: &str, component: &Path, spec: TaskSpec<'_>) -> StepTask {
+pub fn task(dir: &Path, step: &str, component: &Path, spec: TaskSpec<'_>) -> StagedTask {
     let workdir = dir.join("work");
     let (in_dir, out_dir) = (workdir.join("in"), workdir.join("out"));
     std::fs::create_dir_all(&in_dir).unwrap();
@@ -124,7 +124,7 @@ pub fn task(dir: &Path, step: &str, component: &Path, spec: TaskSpec<'_>) -> Ste
         "blake3:{}",
         blake3::hash(format!("{:?}{:?}", step.step, step.params).as_bytes()).to_hex()
     );
-    StepTask {
+    StagedTask {
         run_id: "run-1".into(),
         step,
         attempt: 1,
