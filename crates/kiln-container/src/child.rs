@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,40 +34,51 @@ pub(crate) struct ContainerRemoval {
 impl ContainerRemoval {
     /// Runs the removal and waits for it, within [`REMOVE_LIMIT`]; failures are ignored (the
     /// container may never have been created).
-    fn run_blocking(&self) {
+    async fn run(&self) {
         let Some((program, args)) = self.command.split_first() else {
             return;
         };
-        let spawned = std::process::Command::new(program)
+        let spawned = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .kill_on_drop(true)
             .spawn();
         let Ok(mut child) = spawned else {
             return;
         };
-        let started = Instant::now();
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if started.elapsed() > REMOVE_LIMIT => {
-                    tracing::warn!(command = ?self.command, "removing a container took too long; giving up");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        if tokio::time::timeout(REMOVE_LIMIT, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(command = ?self.command, "removing a container took too long; giving up");
+            let _ = child.kill().await;
         }
     }
 }
 
+/// Container removals still going on after their steps were dropped.
+fn cleanups() -> &'static tokio_util::task::TaskTracker {
+    static CLEANUPS: std::sync::OnceLock<tokio_util::task::TaskTracker> =
+        std::sync::OnceLock::new();
+    CLEANUPS.get_or_init(tokio_util::task::TaskTracker::new)
+}
+
+/// Waits until every container of a dropped (cancelled, timed-out) step is removed. A
+/// program that cancels steps calls this before it exits, so that no container outlives it.
+pub async fn cleanups_done() {
+    let tracker = cleanups();
+    tracker.close();
+    tracker.wait().await;
+    tracker.reopen();
+}
+
 /// Kills the child's whole process group (and removes its container) unless disarmed.
 ///
-/// Dropping a future is synchronous, so the removal blocks the dropping thread briefly (about
-/// 0.1 s for podman): a detached cleanup could be cut short when kiln exits right after a
-/// Ctrl-C, and would leave the container running.
+/// Dropping a future is synchronous, and removing a container takes a while (about 0.1 s for
+/// podman), so the removal runs as a task of its own, tracked: [`cleanups_done`] waits for
+/// it, so that kiln exiting right after a Ctrl-C does not cut it short.
 struct KillGuard {
     group: Option<Pid>,
     removal: Option<ContainerRemoval>,
@@ -75,10 +86,14 @@ struct KillGuard {
 
 impl KillGuard {
     fn kill_group(&mut self) {
-        if let Some(group) = self.group.take() {
-            // ESRCH (the group is already gone) is the expected case after a clean exit.
-            let _ = kill_process_group(group, Signal::KILL);
-        }
+        kill_group(self.group.take());
+    }
+}
+
+fn kill_group(group: Option<Pid>) {
+    if let Some(group) = group {
+        // ESRCH (the group is already gone) is the expected case after a clean exit.
+        let _ = kill_process_group(group, Signal::KILL);
     }
 }
 
@@ -91,9 +106,25 @@ impl Drop for KillGuard {
         // Remove first, so the engine's client sees its container end and exits by itself;
         // then kill the client; then remove again, in case the client was still creating the
         // container when the first removal ran.
-        removal.run_blocking();
-        self.kill_group();
-        removal.run_blocking();
+        let group = self.group.take();
+        let cleanup = async move {
+            removal.run().await;
+            kill_group(group);
+            removal.run().await;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                cleanups().spawn_on(cleanup, &handle);
+            }
+            // Dropped outside any runtime: clean up here, on a small runtime of its own.
+            Err(_) => match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(cleanup),
+                Err(e) => tracing::warn!(error = %e, "cannot remove a dropped step's container"),
+            },
+        }
     }
 }
 

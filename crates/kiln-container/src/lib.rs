@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use kiln_engine::{Executor, ExecutorError};
 
+pub use child::cleanups_done;
 pub use engine::{
     ContainerEngine, EngineExecutor, EngineProbe, INPUTS_DIR, OUTPUTS_DIR, WORK_DIR, command_line,
     container_name, detect, probe,

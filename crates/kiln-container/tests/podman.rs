@@ -200,6 +200,7 @@ async fn dropping_the_future_removes_the_container() {
         // Once the container really runs, the select drops `run`.
         () = wait_until_running(&name) => {}
     }
+    kiln_container::cleanups_done().await;
 
     assert_eq!(
         containers_named(&name).await,
@@ -221,6 +222,7 @@ async fn a_timeout_stops_the_step() {
     let result = tokio::time::timeout(Duration::from_millis(300), executor.run_staged(&task)).await;
 
     assert!(result.is_err(), "the step ended: {result:?}");
+    kiln_container::cleanups_done().await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(containers_named(&container_name(&task)).await, "");
 }

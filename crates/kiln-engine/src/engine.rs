@@ -910,19 +910,15 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
     let key_parts = KeyParts::new(&step.cache_key, component.as_ref(), &inputs, pins);
     let key = key_parts.digest();
     let key_json = serde_json::to_value(&key_parts).expect("key parts serialise");
-    let input_digests: BTreeMap<String, String> = inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
 
     let base_record = |status: AttemptStatus, attempt: u32| StepRecord {
         step: step.id.clone(),
         attempt,
         status,
-        cache_key: key.to_string(),
+        cache_key: key,
         key: key_json.clone(),
         executor: executor.name().to_owned(),
-        inputs: input_digests.clone(),
+        inputs: inputs.clone(),
         outputs: BTreeMap::new(),
         duration_ms: 0,
         message: None,
@@ -998,15 +994,12 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         match result {
             Ok((outputs, metrics, details)) => {
                 rec.status = AttemptStatus::Succeeded;
-                rec.outputs = outputs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_string()))
-                    .collect();
+                rec.outputs = outputs.clone();
                 rec.metrics = metrics.clone();
                 rec.details = details;
                 if step.policy.cache {
                     let entry = CacheEntry {
-                        key: key.to_string(),
+                        key,
                         outputs: rec.outputs.clone(),
                         run_id: shared.run_id.clone(),
                         step: step.id.clone(),
@@ -1269,7 +1262,7 @@ async fn present_outputs(
 ) -> Option<BTreeMap<String, Digest>> {
     let mut outputs = BTreeMap::new();
     for name in declared {
-        let digest: Digest = entry.outputs.get(name)?.parse().ok()?;
+        let digest = *entry.outputs.get(name)?;
         if !store.contains(&digest).await.unwrap_or(false) {
             return None;
         }
@@ -1334,8 +1327,14 @@ pub(crate) async fn condition_holds(
             .insert(output, serde_json::Value::Array(values));
     }
     let item = step.instance.as_ref().map(|i| &i.item);
-    kiln_plan::when::evaluate(when, &plan.params, &steps, item)
-        .map_err(|e| format!("step `{}`: {e}", step.id))
+    // The evaluator thread answers in microseconds, but it is a wait: not on a worker.
+    let (when, params, item) = (when.to_owned(), plan.params.clone(), item.cloned());
+    tokio::task::spawn_blocking(move || {
+        kiln_plan::when::evaluate(&when, &params, &steps, item.as_ref())
+    })
+    .await
+    .map_err(|e| format!("a blocking task failed: {e}"))?
+    .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 
 async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Option<serde_json::Value> {

@@ -11,6 +11,7 @@ use kiln_engine::{
     Engine, EngineConfig, Event, ExecOutcome, Executor, ExecutorError, Executors, FileMetadata,
     MetadataStore, RunInput, RunStatus, StagedTask, StateDir, StepStatus,
 };
+use kiln_engine::{EngineError, RecordError, RecordEvent};
 
 /// Writes each output from its step's name, params and inputs' bytes: the same step with the
 /// same inputs writes the same bytes in every run.
@@ -242,4 +243,67 @@ async fn a_whole_pipeline_runs_against_an_object_store() {
         second.steps.iter().map(|s| &s.outputs).collect::<Vec<_>>(),
         first.steps.iter().map(|s| &s.outputs).collect::<Vec<_>>()
     );
+}
+
+/// File metadata whose record refuses every append after the first few, as a full disk would.
+#[derive(Debug)]
+struct FailingRecord {
+    inner: FileMetadata,
+    appends_left: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl MetadataStore for FailingRecord {
+    async fn cache_entry(
+        &self,
+        key: &Digest,
+    ) -> Result<Option<kiln_engine::CacheEntry>, RecordError> {
+        self.inner.cache_entry(key).await
+    }
+    async fn put_cache_entry(
+        &self,
+        key: &Digest,
+        entry: &kiln_engine::CacheEntry,
+    ) -> Result<(), RecordError> {
+        self.inner.put_cache_entry(key, entry).await
+    }
+    async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError> {
+        self.inner.create_run(run_id, plan_json).await
+    }
+    async fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
+        use std::sync::atomic::Ordering;
+        let left = self.appends_left.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(RecordError::Invalid("no space left on device".into()));
+        }
+        self.appends_left.store(left - 1, Ordering::SeqCst);
+        self.inner.append(run_id, event).await
+    }
+    async fn record(&self, run_id: &str) -> Result<Vec<RecordEvent>, RecordError> {
+        self.inner.record(run_id).await
+    }
+    async fn plan(&self, run_id: &str) -> Result<Vec<u8>, RecordError> {
+        self.inner.plan(run_id).await
+    }
+    async fn run_ids(&self) -> Result<Vec<String>, RecordError> {
+        self.inner.run_ids().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_cannot_be_written_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::new(dir.path().join(".kiln"));
+    let meta = Arc::new(FailingRecord {
+        inner: FileMetadata::new(state.clone()),
+        // The run's start and the first step's start; then the disk is full.
+        appends_left: 2.into(),
+    });
+    let engine = engine(&state, true).with_metadata(meta);
+    match engine.start(input(dir.path())).join().await {
+        Err(EngineError::Record(e)) => {
+            assert!(e.to_string().contains("no space left"), "{e}")
+        }
+        other => panic!("the run went on without its record: {other:?}"),
+    }
 }

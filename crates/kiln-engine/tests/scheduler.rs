@@ -23,6 +23,8 @@ struct Behaviour {
     fail_first: u32,
     /// Fail every attempt.
     always_fail: bool,
+    /// Fail as a deterministic executor does: the failure says a retry cannot help.
+    deterministic: bool,
     /// Write this to every output instead of the default content.
     content: Option<String>,
 }
@@ -109,6 +111,14 @@ impl Executor for Fake {
         }
         tokio::time::sleep(b.takes).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
+        if b.deterministic {
+            return Ok(ExecOutcome::failure(
+                FailureKind::StackOverflow,
+                format!("attempt {attempt} overflowed its stack"),
+                None,
+            )
+            .deterministic());
+        }
         if b.always_fail || attempt <= b.fail_first {
             return Ok(ExecOutcome::failure(
                 FailureKind::Exit,
@@ -278,6 +288,37 @@ async fn retries_with_exponential_backoff() {
         }
     }
     assert_eq!(delays, vec![Duration::from_secs(1), Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_the_executor_calls_deterministic_is_not_retried() {
+    let s = Setup::new();
+    let yaml = format!("steps:\n  deep:\n    {C}\n    outputs: [out]\n    retries: 3\n");
+    let fake = Arc::new(Fake::default().with(
+        "deep",
+        Behaviour {
+            deterministic: true,
+            ..Behaviour::default()
+        },
+    ));
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(
+        summary.steps[0].attempts, 1,
+        "retried a deterministic failure"
+    );
+    assert_eq!(fake.started(), vec!["deep".to_owned()]);
+    assert!(matches!(
+        &summary.steps[0].status,
+        StepStatus::Failed {
+            kind: FailureKind::StackOverflow,
+            ..
+        }
+    ));
 }
 
 #[tokio::test(start_paused = true)]

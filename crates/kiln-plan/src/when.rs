@@ -128,6 +128,11 @@ const BIG_STACK_BYTES: usize = 256 << 20;
 
 /// Evaluates a condition when its step is ready, with the params, the small JSON outputs of
 /// upstream steps (`steps.STEP.OUTPUT`; a list for a fan-out step) and the fan-out item.
+///
+/// Conditions run on one long-lived thread with a big stack that keeps every condition it
+/// compiled (a fan-out of a thousand instances compiles its condition once), not on a new
+/// thread per evaluation. The call waits for the answer: from async code, call it on the
+/// blocking pool.
 pub fn evaluate(
     source: &str,
     params: &BTreeMap<String, Value>,
@@ -135,15 +140,31 @@ pub fn evaluate(
     item: Option<&Value>,
 ) -> Result<bool, String> {
     precheck(source).map_err(|e| e.message)?;
-    on_cel_stack(|| {
-        let program = Program::compile(source).map_err(|e| syntax_error(source, &e).message)?;
+    let (source, params, steps, item) = (
+        source.to_owned(),
+        params.clone(),
+        steps.clone(),
+        item.cloned(),
+    );
+    on_evaluator(move |programs| {
+        if programs.len() >= MAX_CACHED_PROGRAMS {
+            programs.clear();
+        }
+        let program = match programs.entry(source) {
+            std::collections::hash_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let compiled = Program::compile(slot.key())
+                    .map_err(|e| syntax_error(slot.key(), &e).message)?;
+                slot.insert(compiled)
+            }
+        };
         let mut context = Context::default();
         let to_cel = |name: &str, value: Result<cel::Value, _>| {
             value.map_err(|e| format!("cannot pass `{name}` to CEL: {e}"))
         };
-        context.add_variable_from_value("params", to_cel("params", cel::to_value(params))?);
-        context.add_variable_from_value("steps", to_cel("steps", cel::to_value(steps))?);
-        if let Some(item) = item {
+        context.add_variable_from_value("params", to_cel("params", cel::to_value(&params))?);
+        context.add_variable_from_value("steps", to_cel("steps", cel::to_value(&steps))?);
+        if let Some(item) = &item {
             context.add_variable_from_value("item", to_cel("item", cel::to_value(item))?);
         }
         match program.execute(&context) {
@@ -156,6 +177,47 @@ pub fn evaluate(
             Err(e) => Err(format!("`when` failed: {e}")),
         }
     })?
+}
+
+/// Compiled conditions the evaluator keeps, at most (then it starts again).
+const MAX_CACHED_PROGRAMS: usize = 4096;
+
+/// A job for the evaluator thread, with its cache of compiled conditions.
+type EvalJob = Box<dyn FnOnce(&mut std::collections::HashMap<String, Program>) + Send>;
+
+/// Runs `f` on the evaluator thread and waits for it; a panic in CEL becomes an error and
+/// leaves the thread running.
+fn on_evaluator<T: Send + 'static>(
+    f: impl FnOnce(&mut std::collections::HashMap<String, Program>) -> T + Send + 'static,
+) -> Result<T, String> {
+    static JOBS: std::sync::OnceLock<Result<std::sync::mpsc::Sender<EvalJob>, String>> =
+        std::sync::OnceLock::new();
+    let jobs = JOBS.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<EvalJob>();
+        std::thread::Builder::new()
+            .name("kiln-when".into())
+            .stack_size(CEL_STACK_BYTES)
+            .spawn(move || {
+                let mut programs = std::collections::HashMap::new();
+                while let Ok(job) = rx.recv() {
+                    let run = std::panic::AssertUnwindSafe(|| job(&mut programs));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // A panic may have left a half-built entry behind: start afresh.
+                        programs = std::collections::HashMap::new();
+                    }
+                }
+            })
+            .map(|_| tx)
+            .map_err(|e| format!("cannot start the thread that checks conditions: {e}"))
+    });
+    let jobs = jobs.as_ref().map_err(Clone::clone)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    jobs.send(Box::new(move |programs| {
+        let _ = tx.send(f(programs));
+    }))
+    .map_err(|_| "the thread that checks conditions has stopped".to_owned())?;
+    rx.recv()
+        .map_err(|_| "the CEL library failed on this condition".to_owned())
 }
 
 /// Runs `f` on a thread with a stack big enough for CEL; a panic in CEL becomes an error.

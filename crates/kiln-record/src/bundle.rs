@@ -63,7 +63,7 @@ pub struct BundleManifest {
     /// When the run started (Unix milliseconds), from its record.
     pub created_at_ms: u64,
     /// `record.jsonl` and `plan.json`: the digest of their bytes.
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Digest>,
     /// Every store object in the bundle, sorted by digest.
     pub objects: Vec<BundleObject>,
 }
@@ -72,8 +72,8 @@ pub struct BundleManifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleObject {
-    /// `blake3:<hex>`.
-    pub digest: String,
+    /// The object's digest.
+    pub digest: Digest,
     /// A blob (file content) or a tree (a folder's manifest).
     #[serde(with = "object_kind")]
     pub kind: ObjectKind,
@@ -306,16 +306,15 @@ pub fn export_run(
             step: &step.step,
             attempt: step.attempt,
         };
-        let named = |role: &str, map: &BTreeMap<String, String>| {
+        let named = |role: &str, map: &BTreeMap<String, Digest>| {
             map.iter()
-                .map(|(name, digest)| (format!("{role} `{name}`"), digest.clone()))
+                .map(|(name, digest)| (format!("{role} `{name}`"), *digest))
                 .collect::<Vec<_>>()
         };
-        for (what, text) in named("input", &step.inputs)
+        for (what, digest) in named("input", &step.inputs)
             .into_iter()
             .chain(named("output", &step.outputs))
         {
-            let digest = parse_recorded(&text, &at, &what).map_err(record_error)?;
             packer.add(digest, &at, &what, false)?;
         }
         // The component's digest is part of the key; executors also report it in details.
@@ -332,7 +331,7 @@ pub fn export_run(
 
     let files = [(RECORD, &record), (PLAN, &plan)]
         .into_iter()
-        .map(|(name, bytes)| (name.to_owned(), Digest::of_bytes(bytes).to_string()))
+        .map(|(name, bytes)| (name.to_owned(), Digest::of_bytes(bytes)))
         .collect();
     let manifest = BundleManifest {
         format: FORMAT.to_owned(),
@@ -347,7 +346,7 @@ pub fn export_run(
             .objects
             .iter()
             .map(|(digest, object)| BundleObject {
-                digest: digest.to_string(),
+                digest: *digest,
                 kind: object.kind,
                 size: object.size,
             })
@@ -472,9 +471,7 @@ pub fn import_bundle(bundle: &Path, into: &StateDir) -> Result<BundleManifest, B
     let manifest = first_entry(bundle, &mut entries)?;
     let mut listed = BTreeMap::new();
     for object in &manifest.objects {
-        let digest = object.digest.parse::<Digest>().map_err(|e| {
-            BundleError::corrupt(bundle, format!("manifest.json lists an object {e}"))
-        })?;
+        let digest = object.digest;
         if listed.insert(digest, object).is_some() {
             return Err(BundleError::corrupt(
                 bundle,
@@ -503,7 +500,7 @@ pub fn import_bundle(bundle: &Path, into: &StateDir) -> Result<BundleManifest, B
                 ));
             }
             let bytes = read_entry(bundle, &mut entry, size, Stage::Entry(&name))?;
-            let actual = Digest::of_bytes(&bytes).to_string();
+            let actual = Digest::of_bytes(&bytes);
             if manifest.files.get(file) != Some(&actual) {
                 return Err(BundleError::corrupt(
                     bundle,
@@ -1060,7 +1057,7 @@ mod tests {
         let map = |pairs: &[(&str, Digest)]| {
             pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), *v))
                 .collect::<BTreeMap<_, _>>()
         };
         let mut details = BTreeMap::new();
@@ -1071,7 +1068,7 @@ mod tests {
             step: name.into(),
             attempt: 1,
             status,
-            cache_key: Digest::of_bytes(name.as_bytes()).to_string(),
+            cache_key: Digest::of_bytes(name.as_bytes()),
             key: json!({
                 "key_version": 1,
                 "determinism_version": 1,
@@ -1339,11 +1336,7 @@ mod tests {
         let dest = out.path().join("run.kiln");
         export(&f, &dest).unwrap();
         let manifest = read_manifest(&dest).unwrap();
-        let listed: Vec<Digest> = manifest
-            .objects
-            .iter()
-            .map(|o| o.digest.parse().unwrap())
-            .collect();
+        let listed: Vec<Digest> = manifest.objects.iter().map(|o| o.digest).collect();
         // `data` is read by two steps and sits in the model folder: still one object.
         assert_eq!(listed.iter().filter(|d| **d == f.shared).count(), 1);
         assert_eq!(listed, f.objects.iter().copied().collect::<Vec<_>>());

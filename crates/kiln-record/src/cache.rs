@@ -12,9 +12,9 @@ use crate::error::RecordError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheEntry {
     /// The key.
-    pub key: String,
+    pub key: Digest,
     /// Output digests by name.
-    pub outputs: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, Digest>,
     /// The run that produced them.
     pub run_id: String,
     /// The step that produced them (for people; not part of the key).

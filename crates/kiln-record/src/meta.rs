@@ -195,8 +195,8 @@ mod tests {
         let key = Digest::of_bytes(b"key");
         assert_eq!(meta.cache_entry(&key).await.unwrap(), None);
         let entry = CacheEntry {
-            key: key.to_string(),
-            outputs: [("out".to_owned(), Digest::of_bytes(b"x").to_string())].into(),
+            key,
+            outputs: [("out".to_owned(), Digest::of_bytes(b"x"))].into(),
             run_id: "r1".into(),
             step: "a".into(),
             metrics: Default::default(),

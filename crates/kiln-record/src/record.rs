@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
+use kiln_cas::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecordError;
@@ -76,15 +77,15 @@ pub struct StepRecord {
     /// `succeeded`, `cached` or `failed`.
     pub status: AttemptStatus,
     /// The cache key (`blake3:<hex>`).
-    pub cache_key: String,
+    pub cache_key: Digest,
     /// Everything the key was computed from, to explain a miss later.
     pub key: serde_json::Value,
     /// The executor that ran it (`wasm`, `process`, `podman`...).
     pub executor: String,
     /// Input digests by name.
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<String, Digest>,
     /// Output digests by name (empty when failed).
-    pub outputs: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, Digest>,
     /// Wall time of the attempt.
     pub duration_ms: u64,
     /// For failures: what went wrong.
@@ -382,7 +383,7 @@ mod tests {
             step: "s".into(),
             attempt: 1,
             status: AttemptStatus::Succeeded,
-            cache_key: "k".into(),
+            cache_key: Digest::of_bytes(b"k"),
             key: serde_json::Value::Null,
             executor: "wasm".into(),
             inputs: BTreeMap::new(),

@@ -6,6 +6,7 @@ use kiln_plan::{PlannedStep, StepKind};
 
 use crate::command::GuestLayout;
 use crate::determinism::{ClockStart, Seed};
+use crate::facts::WasmFacts;
 use crate::runtime::{GuestRun, MAX_MEMORY_BYTES, WasmRuntime};
 use crate::{WasmError, limits};
 
@@ -38,22 +39,23 @@ impl WasmExecutor {
             });
         };
         // A replay gives the limits and clock starts the recorded attempt ran with.
-        let recorded = |name: &str| task.recorded.get(name).and_then(|v| v.as_u64());
-        let clock_start = match (
-            recorded("clock_wall_start_ns"),
-            recorded("clock_monotonic_start_ns"),
-        ) {
-            (Some(wall_ns), Some(monotonic_ns)) => Some(ClockStart {
-                wall_ns,
-                monotonic_ns,
-            }),
-            _ => None,
-        };
+        let recorded =
+            WasmFacts::from_details(&task.recorded).map_err(|message| WasmError::Recorded {
+                step: task.step.id.clone(),
+                message,
+            })?;
+        let clock_start = recorded.as_ref().map(|facts| ClockStart {
+            wall_ns: facts.clock_wall_start_ns,
+            monotonic_ns: facts.clock_monotonic_start_ns,
+        });
         Ok(GuestRun {
             layout: GuestLayout::for_task(task)?,
             log: task.log.clone(),
-            memory_bytes: recorded("memory_limit_bytes").or(*memory_bytes),
-            fuel: recorded("fuel_limit").or(*fuel),
+            memory_bytes: recorded
+                .as_ref()
+                .map(|f| f.memory_limit_bytes)
+                .or(*memory_bytes),
+            fuel: recorded.as_ref().map(|f| f.fuel_limit).or(*fuel),
             seed: Seed::from_cache_key(&task.cache_key),
             clock_start,
         })
@@ -109,6 +111,9 @@ impl Executor for WasmExecutor {
             })?;
         let component = self.runtime.load(path).await?;
         tracing::debug!(step = %task.step.id, component = %component.digest(), "wasm step started");
-        Ok(self.runtime.run_guest(&component, &run).await?)
+        Ok(self
+            .runtime
+            .run_guest_on_own_threads(component, run)
+            .await?)
     }
 }

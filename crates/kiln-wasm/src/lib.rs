@@ -82,6 +82,7 @@ mod cache;
 mod command;
 mod determinism;
 mod executor;
+mod facts;
 mod fsmeta;
 mod limits;
 mod log;
@@ -97,6 +98,7 @@ pub use determinism::{
     VirtualWallClock,
 };
 pub use executor::WasmExecutor;
+pub use facts::{FACTS_VERSION, WasmFacts};
 pub use runtime::{
     CompileListener, CompileNotice, ComponentKind, DEFAULT_FUEL, DEFAULT_LOG_LIMIT_BYTES,
     DEFAULT_MEMORY_BYTES, DEFAULT_OUTPUT_LIMIT_BYTES, EPOCH_INTERVAL, GuestRun, LoadedComponent,
@@ -190,6 +192,14 @@ pub enum WasmError {
     NotWasm {
         /// The step id.
         step: String,
+    },
+    /// A replay handed facts of a recorded attempt that this kiln cannot use.
+    #[error("step `{step}`: {message}")]
+    Recorded {
+        /// The step id.
+        step: String,
+        /// What is wrong with them.
+        message: String,
     },
 }
 

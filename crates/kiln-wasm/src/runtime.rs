@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kiln_engine::{ExecOutcome, FailureKind};
-use serde_json::json;
+
+use crate::facts::{FACTS_VERSION, WasmFacts};
 use tokio::sync::{OnceCell, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, types::ComponentItem};
 use wasmtime::{
@@ -332,6 +333,46 @@ struct Inner {
     loaded: Mutex<HashMap<ComponentDigest, LoadSlot>>,
     digests: Mutex<HashMap<PathBuf, (FileStamp, ComponentDigest)>>,
     _ticker: EpochTicker,
+    guests: GuestThreads,
+}
+
+/// The threads guests run on: a runtime of their own, so that a guest's synchronous WASI file
+/// work never holds up the threads that schedule steps, and the scheduler's load never slows
+/// a guest.
+struct GuestThreads(Option<tokio::runtime::Runtime>);
+
+impl GuestThreads {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("kiln-wasm")
+            .enable_time()
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // The last handle on a runtime may go away inside async code, where a blocking
+        // shutdown would panic; guests still running are stopped at their next epoch tick.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a spawned guest when the future waiting for it is dropped (a timeout, a cancel).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -369,6 +410,8 @@ impl WasmRuntime {
         let cache = PrecompiledCache::new(cache_dir.as_ref(), &engine)?;
         let ticker = EpochTicker::start(&engine, EPOCH_INTERVAL)
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        let guests = GuestThreads::start(options.concurrency)
+            .map_err(|e| WasmError::Engine(format!("cannot start the guests' threads: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -379,6 +422,7 @@ impl WasmRuntime {
                 loaded: Mutex::new(HashMap::new()),
                 digests: Mutex::new(HashMap::new()),
                 _ticker: ticker,
+                guests,
             }),
         })
     }
@@ -510,6 +554,27 @@ impl WasmRuntime {
     /// run it at all; everything the guest did is in the outcome.
     ///
     /// Dropping the returned future stops the guest within one epoch tick.
+    /// Runs a guest on the runtime's own threads (see [`WasmRuntime::run_guest`]); dropping
+    /// the returned future stops the guest.
+    pub async fn run_guest_on_own_threads(
+        &self,
+        component: Arc<LoadedComponent>,
+        run: GuestRun,
+    ) -> Result<ExecOutcome, WasmError> {
+        let this = self.clone();
+        let spawned = self
+            .inner
+            .guests
+            .handle()
+            .spawn(async move { this.run_guest(&component, &run).await });
+        let mut guard = AbortOnDrop(spawned);
+        match (&mut guard.0).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(WasmError::Engine(format!("the guest's task failed: {e}"))),
+        }
+    }
+
+    /// Runs a guest on the current task.
     pub async fn run_guest(
         &self,
         component: &LoadedComponent,
@@ -613,20 +678,19 @@ impl WasmRuntime {
 
         let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let limiter = &store.data().limiter;
-        let details = BTreeMap::from([
-            ("component".to_owned(), json!(component.digest.to_string())),
-            ("fuel_used".to_owned(), json!(fuel_used)),
-            ("fuel_limit".to_owned(), json!(fuel)),
-            ("memory_limit_bytes".to_owned(), json!(memory_bytes)),
-            ("memory_peak_bytes".to_owned(), json!(limiter.memory_peak)),
-            ("seed".to_owned(), json!(run.seed.to_hex())),
-            ("clock_wall_start_ns".to_owned(), json!(clock.wall_ns)),
-            (
-                "clock_monotonic_start_ns".to_owned(),
-                json!(clock.monotonic_ns),
-            ),
-            ("clock_tick_ns".to_owned(), json!(CLOCK_TICK_NS)),
-        ]);
+        let details = WasmFacts {
+            facts_version: FACTS_VERSION,
+            component: component.digest.to_string(),
+            fuel_used,
+            fuel_limit: fuel,
+            memory_limit_bytes: memory_bytes,
+            memory_peak_bytes: limiter.memory_peak as u64,
+            seed: run.seed.to_hex(),
+            clock_wall_start_ns: clock.wall_ns,
+            clock_monotonic_start_ns: clock.monotonic_ns,
+            clock_tick_ns: CLOCK_TICK_NS,
+        }
+        .to_details();
         let facts = RunFacts {
             fuel,
             memory_bytes,

@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         .join(", ")
                 )
             })?;
-            digest.parse()?
+            *digest
         }
         _ => anyhow::bail!("give RUN STEP OUTPUT, or one digest"),
     };

@@ -161,9 +161,12 @@ fn replay(
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let store: std::sync::Arc<dyn kiln_cas::BlobStore> = std::sync::Arc::new(state.store());
-    let report = runtime.block_on(kiln_engine::replay_run(
-        state, store, run_id, &executors, &options, &progress,
-    ));
+    let report = runtime.block_on(async {
+        let report =
+            kiln_engine::replay_run(state, store, run_id, &executors, &options, &progress).await;
+        kiln_container::cleanups_done().await;
+        report
+    });
     let report = match report {
         Ok(report) => report,
         Err(e) => {

@@ -158,6 +158,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let _ = reporter.await;
+        // Containers of steps that were cancelled or timed out are removed before kiln exits.
+        kiln_container::cleanups_done().await;
         result
     });
     let summary = match summary {

@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     human_duration(Duration::from_millis(r.duration_ms)),
                     r.outputs
                         .iter()
-                        .map(|(k, v)| format!("{k}={}", short_digest(v)))
+                        .map(|(k, v)| format!("{k}={}", short_digest(&v.to_string())))
                         .collect::<Vec<_>>()
                         .join(" "),
                     match (&r.message, &r.reused_from) {
