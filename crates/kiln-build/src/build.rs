@@ -394,7 +394,7 @@ impl ComponentBuilder {
 
 /// Where build cache entries live in a state folder.
 pub fn builds_dir(state: &StateDir) -> PathBuf {
-    state.root().join("builds")
+    state.builds_dir()
 }
 
 /// A build key: the sources' digest, the command and the artifact path, in a versioned,

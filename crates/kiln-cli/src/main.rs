@@ -83,7 +83,7 @@ pub fn wasm_executor(
     state: &kiln_engine::StateDir,
     jobs: usize,
 ) -> anyhow::Result<Option<std::sync::Arc<dyn kiln_engine::Executor>>> {
-    wasm_executor_at(&compiled_cache_or(state.root().join("wasm-cache")), jobs)
+    wasm_executor_at(&compiled_cache_or(state.wasm_cache_dir()), jobs)
 }
 
 /// Where compiled wasm components are kept: in the user's cache folder ([`user_compiled_cache`])

@@ -202,3 +202,37 @@ fn rust_log_and_verbose_turn_on_log_lines() {
         "{quiet}"
     );
 }
+
+/// A run that cannot start (its command is not on PATH) exits 2 and leaves no run behind for
+/// `latest` to find.
+#[test]
+fn a_run_that_cannot_start_leaves_no_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        "apiVersion: kiln/v1\nname: ghost\nsteps:\n  a:\n    container:\n      image: x\n      command: [kiln-no-such-program]\n    outputs: [out]\n",
+    )
+    .unwrap();
+    let out = support::kiln()
+        .args(["run", "pipeline.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("kiln-no-such-program"),
+        "{}",
+        text(&out.stderr)
+    );
+    let runs = dir.path().join(".kiln/runs");
+    let left: Vec<_> = std::fs::read_dir(&runs)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a ghost run was left: {left:?}");
+    let show = support::kiln()
+        .args(["show", "latest"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!show.status.success(), "`latest` found a run");
+}

@@ -192,6 +192,65 @@ impl RunHandle {
     }
 }
 
+/// Why a step did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Its `when` condition was false.
+    ConditionFalse {
+        /// The condition.
+        when: String,
+    },
+    /// A step it depends on failed.
+    UpstreamFailed {
+        /// That step's id.
+        step: String,
+    },
+    /// A step it depends on was cancelled.
+    UpstreamCancelled {
+        /// That step's id.
+        step: String,
+    },
+    /// A step it depends on was skipped because of its own upstream.
+    UpstreamSkipped {
+        /// That step's id.
+        step: String,
+    },
+    /// A step it depends on was skipped by its condition.
+    UpstreamConditionFalse {
+        /// That step's id.
+        step: String,
+    },
+    /// `--fail-fast` stopped the run before it started.
+    FailFast,
+}
+
+impl SkipReason {
+    /// Whether it was skipped because of a step upstream (rather than its own condition).
+    pub fn is_upstream(&self) -> bool {
+        !matches!(
+            self,
+            SkipReason::ConditionFalse { .. } | SkipReason::FailFast
+        )
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::ConditionFalse { when } => write!(f, "condition is false: {when}"),
+            SkipReason::UpstreamFailed { step } => write!(f, "upstream `{step}` failed"),
+            SkipReason::UpstreamCancelled { step } => {
+                write!(f, "upstream `{step}` was cancelled")
+            }
+            SkipReason::UpstreamSkipped { step } => write!(f, "upstream `{step}` was skipped"),
+            SkipReason::UpstreamConditionFalse { step } => {
+                write!(f, "upstream `{step}` was skipped (its condition was false)")
+            }
+            SkipReason::FailFast => f.write_str("not started: --fail-fast stopped the run"),
+        }
+    }
+}
+
 /// How a step ended in a run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepStatus {
@@ -209,7 +268,7 @@ pub enum StepStatus {
     /// It did not run.
     Skipped {
         /// Why: a false condition, or an upstream step that failed or was skipped.
-        reason: String,
+        reason: SkipReason,
     },
     /// The run was cancelled before or while it ran.
     Cancelled,
@@ -487,7 +546,7 @@ impl Engine {
         });
 
         // The run's claim on its scratch space; what killed runs left is swept now.
-        let scratch_root = self.state.root().join("scratch");
+        let scratch_root = self.state.scratch_root();
         let scratch_lock = {
             let (root, id) = (scratch_root.clone(), run_id.clone());
             tokio::task::spawn_blocking(move || ScratchLock::take(&root, &id))
@@ -757,21 +816,18 @@ async fn schedule(
     for (i, result) in results.iter_mut().enumerate() {
         if result.is_none() {
             let id = shared.plan.steps[i].id.clone();
-            let reason = if cancelled {
-                "the run was cancelled".to_owned()
-            } else {
-                "not started: --fail-fast stopped the run".to_owned()
-            };
+            let reason = (!cancelled).then_some(SkipReason::FailFast);
             shared.record(&RecordEvent::StepSkipped {
                 step: id.clone(),
-                reason: reason.clone(),
+                reason: reason
+                    .as_ref()
+                    .map_or_else(|| "the run was cancelled".to_owned(), |r| r.to_string()),
             });
             let summary = StepSummary {
                 id,
-                status: if cancelled {
-                    StepStatus::Cancelled
-                } else {
-                    StepStatus::Skipped { reason }
+                status: match reason {
+                    None => StepStatus::Cancelled,
+                    Some(reason) => StepStatus::Skipped { reason },
                 },
                 attempts: 0,
                 duration: Duration::ZERO,
@@ -791,7 +847,7 @@ async fn schedule(
     )
 }
 
-fn skipped(id: &str, reason: String) -> StepSummary {
+fn skipped(id: &str, reason: SkipReason) -> StepSummary {
     StepSummary {
         id: id.to_owned(),
         status: StepStatus::Skipped { reason },
@@ -807,23 +863,20 @@ fn upstream_problem(
     step: &PlannedStep,
     index: &HashMap<&str, usize>,
     results: &[Option<StepSummary>],
-) -> Option<String> {
+) -> Option<SkipReason> {
     for dep in &step.depends_on {
         let Some(result) = &results[index[dep.as_str()]] else {
             continue;
         };
+        let step = dep.clone();
         match &result.status {
             StepStatus::Succeeded | StepStatus::Cached => {}
-            StepStatus::Failed { .. } => return Some(format!("upstream `{dep}` failed")),
-            StepStatus::Cancelled => return Some(format!("upstream `{dep}` was cancelled")),
-            StepStatus::Skipped { reason } if reason.starts_with("upstream") => {
-                return Some(format!("upstream `{dep}` was skipped"));
+            StepStatus::Failed { .. } => return Some(SkipReason::UpstreamFailed { step }),
+            StepStatus::Cancelled => return Some(SkipReason::UpstreamCancelled { step }),
+            StepStatus::Skipped { reason } if reason.is_upstream() => {
+                return Some(SkipReason::UpstreamSkipped { step });
             }
-            StepStatus::Skipped { .. } => {
-                return Some(format!(
-                    "upstream `{dep}` was skipped (its condition was false)"
-                ));
-            }
+            StepStatus::Skipped { .. } => return Some(SkipReason::UpstreamConditionFalse { step }),
         }
     }
     None
@@ -840,11 +893,11 @@ fn finish(
 ) {
     if let StepStatus::Skipped { reason } = &summary.status
         && summary.attempts == 0
-        && reason.starts_with("upstream")
+        && reason.is_upstream()
     {
         shared.record(&RecordEvent::StepSkipped {
             step: summary.id.clone(),
-            reason: reason.clone(),
+            reason: reason.to_string(),
         });
     }
     shared.emit(Event::StepFinished(summary.clone()));
@@ -874,10 +927,10 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
         match evaluate_condition(shared, step, when).await {
             Ok(true) => {}
             Ok(false) => {
-                let reason = format!("condition is false: {when}");
+                let reason = SkipReason::ConditionFalse { when: when.clone() };
                 shared.record(&RecordEvent::StepSkipped {
                     step: step.id.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 });
                 return skipped(&step.id, reason);
             }

@@ -20,7 +20,7 @@ use std::path::Path;
 pub use cache::{DETERMINISM_VERSION, KEY_VERSION, KeyChange, KeyParts, canonical_json, diff_keys};
 pub use engine::{
     Clock, Engine, EngineConfig, Event, Executors, RunEvent, RunHandle, RunInput, RunSummary,
-    StepStatus, StepSummary, SystemClock,
+    SkipReason, StepStatus, StepSummary, SystemClock,
 };
 pub use executor::{ExecOutcome, Executor, ExecutorError, StagedTask, StepTask, fill_paths};
 pub use replay::{

@@ -11,7 +11,13 @@ use kiln_cas::LocalStore;
 /// cache/ab/<key>.json   cache entries: a step's outputs by cache key
 /// runs/<run>/           record.jsonl, plan.json, logs/<step>.log
 /// scratch/<run>/        per-attempt working folders, removed when the attempt is done
+/// scratch/<run>.lock    held while the run goes; a folder whose lock is free is swept
+/// components/<hex>.wasm components staged as files, by digest
+/// builds/               the build cache of components built from source, and build logs
+/// wasm-cache/           compiled components, when no per-machine cache folder is usable
 /// ```
+///
+/// Every path of a state folder comes from here.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
@@ -60,9 +66,24 @@ impl StateDir {
             .join(format!("{step_id}.log"))
     }
 
+    /// Scratch space of all runs (and their locks, `<run>.lock`).
+    pub fn scratch_root(&self) -> PathBuf {
+        self.root.join("scratch")
+    }
+
     /// Scratch space of a run.
     pub fn scratch_dir(&self, run_id: &str) -> PathBuf {
-        self.root.join("scratch").join(run_id)
+        self.scratch_root().join(run_id)
+    }
+
+    /// The build cache of components built from source: `builds/<key>.json`, `builds/logs/`.
+    pub fn builds_dir(&self) -> PathBuf {
+        self.root.join("builds")
+    }
+
+    /// Where compiled components go when no per-machine cache folder can be used.
+    pub fn wasm_cache_dir(&self) -> PathBuf {
+        self.root.join("wasm-cache")
     }
 
     /// Built components, by digest, for registry-less local runs.

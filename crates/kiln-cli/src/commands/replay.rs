@@ -93,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let cache = args
                 .wasm_cache
                 .clone()
-                .unwrap_or_else(|| crate::compiled_cache_or(state.root().join("wasm-cache")));
+                .unwrap_or_else(|| crate::compiled_cache_or(state.wasm_cache_dir()));
             (state, run_id, cache)
         }
     };

@@ -430,7 +430,7 @@ fn summary_json(summary: &RunSummary) -> serde_json::Value {
         "steps": summary.steps.iter().map(|s| {
             let (reason, kind) = match &s.status {
                 StepStatus::Failed { kind, message } => (Some(message.clone()), Some(*kind)),
-                StepStatus::Skipped { reason } => (Some(reason.clone()), None),
+                StepStatus::Skipped { reason } => (Some(reason.to_string()), None),
                 _ => (None, None),
             };
             serde_json::json!({
