@@ -18,8 +18,7 @@
 
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod common;
@@ -30,23 +29,8 @@ const TARGET_1000: Duration = Duration::from_millis(500);
 
 /// The trivial guest, built from `crates/kiln-wasm/tests/guests` for `wasm32-wasip2`.
 fn noop_component() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-wasm/tests/guests");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&workspace)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        .args(["--bin", "noop"])
-        // The outer cargo's settings are not the guests' business.
-        .env("CARGO_TARGET_DIR", workspace.join("target"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {} failed", workspace.display());
-    workspace.join("target/wasm32-wasip2/release/noop.wasm")
+    kiln_test_support::build_wasm(&kiln_test_support::guests_dir(), &["--bin", "noop"])
+        .join("noop.wasm")
 }
 
 fn pipeline(n: usize) -> String {

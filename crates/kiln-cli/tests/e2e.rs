@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The image `scripts/setup-containers.sh` builds; a case that needs podman needs it too.
-const PODMAN_IMAGE: &str = "localhost/kiln-busybox:test";
+use kiln_test_support::PODMAN_IMAGE;
 
 /// How a case ended when nothing in it failed.
 enum Outcome {
@@ -36,19 +36,14 @@ enum Outcome {
     Skipped(String),
 }
 
-/// Whether podman runs here with the test image (`podman --runtime runc image exists`).
+/// Whether podman runs here with the test image.
 fn podman_ready() -> bool {
-    Command::new("podman")
-        .args(["--runtime", "runc", "image", "exists", PODMAN_IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    kiln_test_support::podman_runs_the_image().is_ok()
 }
 
 /// In CI (`CI` set) a case never skips: what it needs must be there.
 fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+    kiln_test_support::in_ci()
 }
 
 /// Checks a case's optional first action, `{"needs": "podman"}`.

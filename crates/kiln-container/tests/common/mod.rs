@@ -5,11 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use kiln_engine::StagedTask;
 use kiln_plan::{CacheKeyMaterial, ContainerPlan, PlannedStep, Policy, StepKind};
@@ -153,117 +149,6 @@ pub fn failure(outcome: kiln_engine::ExecOutcome) -> (String, Option<i32>, Strin
     }
 }
 
-/// The image the podman tests run, built by `scripts/setup-containers.sh`.
-pub const PODMAN_IMAGE: &str = "localhost/kiln-busybox:test";
-
-/// Whether the test `test` can use podman: true when podman runs [`PODMAN_IMAGE`] here
-/// (checked once per test binary). Otherwise it prints `skipping <test>: ...` on stderr and
-/// returns false, so that a machine without podman still runs the other tests; but where `CI`
-/// is set (not empty) it panics with the same reason, because CI has podman and must not skip.
-pub fn podman_or_skip(test: &str) -> bool {
-    let Err(reason) = podman_runs_the_image() else {
-        return true;
-    };
-    let reason = format!(
-        "needs podman running {PODMAN_IMAGE}, but {reason} (run scripts/setup-containers.sh)"
-    );
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{test}: {reason}; CI is set, so this test may not be skipped");
-    }
-    // Straight to stderr: libtest captures what `eprintln!` prints in a test that passes, and
-    // a skip must be seen.
-    let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
-    false
-}
-
-/// Runs the image once, with the flags `scripts/setup-containers.sh` checks it with (those
-/// kiln passes too), by hand rather than through kiln: a bug in kiln must fail the tests, not
-/// skip them.
-fn podman_runs_the_image() -> Result<(), String> {
-    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            let exists = podman_quietly(&["image", "exists", PODMAN_IMAGE])?;
-            match exists.status.code() {
-                Some(0) => {}
-                // `image exists` says "no" with 1, and fails with anything else.
-                Some(1) => return Err("the image is missing".to_owned()),
-                _ => {
-                    return Err(format!(
-                        "`podman image exists` failed: {}",
-                        last_line(&exists)
-                    ));
-                }
-            }
-            let ran = podman_quietly(&[
-                "run",
-                "--rm",
-                "--pull",
-                "never",
-                "--network",
-                "none",
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1000:1000",
-                PODMAN_IMAGE,
-                "sh",
-                "-c",
-                "echo kiln-busybox ok",
-            ])?;
-            let stdout = String::from_utf8_lossy(&ran.stdout);
-            if ran.status.success() && stdout.trim() == "kiln-busybox ok" {
-                return Ok(());
-            }
-            Err(format!("`podman run` of it failed: {}", last_line(&ran)))
-        })
-        .clone()
-}
-
-/// The exit status and the last line podman printed, which says what went wrong.
-fn last_line(output: &std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = |text: &str| {
-        text.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(str::to_owned)
-    };
-    let line = last(&stderr)
-        .or_else(|| last(&stdout))
-        .unwrap_or_else(|| "(it printed nothing)".to_owned());
-    format!("{}, {}", output.status, line.trim())
-}
-
-/// `podman --runtime runc ARGS`, given at most a minute (a wedged podman must not hang the
-/// tests; what these commands print is a line or two, so the pipes never fill while it
-/// waits); the reason when it cannot be run at all.
-fn podman_quietly(args: &[&str]) -> Result<std::process::Output, String> {
-    let mut child = Command::new("podman")
-        .args(["--runtime", "runc"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                "podman is not installed (not found on PATH)".to_owned()
-            }
-            _ => format!("podman cannot be started: {e}"),
-        })?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "`podman {}` did not finish within 60 s",
-                args.join(" ")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().map_err(|e| e.to_string())
-}
+// Not every test file that includes this module needs podman.
+#[allow(unused_imports)]
+pub use kiln_test_support::{PODMAN_IMAGE, podman_or_skip};

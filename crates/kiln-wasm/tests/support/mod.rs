@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use kiln_engine::StagedTask;
@@ -30,32 +29,9 @@ fn build_wasm(workspace: &Path, packages: &[&str]) -> PathBuf {
 
 /// [`build_wasm`] with extra cargo arguments.
 fn build_wasm_with(workspace: &Path, packages: &[&str], extra: &[&str]) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = workspace.join("target");
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        // The outer cargo's settings are not the guests' business.
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER");
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    cmd.args(extra);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo for {}: {e}", workspace.display()));
-    assert!(
-        status.success(),
-        "building {} for wasm32-wasip2 failed (is the target installed? \
-         `rustup target add wasm32-wasip2`)",
-        workspace.display()
-    );
-    target_dir.join("wasm32-wasip2/release")
+    let mut args: Vec<&str> = packages.iter().flat_map(|p| ["-p", *p]).collect();
+    args.extend_from_slice(extra);
+    kiln_test_support::build_wasm(workspace, &args)
 }
 
 /// A test guest from `tests/guests/src/bin/<name>.rs`.
