@@ -63,8 +63,9 @@ pub enum ObjectKind {
 /// to the engine, and dyn-compatible so that the engine, replay and export hold an
 /// `Arc<dyn BlobStore>` and never name a backend.
 ///
-/// [`LocalStore`] runs its (blocking, `std::fs`) work on tokio's blocking pool, so its
-/// implementation needs a tokio runtime; its inherent methods are the synchronous originals.
+/// [`LocalStore`] runs its (blocking, `std::fs`) work on tokio's blocking pool — all but a
+/// single `stat`, done in place — so its implementation needs a tokio runtime; its inherent
+/// methods are the synchronous originals.
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Whether a blob or a tree with this digest is stored.
@@ -113,24 +114,24 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
 #[async_trait::async_trait]
 impl BlobStore for LocalStore {
+    // A `stat` or two of a local file, in place: it costs less than the trip to the blocking
+    // pool, and a cached run asks once per output of every step. Reads, writes and hashing
+    // go to the pool.
     async fn contains(&self, digest: &Digest) -> Result<bool> {
-        let (store, digest) = (self.clone(), *digest);
-        blocking(move || store.contains(&digest)).await
+        LocalStore::contains(self, digest)
     }
 
     async fn kind(&self, digest: &Digest) -> Result<Option<ObjectKind>> {
-        let (store, digest) = (self.clone(), *digest);
-        blocking(move || store.kind(&digest)).await
+        LocalStore::kind(self, digest)
     }
 
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let path = self.blob_path(digest);
-        blocking(move || match std::fs::metadata(&path) {
+        match std::fs::metadata(&path) {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CasError::io("stat", &path)(e)),
-        })
-        .await
+        }
     }
 
     async fn put_file_owned(&self, path: &Path) -> Result<Digest> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kiln_cas::{BlobStore, Digest, EntryKind, EntryName, ObjectKind, Tree, TreeEntry};
 use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
 use kiln_spec::Value;
-use tokio::sync::{broadcast, mpsc, mpsc::UnboundedSender};
+use tokio::sync::{broadcast, mpsc::UnboundedSender};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -346,8 +346,12 @@ struct Shared {
     executors: Executors,
     config: EngineConfig,
     components: HashMap<String, Digest>,
-    /// Record events, in order, to the task that appends them to the metadata store.
-    record: mpsc::UnboundedSender<RecordEvent>,
+    /// The first record event that could not be written; it stops the run.
+    record_error: Mutex<Option<kiln_record::RecordError>>,
+    /// Stops the run's steps (a user's cancel, `--fail-fast`, a record that cannot be written).
+    stop: CancellationToken,
+    /// The run id as events carry it (shared, not copied per event).
+    event_run_id: Arc<str>,
     events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
     outputs: Mutex<HashMap<String, BTreeMap<String, Digest>>>,
@@ -358,38 +362,29 @@ struct Shared {
 impl Shared {
     fn emit(&self, event: Event) {
         let _ = self.events.send(RunEvent {
-            run_id: self.run_id.as_str().into(),
+            run_id: self.event_run_id.clone(),
             at_ms: self.clock.now_ms(),
             event,
         });
     }
 
+    /// Appends to the record; the first failure stops the run (a run whose record cannot be
+    /// written must not go on as if it were recorded) and is what the run returns.
     fn record(&self, event: &RecordEvent) {
-        // The writer task is gone only after a write failed; that failure ends the run.
-        let _ = self.record.send(event.clone());
+        let mut failed = self.record_error.lock().expect("record error lock");
+        if failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.meta.append(&self.run_id, event) {
+            warn!(run = %self.run_id, error = %e, "cannot append to the run record: stopping the run");
+            *failed = Some(e);
+            self.stop.cancel();
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
-}
-
-/// Appends a run's record events in order; the first failure cancels the run (a run whose
-/// record cannot be written must not go on as if it were recorded) and is returned.
-async fn write_record(
-    meta: Arc<dyn MetadataStore>,
-    run_id: String,
-    mut events: mpsc::UnboundedReceiver<RecordEvent>,
-    stop: CancellationToken,
-) -> Result<(), kiln_record::RecordError> {
-    while let Some(event) = events.recv().await {
-        if let Err(e) = meta.append(&run_id, &event).await {
-            warn!(run = %run_id, error = %e, "cannot append to the run record: stopping the run");
-            stop.cancel();
-            return Err(e);
-        }
-    }
-    Ok(())
 }
 
 impl Engine {
@@ -426,10 +421,13 @@ impl Engine {
     /// (every one of them, from the start), and ways to cancel it and wait for it. Needs a
     /// tokio runtime.
     pub fn start(&self, input: RunInput) -> RunHandle {
+        self.spawn_run(input, CancellationToken::new())
+    }
+
+    fn spawn_run(&self, input: RunInput, cancel: CancellationToken) -> RunHandle {
         let id = new_run_id();
         let capacity = (input.plan.steps.len() * 4 + 64).max(1024);
         let (sender, events) = broadcast::channel(capacity);
-        let cancel = CancellationToken::new();
         let engine = self.clone();
         let (run_id, run_sender, run_cancel) = (id.clone(), sender.clone(), cancel.clone());
         let task =
@@ -465,31 +463,29 @@ impl Engine {
         cancel: CancellationToken,
         events: Option<UnboundedSender<Event>>,
     ) -> Result<RunSummary, EngineError> {
-        let mut handle = self.start(input);
+        let mut handle = self.spawn_run(input, cancel);
         let mut rx = handle.events();
-        let forward = tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) => {
-                        if let Some(tx) = &events {
+        // Nobody listening: no receiver (sending to none costs nothing) and no task.
+        let Some(tx) = events else {
+            drop(rx);
+            return handle.join().await;
+        };
+        let forward = {
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) => {
                             let _ = tx.send(e.event);
                         }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            warn!(missed = n, "progress fell behind; some events were dropped")
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "progress fell behind; some events were dropped")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
                 }
-            }
-        });
-        let on_cancel = cancel.clone();
-        let stop = handle.cancel.clone();
-        let relay = tokio::spawn(async move {
-            on_cancel.cancelled().await;
-            stop.cancel();
-        });
+            })
+        };
         let result = handle.join().await;
-        relay.abort();
         let _ = forward.await;
         result
     }
@@ -538,7 +534,7 @@ impl Engine {
             determinism_version: DETERMINISM_VERSION,
             at_ms: self.clock.now_ms(),
         };
-        self.meta.append(&run_id, &started_event).await?;
+        self.meta.append(&run_id, &started_event)?;
         info!(run = %run_id, pipeline = %input.plan.pipeline, steps = input.plan.steps.len(), "run started");
         emit(Event::RunStarted {
             run_id: run_id.clone(),
@@ -554,14 +550,7 @@ impl Engine {
                 .map_err(|e| EngineError::Internal(format!("scratch lock: {e}")))?
                 .map_err(|e| EngineError::io(&scratch_root, e))?
         };
-        let stop = CancellationToken::new();
-        let (record_tx, record_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_record(
-            self.meta.clone(),
-            run_id.clone(),
-            record_rx,
-            stop.clone(),
-        ));
+        let stop = cancel.child_token();
         let shared = Arc::new(Shared {
             run_id: run_id.clone(),
             plan: input.plan,
@@ -573,20 +562,14 @@ impl Engine {
             executors: self.executors.clone(),
             config: self.config.clone(),
             components,
-            record: record_tx,
+            record_error: Mutex::new(None),
+            stop: stop.clone(),
+            event_run_id: run_id.as_str().into(),
             events: events.clone(),
             outputs: Mutex::new(HashMap::new()),
             workspace: tokio::sync::Mutex::new(HashMap::new()),
         });
-        let relay = {
-            let (cancel, stop) = (cancel.clone(), stop.clone());
-            tokio::spawn(async move {
-                cancel.cancelled().await;
-                stop.cancel();
-            })
-        };
-        let (steps, cancelled) = schedule(shared.clone(), stop.clone(), &cancel).await;
-        relay.abort();
+        let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
 
         let status = if cancelled {
             RunStatus::Cancelled
@@ -607,17 +590,15 @@ impl Engine {
         let scratch = self.state.scratch_dir(&run_id);
         remove_tree(&scratch);
         drop(scratch_lock);
-        let Shared { record, .. } = Arc::into_inner(shared).expect("every step task has ended");
-        drop(record);
-        match writer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(EngineError::Record(e)),
-            Err(e) => {
-                return Err(EngineError::Internal(format!(
-                    "the record writer failed: {e}"
-                )));
-            }
+        let failed = shared
+            .record_error
+            .lock()
+            .expect("record error lock")
+            .take();
+        if let Some(e) = failed {
+            return Err(EngineError::Record(e));
         }
+        self.meta.finish_run(&run_id).await?;
         info!(run = %run_id, %status, "run finished");
         emit(Event::RunFinished { status });
         Ok(RunSummary {

@@ -270,14 +270,14 @@ impl MetadataStore for FailingRecord {
     async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError> {
         self.inner.create_run(run_id, plan_json).await
     }
-    async fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
+    fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
         use std::sync::atomic::Ordering;
         let left = self.appends_left.load(Ordering::SeqCst);
         if left == 0 {
             return Err(RecordError::Invalid("no space left on device".into()));
         }
         self.appends_left.store(left - 1, Ordering::SeqCst);
-        self.inner.append(run_id, event).await
+        self.inner.append(run_id, event)
     }
     async fn record(&self, run_id: &str) -> Result<Vec<RecordEvent>, RecordError> {
         self.inner.record(run_id).await

@@ -27,9 +27,18 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// [`RecordError::RunExists`] if the id is taken.
     async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError>;
 
-    /// Appends one event to a run's record. After [`RecordEvent::RunFinished`] the run takes
-    /// no more events.
-    async fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError>;
+    /// Appends one event to a run's record, in order. It must not wait: the engine calls it
+    /// as steps change state, and a file write of one line costs less than a trip to another
+    /// thread. A store that writes over a network queues the event and reports a failure at
+    /// a later append or at [`MetadataStore::finish_run`]. After [`RecordEvent::RunFinished`]
+    /// the run takes no more events.
+    fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError>;
+
+    /// Waits until everything appended to a run's record is stored.
+    async fn finish_run(&self, run_id: &str) -> Result<(), RecordError> {
+        let _ = run_id;
+        Ok(())
+    }
 
     /// A run's record as written so far.
     async fn record(&self, run_id: &str) -> Result<Vec<RecordEvent>, RecordError>;
@@ -79,8 +88,9 @@ async fn blocking<T: Send + 'static>(
 #[async_trait::async_trait]
 impl MetadataStore for FileMetadata {
     async fn cache_entry(&self, key: &Digest) -> Result<Option<CacheEntry>, RecordError> {
-        let (cache, key) = (self.cache.clone(), *key);
-        blocking(move || Ok(cache.get(&key))).await
+        // A read of one small file, in place: on a local disk it costs less than a trip to
+        // the blocking pool, and a cached run does one per step.
+        Ok(self.cache.get(key))
     }
 
     async fn put_cache_entry(&self, key: &Digest, entry: &CacheEntry) -> Result<(), RecordError> {
@@ -116,9 +126,8 @@ impl MetadataStore for FileMetadata {
         Ok(())
     }
 
-    async fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
-        // One short buffered write per event: done in place rather than on the blocking pool,
-        // which would cost more than the write itself.
+    fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
+        // One write of one line per event, in place (see the trait).
         let mut writers = self.writers.lock().expect("writers lock");
         let writer = match writers.get_mut(run_id) {
             Some(writer) => writer,
@@ -173,13 +182,13 @@ mod tests {
             step: "a".into(),
             reason: "r".into(),
         };
-        meta.append("r1", &skipped).await.unwrap();
+        meta.append("r1", &skipped).unwrap();
         let finished = RecordEvent::RunFinished {
             status: RunStatus::Succeeded,
             at_ms: 1,
             duration_ms: 2,
         };
-        meta.append("r1", &finished).await.unwrap();
+        meta.append("r1", &finished).unwrap();
         assert_eq!(meta.record("r1").await.unwrap(), vec![skipped, finished]);
         assert_eq!(meta.plan("r1").await.unwrap(), b"{}");
         assert_eq!(meta.run_ids().await.unwrap(), vec!["r1".to_owned()]);

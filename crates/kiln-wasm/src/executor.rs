@@ -111,9 +111,6 @@ impl Executor for WasmExecutor {
             })?;
         let component = self.runtime.load(path).await?;
         tracing::debug!(step = %task.step.id, component = %component.digest(), "wasm step started");
-        Ok(self
-            .runtime
-            .run_guest_on_own_threads(component, run)
-            .await?)
+        Ok(self.runtime.run_guest_shared(component, run).await?)
     }
 }

@@ -90,6 +90,7 @@ pub struct RuntimeOptions {
     output_limit_bytes: u64,
     clock_start: ClockStart,
     on_compile: Option<CompileListener>,
+    own_threads: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -102,6 +103,7 @@ impl Default for RuntimeOptions {
             output_limit_bytes: DEFAULT_OUTPUT_LIMIT_BYTES,
             clock_start: ClockStart::default(),
             on_compile: None,
+            own_threads: false,
         }
     }
 }
@@ -115,6 +117,16 @@ impl RuntimeOptions {
     /// How many guests run at once; the instance pool is sized for exactly this many.
     pub fn concurrency(&mut self, n: usize) -> &mut Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Runs guests on threads of the runtime's own (`concurrency` of them) instead of the
+    /// caller's: for a process that schedules many runs and must stay responsive while
+    /// guests compute and do their (synchronous) WASI file work. Off by default: the hand-off
+    /// costs about 60 µs a step on two cores, as much as the rest of a trivial step (see
+    /// docs/benchmarks.md); guests yield at every epoch tick either way.
+    pub fn own_threads(&mut self, on: bool) -> &mut Self {
+        self.own_threads = on;
         self
     }
 
@@ -333,7 +345,8 @@ struct Inner {
     loaded: Mutex<HashMap<ComponentDigest, LoadSlot>>,
     digests: Mutex<HashMap<PathBuf, (FileStamp, ComponentDigest)>>,
     _ticker: EpochTicker,
-    guests: GuestThreads,
+    /// Where guests run when [`RuntimeOptions::own_threads`] is on.
+    guests: Option<GuestThreads>,
 }
 
 /// The threads guests run on: a runtime of their own, so that a guest's synchronous WASI file
@@ -410,8 +423,14 @@ impl WasmRuntime {
         let cache = PrecompiledCache::new(cache_dir.as_ref(), &engine)?;
         let ticker = EpochTicker::start(&engine, EPOCH_INTERVAL)
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        let guests = GuestThreads::start(options.concurrency)
-            .map_err(|e| WasmError::Engine(format!("cannot start the guests' threads: {e}")))?;
+        let guests =
+            if options.own_threads {
+                Some(GuestThreads::start(options.concurrency).map_err(|e| {
+                    WasmError::Engine(format!("cannot start the guests' threads: {e}"))
+                })?)
+            } else {
+                None
+            };
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -554,17 +573,19 @@ impl WasmRuntime {
     /// run it at all; everything the guest did is in the outcome.
     ///
     /// Dropping the returned future stops the guest within one epoch tick.
-    /// Runs a guest on the runtime's own threads (see [`WasmRuntime::run_guest`]); dropping
-    /// the returned future stops the guest.
-    pub async fn run_guest_on_own_threads(
+    /// Runs a guest (see [`WasmRuntime::run_guest`]) on the runtime's own threads when
+    /// [`RuntimeOptions::own_threads`] is on, else on the current task; dropping the
+    /// returned future stops the guest either way.
+    pub async fn run_guest_shared(
         &self,
         component: Arc<LoadedComponent>,
         run: GuestRun,
     ) -> Result<ExecOutcome, WasmError> {
+        let Some(guests) = &self.inner.guests else {
+            return self.run_guest(&component, &run).await;
+        };
         let this = self.clone();
-        let spawned = self
-            .inner
-            .guests
+        let spawned = guests
             .handle()
             .spawn(async move { this.run_guest(&component, &run).await });
         let mut guard = AbortOnDrop(spawned);

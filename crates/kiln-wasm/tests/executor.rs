@@ -522,3 +522,46 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     results.into_iter().map(Option::unwrap).collect()
 }
+
+/// With `own_threads`, guests run on the runtime's own threads: a step runs as it does on
+/// the caller's, and dropping the attempt still stops a guest that never yields by itself.
+#[tokio::test]
+async fn guests_on_the_runtimes_own_threads_run_and_stop() {
+    let runtime = WasmRuntime::with_options(
+        shared_cache(),
+        kiln_wasm::RuntimeOptions::new()
+            .concurrency(2)
+            .own_threads(true),
+    )
+    .expect("runtime");
+    let exec = WasmExecutor::new(runtime);
+    let dir = tempfile::tempdir().unwrap();
+    let ok = task(dir.path(), "noop", &guest("noop"), TaskSpec::default());
+    let outcome = exec.run_staged(&ok).await.unwrap();
+    assert!(
+        matches!(outcome, ExecOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let spin = task(dir.path(), "spin", &guest("spin"), TaskSpec::default());
+    exec.runtime()
+        .load(spin.component.as_ref().unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_millis(300), exec.run_staged(&spin)).await;
+    assert!(result.is_err(), "the loop ended by itself: {result:?}");
+    // The guest's slot is free again once it has stopped: another run gets it.
+    let dir = tempfile::tempdir().unwrap();
+    let again = task(dir.path(), "noop", &guest("noop"), TaskSpec::default());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), exec.run_staged(&again))
+        .await
+        .expect("a slot came free")
+        .unwrap();
+    assert!(
+        matches!(outcome, ExecOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
