@@ -26,11 +26,16 @@ pub use build::{
     build_key, builds_dir, sources_digest,
 };
 
-/// Resolves a step's component reference to the digest of a component in the store.
+/// Resolves what a plan names by place to digests of what is in the store: components, and
+/// the workspace files and folders steps read.
 #[async_trait::async_trait]
 pub trait Resolver: Send {
     /// The digest of `step`'s component (`step` is the step's name, for messages), stored.
     async fn resolve(&mut self, step: &str, source: &ComponentSource) -> Result<Digest, String>;
+
+    /// The digest of a workspace file or folder (`path` as the plan gives it, relative to the
+    /// pipeline's folder), stored.
+    async fn workspace_input(&mut self, path: &str) -> Result<Digest, String>;
 }
 
 /// Called with `(step, command)` when a component starts building from source.
@@ -108,17 +113,75 @@ impl Resolver for LocalResolver<'_> {
             )),
         }
     }
+
+    async fn workspace_input(&mut self, path: &str) -> Result<Digest, String> {
+        let full = self.base_dir.join(path);
+        let stored = if tokio::fs::metadata(&full).await.is_ok_and(|m| m.is_dir()) {
+            self.store.put_tree(&full).await
+        } else {
+            self.store.put_file(&full).await
+        };
+        stored.map_err(|e| {
+            format!(
+                "workspace input {path}: cannot read {}: {e}",
+                full.display()
+            )
+        })
+    }
 }
 
-/// Every wasm step's component digest, by step name (fan-out instances share one).
-pub type PinnedComponents = BTreeMap<String, Digest>;
+/// What a plan names by place, as digests: what the engine is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pinned {
+    /// Every wasm step's component, by step name (fan-out instances share one).
+    pub components: BTreeMap<String, Digest>,
+    /// Every workspace input, by its path as the plan gives it.
+    pub workspace: BTreeMap<String, Digest>,
+}
 
-/// Resolves the component of every wasm step of `plan`, each once; every problem at once.
-pub async fn pin(
+/// Resolves the component of every wasm step of `plan` and every workspace input, each once;
+/// every problem at once.
+pub async fn pin(plan: &Plan, resolver: &mut dyn Resolver) -> Result<Pinned, Vec<String>> {
+    let mut problems = Vec::new();
+    let components = match pin_components(plan, resolver).await {
+        Ok(components) => components,
+        Err(mut found) => {
+            problems.append(&mut found);
+            BTreeMap::new()
+        }
+    };
+    let mut workspace = BTreeMap::new();
+    for step in &plan.steps {
+        for source in step.inputs.values() {
+            let kiln_plan::InputSource::Workspace { path } = source else {
+                continue;
+            };
+            if workspace.contains_key(path) {
+                continue;
+            }
+            match resolver.workspace_input(path).await {
+                Ok(digest) => {
+                    workspace.insert(path.clone(), digest);
+                }
+                Err(problem) => problems.push(format!("step `{}`: {problem}", step.id)),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(Pinned {
+            components,
+            workspace,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+async fn pin_components(
     plan: &Plan,
     resolver: &mut dyn Resolver,
-) -> Result<PinnedComponents, Vec<String>> {
-    let mut pinned = PinnedComponents::new();
+) -> Result<BTreeMap<String, Digest>, Vec<String>> {
+    let mut pinned = BTreeMap::new();
     let mut problems = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for step in &plan.steps {

@@ -96,7 +96,7 @@ fn run_input(shape: &str, n: usize, base_dir: &Path) -> RunInput {
     RunInput {
         plan,
         components: Default::default(),
-        base_dir: base_dir.to_path_buf(),
+        workspace: Default::default(),
         pipeline_file: "pipeline.yaml".into(),
         pipeline_text: text,
     }

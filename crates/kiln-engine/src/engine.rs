@@ -3,7 +3,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,8 +71,9 @@ pub struct RunInput {
     /// The component of every wasm step, by step name, pinned to a digest in the store
     /// before the run (`kiln_build::pin`): the engine builds and resolves nothing itself.
     pub components: BTreeMap<String, Digest>,
-    /// The folder workspace paths are relative to.
-    pub base_dir: PathBuf,
+    /// Every workspace input, by its path as the plan gives it, pinned to a digest in the
+    /// store before the run: the engine reads no workspace file itself.
+    pub workspace: BTreeMap<String, Digest>,
     /// The pipeline file as the user named it (for the record).
     pub pipeline_file: String,
     /// The pipeline file's text (its digest goes in the record).
@@ -338,7 +338,6 @@ pub struct Engine {
 struct Shared {
     run_id: String,
     plan: Plan,
-    base_dir: PathBuf,
     state: StateDir,
     store: Arc<dyn BlobStore>,
     meta: Arc<dyn MetadataStore>,
@@ -355,8 +354,8 @@ struct Shared {
     events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
     outputs: Mutex<HashMap<String, BTreeMap<String, Digest>>>,
-    /// Digests of workspace inputs, hashed once per run.
-    workspace: tokio::sync::Mutex<HashMap<String, Digest>>,
+    /// Digests of workspace inputs, pinned before the run.
+    workspace: BTreeMap<String, Digest>,
 }
 
 impl Shared {
@@ -498,10 +497,6 @@ impl Engine {
         events: broadcast::Sender<RunEvent>,
     ) -> Result<RunSummary, EngineError> {
         let started = Instant::now();
-        let mut input = input;
-        if let Ok(base) = std::path::absolute(&input.base_dir) {
-            input.base_dir = base;
-        }
         // Nothing of the run is written before its preflight passed: a run that cannot start
         // leaves no ghost behind for `latest` to find.
         let store = self.store.clone();
@@ -554,7 +549,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             run_id: run_id.clone(),
             plan: input.plan,
-            base_dir: input.base_dir,
+            workspace: input.workspace,
             state: self.state.clone(),
             store,
             meta: self.meta.clone(),
@@ -567,7 +562,6 @@ impl Engine {
             event_run_id: run_id.as_str().into(),
             events: events.clone(),
             outputs: Mutex::new(HashMap::new()),
-            workspace: tokio::sync::Mutex::new(HashMap::new()),
         });
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
 
@@ -1194,7 +1188,8 @@ pub(crate) async fn run_attempt(
     }
 }
 
-/// Digests of every input, hashing workspace files once per run.
+/// Digests of every input: upstream outputs, collected fan-outs, pinned workspace inputs,
+/// params.
 async fn resolve_inputs(
     shared: &Shared,
     step: &PlannedStep,
@@ -1231,25 +1226,9 @@ async fn resolve_inputs(
                 }
                 collect_tree(shared.store.as_ref(), &digests).await?
             }
-            InputSource::Workspace { path } => {
-                let mut cache = shared.workspace.lock().await;
-                match cache.get(path) {
-                    Some(d) => *d,
-                    None => {
-                        let full = shared.base_dir.join(path);
-                        let stored = if full.is_dir() {
-                            shared.store.put_tree(&full).await
-                        } else {
-                            shared.store.put_file(&full).await
-                        };
-                        let digest = stored.map_err(|e| {
-                            format!("input `{name}`: cannot read {}: {e}", full.display())
-                        })?;
-                        cache.insert(path.clone(), digest);
-                        digest
-                    }
-                }
-            }
+            InputSource::Workspace { path } => *shared.workspace.get(path).ok_or_else(|| {
+                format!("input `{name}`: workspace input {path} was not pinned before the run")
+            })?,
             InputSource::Param { value, .. } => {
                 let text = match value {
                     Value::String(s) => s.clone(),

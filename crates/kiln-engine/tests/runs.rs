@@ -72,7 +72,18 @@ steps:
     outputs: [best]
 ";
 
-/// The run's input; the workspace file is written once, before any run reads it.
+/// The run's input, pinned into `store` as `kiln run` pins it; the workspace file is written
+/// once, before any run reads it.
+async fn input_in(dir: &Path, store: Arc<dyn BlobStore>) -> RunInput {
+    let mut input = input(dir);
+    let state = StateDir::new(dir.join(".kiln"));
+    let mut resolver = kiln_build::LocalResolver::new(&state, dir, &input.plan, store);
+    let pinned = kiln_build::pin(&input.plan, &mut resolver).await.unwrap();
+    input.workspace = pinned.workspace;
+    input
+}
+
+/// The run's input, not yet pinned.
 fn input(dir: &Path) -> RunInput {
     let data = dir.join("data.csv");
     if !data.exists() {
@@ -91,7 +102,7 @@ fn input(dir: &Path) -> RunInput {
             .plan
             .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics)),
         components: Default::default(),
-        base_dir: dir.to_path_buf(),
+        workspace: Default::default(),
         pipeline_file: "pipeline.yaml".into(),
         pipeline_text: PIPELINE.into(),
     }
@@ -134,7 +145,8 @@ async fn twenty_runs_at_once_in_one_process() {
     let state = StateDir::new(dir.path().join(".kiln"));
     // No cache: every run really runs every step, all at the same time.
     let engine = engine(&state, false);
-    let mut handles: Vec<_> = (0..20).map(|_| engine.start(input(dir.path()))).collect();
+    let pinned = input_in(dir.path(), Arc::new(state.store())).await;
+    let mut handles: Vec<_> = (0..20).map(|_| engine.start(pinned.clone())).collect();
     let ids: BTreeSet<String> = handles.iter().map(|h| h.id().to_owned()).collect();
     assert_eq!(ids.len(), 20, "run ids collided: {ids:?}");
 
@@ -200,7 +212,11 @@ async fn a_whole_pipeline_runs_against_an_object_store() {
     let store: Arc<dyn BlobStore> = Arc::new(bucket.clone());
     let engine = engine(&state, true).with_store(store.clone());
 
-    let first = engine.start(input(dir.path())).join().await.unwrap();
+    let first = engine
+        .start(input_in(dir.path(), store.clone()).await)
+        .join()
+        .await
+        .unwrap();
     assert_eq!(first.status, RunStatus::Succeeded);
     assert!(
         first
@@ -237,7 +253,11 @@ async fn a_whole_pipeline_runs_against_an_object_store() {
     );
 
     // A second run is served from the cache, because the bucket still has the outputs.
-    let second = engine.start(input(dir.path())).join().await.unwrap();
+    let second = engine
+        .start(input_in(dir.path(), store.clone()).await)
+        .join()
+        .await
+        .unwrap();
     assert!(second.steps.iter().all(|s| s.status == StepStatus::Cached));
     assert_eq!(
         second.steps.iter().map(|s| &s.outputs).collect::<Vec<_>>(),
@@ -300,7 +320,8 @@ async fn a_record_that_cannot_be_written_fails_the_run() {
         appends_left: 2.into(),
     });
     let engine = engine(&state, true).with_metadata(meta);
-    match engine.start(input(dir.path())).join().await {
+    let pinned = input_in(dir.path(), Arc::new(state.store())).await;
+    match engine.start(pinned).join().await {
         Err(EngineError::Record(e)) => {
             assert!(e.to_string().contains("no space left"), "{e}")
         }

@@ -158,10 +158,26 @@ impl Setup {
         let plan = compiled
             .plan
             .unwrap_or_else(|| panic!("{:?}", compiled.diagnostics));
+        // Pinned as `kiln run` pins before the engine starts: into the state folder's store.
+        let store = StateDir::new(self.dir.path().join(".kiln")).store();
+        let mut workspace = BTreeMap::new();
+        for step in &plan.steps {
+            for source in step.inputs.values() {
+                if let kiln_plan::InputSource::Workspace { path } = source {
+                    let full = self.dir.path().join(path);
+                    let digest = if full.is_dir() {
+                        store.put_tree(&full)
+                    } else {
+                        store.put_file(&full)
+                    };
+                    workspace.insert(path.clone(), digest.unwrap());
+                }
+            }
+        }
         RunInput {
             plan,
             components: Default::default(),
-            base_dir: self.dir.path().to_path_buf(),
+            workspace,
             pipeline_file: "pipeline.yaml".into(),
             pipeline_text: text,
         }

@@ -94,8 +94,9 @@ impl MetadataStore for FileMetadata {
     }
 
     async fn put_cache_entry(&self, key: &Digest, entry: &CacheEntry) -> Result<(), RecordError> {
-        let (cache, key, entry) = (self.cache.clone(), *key, entry.clone());
-        blocking(move || cache.put(&key, &entry)).await
+        // One small file written and renamed, in place: like a record line, it costs less
+        // than a trip to the blocking pool, and every step that runs writes one.
+        self.cache.put(key, entry)
     }
 
     async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError> {

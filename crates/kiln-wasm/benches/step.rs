@@ -275,7 +275,7 @@ fn run_input(guest: &str, n: usize, salt: usize, base_dir: &Path) -> RunInput {
     RunInput {
         plan,
         components: Default::default(),
-        base_dir: base_dir.to_path_buf(),
+        workspace: Default::default(),
         pipeline_file: "pipeline.yaml".into(),
         pipeline_text: text,
     }
@@ -290,7 +290,13 @@ struct Measured {
 
 /// One fresh `Engine::run`, with a new runtime on the state's precompiled cache (as each
 /// `kiln run` process starts one); checks every step ran (none was a cache hit).
-fn timed_run(rt: &tokio::runtime::Runtime, state: &Path, jobs: usize, input: RunInput) -> Measured {
+fn timed_run(
+    rt: &tokio::runtime::Runtime,
+    state: &Path,
+    jobs: usize,
+    input: RunInput,
+    base_dir: &Path,
+) -> Measured {
     let state = StateDir::new(state);
     // As `kiln run` does (`wasm_executor` in crates/kiln-cli/src/main.rs).
     let runtime = WasmRuntime::new(state.root().join("wasm-cache"), jobs).unwrap();
@@ -313,10 +319,11 @@ fn timed_run(rt: &tokio::runtime::Runtime, state: &Path, jobs: usize, input: Run
     // Pinning is timed too: it is what the engine's preflight did before it moved out.
     let mut input = input;
     let store: Arc<dyn kiln_cas::BlobStore> = Arc::new(state.store());
-    let mut resolver = kiln_build::LocalResolver::new(&state, &input.base_dir, &input.plan, store);
-    input.components = rt
+    let mut resolver = kiln_build::LocalResolver::new(&state, base_dir, &input.plan, store);
+    let pinned = rt
         .block_on(kiln_build::pin(&input.plan, &mut resolver))
         .expect("the components pin");
+    (input.components, input.workspace) = (pinned.components, pinned.workspace);
     drop(resolver);
     // `Default::default()`: a cancellation token that is never cancelled.
     let summary = rt
@@ -370,19 +377,25 @@ fn engine_table(rt: &tokio::runtime::Runtime) {
         let state = dir.join("state");
         // Warm-up: fills the precompiled cache, the page cache and the runtime's threads.
         salt += 1;
-        timed_run(rt, &state, jobs, run_input(guest, n.min(50), salt, &dir));
+        timed_run(
+            rt,
+            &state,
+            jobs,
+            run_input(guest, n.min(50), salt, &dir),
+            &dir,
+        );
 
         let (mut step, mut exec) = (Vec::new(), Vec::new());
         let (mut wide, mut wide_cpu) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             salt += 1;
-            let mut m = timed_run(rt, &state, 1, run_input(guest, n, salt, &dir));
+            let mut m = timed_run(rt, &state, 1, run_input(guest, n, salt, &dir), &dir);
             m.calls.sort();
             step.extend(m.calls.windows(2).skip(1).map(|w| w[1].0 - w[0].0));
             exec.extend(m.calls.iter().skip(1).map(|(s, e)| *e - *s));
 
             salt += 1;
-            let m = timed_run(rt, &state, jobs, run_input(guest, n, salt, &dir));
+            let m = timed_run(rt, &state, jobs, run_input(guest, n, salt, &dir), &dir);
             wide.push(m.wall / n as u32);
             wide_cpu.push(m.cpu / n as u32);
         }

@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let input = RunInput {
         plan,
         components: Default::default(),
-        base_dir,
+        workspace: Default::default(),
         pipeline_file: args.file.display().to_string(),
         pipeline_text: source.text.to_string(),
     };
@@ -137,8 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut input = input;
         let store: std::sync::Arc<dyn kiln_cas::BlobStore> = std::sync::Arc::new(state.store());
         let building = tx.clone();
-        let mut resolver =
-            kiln_build::LocalResolver::new(&state, &input.base_dir, &input.plan, store);
+        let mut resolver = kiln_build::LocalResolver::new(&state, &base_dir, &input.plan, store);
         resolver.on_build(move |step, command| {
             let _ = building.send(Event::Building {
                 step: step.to_owned(),
@@ -146,9 +145,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         });
         let result = match kiln_build::pin(&input.plan, &mut resolver).await {
-            Ok(components) => {
+            Ok(pinned) => {
                 drop(resolver);
-                input.components = components;
+                input.components = pinned.components;
+                input.workspace = pinned.workspace;
                 engine.run(input, cancel, Some(tx)).await
             }
             Err(problems) => {
