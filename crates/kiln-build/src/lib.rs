@@ -48,6 +48,9 @@ pub struct LocalResolver<'a> {
     store: Arc<dyn BlobStore>,
     builder: ComponentBuilder,
     on_build: OnBuild<'a>,
+    /// Component files already kept, by path: a fan-out of a thousand steps of one
+    /// component hashes it once.
+    kept: std::collections::HashMap<PathBuf, Digest>,
 }
 
 impl<'a> LocalResolver<'a> {
@@ -60,6 +63,7 @@ impl<'a> LocalResolver<'a> {
             base_dir,
             store,
             on_build: Box::new(|_, _| {}),
+            kept: std::collections::HashMap::new(),
         }
     }
 
@@ -69,15 +73,33 @@ impl<'a> LocalResolver<'a> {
         self
     }
 
-    /// Stores a component file and returns its digest.
-    async fn keep(&self, step: &str, path: &Path) -> Result<Digest, String> {
-        let stored = self.store.put_file(path).await.map_err(|e| {
+    /// Stores a component file (unless the store has it) and returns its digest.
+    async fn keep(&mut self, step: &str, path: &Path) -> Result<Digest, String> {
+        if let Some(digest) = self.kept.get(path) {
+            return Ok(*digest);
+        }
+        let cannot = |e: &dyn std::fmt::Display| {
             format!(
                 "step `{step}`: cannot store its component {}: {e}",
                 path.display()
             )
-        })?;
-        Ok(stored)
+        };
+        let owned = path.to_owned();
+        let digest = tokio::task::spawn_blocking(move || Digest::of_file(&owned))
+            .await
+            .map_err(|e| cannot(&e))?
+            .map_err(|e| cannot(&e))?;
+        if !self.store.contains(&digest).await.unwrap_or(false) {
+            let stored = self.store.put_file(path).await.map_err(|e| cannot(&e))?;
+            if stored != digest {
+                return Err(format!(
+                    "step `{step}`: component {} changed while it was read",
+                    path.display()
+                ));
+            }
+        }
+        self.kept.insert(path.to_owned(), digest);
+        Ok(digest)
     }
 }
 
@@ -100,7 +122,12 @@ impl Resolver for LocalResolver<'_> {
                     .await
                     .map_err(|e| format!("step `{step}`: {e}"))?;
                 // Built into the state folder's store; kept in the run's store too.
-                self.keep(step, &built.path).await
+                self.kept.insert(built.path.clone(), built.digest);
+                if !self.store.contains(&built.digest).await.unwrap_or(false) {
+                    self.kept.remove(&built.path);
+                    return self.keep(step, &built.path).await;
+                }
+                Ok(built.digest)
             }
             ComponentSource::Digest { digest } => match digest.parse::<Digest>() {
                 Ok(d) if self.store.contains(&d).await.unwrap_or(false) => Ok(d),

@@ -425,8 +425,7 @@ impl Engine {
 
     fn spawn_run(&self, input: RunInput, cancel: CancellationToken) -> RunHandle {
         let id = new_run_id();
-        let capacity = (input.plan.steps.len() * 4 + 64).max(1024);
-        let (sender, events) = broadcast::channel(capacity);
+        let (sender, events) = event_channel(&input);
         let engine = self.clone();
         let (run_id, run_sender, run_cancel) = (id.clone(), sender.clone(), cancel.clone());
         let task =
@@ -454,14 +453,16 @@ impl Engine {
     /// available, commands and images present, components built): a problem there is an
     /// [`EngineError::Preflight`] and nothing runs.
     ///
-    /// This is [`Engine::start`] and [`RunHandle::join`] for a caller that wants the events
-    /// without their run id (one run, one receiver).
+    /// [`Engine::start`] and [`RunHandle::join`] for a caller that runs one run and wants its
+    /// events without their run id.
     pub async fn run(
         &self,
         input: RunInput,
         cancel: CancellationToken,
         events: Option<UnboundedSender<Event>>,
     ) -> Result<RunSummary, EngineError> {
+        // On a worker of the runtime, like every run: measured, a run polled from a thread
+        // that `block_on` holds schedules its steps more slowly.
         let mut handle = self.spawn_run(input, cancel);
         let mut rx = handle.events();
         // Nobody listening: no receiver (sending to none costs nothing) and no task.
@@ -676,6 +677,11 @@ impl Engine {
             Err(EngineError::Preflight(problems))
         }
     }
+}
+
+/// A run's event channel, with room for every event of a run whose receiver is slow.
+fn event_channel(input: &RunInput) -> (broadcast::Sender<RunEvent>, broadcast::Receiver<RunEvent>) {
+    broadcast::channel((input.plan.steps.len() * 4 + 64).max(1024))
 }
 
 /// The dependency-driven loop: returns each step's summary in plan order, and whether the
