@@ -53,22 +53,7 @@ fn bench_dir() -> PathBuf {
 
 /// `bench/zscore/rust`, built for `wasm32-wasip2` (release).
 fn rust_component() -> PathBuf {
-    let workspace = bench_dir().join("rust");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&workspace)
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
-        // The outer cargo's settings are not the guest's business.
-        .env("CARGO_TARGET_DIR", workspace.join("target"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {} failed", workspace.display());
-    workspace.join("target/wasm32-wasip2/release/zscore.wasm")
+    kiln_test_support::build_wasm(&bench_dir().join("rust"), &[]).join("zscore.wasm")
 }
 
 /// The Python interpreter's own path (`sys.executable`), through any shim.

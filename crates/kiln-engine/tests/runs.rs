@@ -17,26 +17,6 @@ use kiln_engine::{EngineError, RecordError, RecordEvent};
 /// same inputs writes the same bytes in every run.
 struct Echo;
 
-fn read_all(path: &Path) -> String {
-    if path.is_dir() {
-        let mut entries: Vec<String> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                format!(
-                    "{}={}",
-                    e.file_name().to_string_lossy(),
-                    read_all(&e.path())
-                )
-            })
-            .collect();
-        entries.sort();
-        format!("[{}]", entries.join(","))
-    } else {
-        std::fs::read_to_string(path).unwrap()
-    }
-}
-
 #[async_trait]
 impl Executor for Echo {
     fn name(&self) -> &str {
@@ -44,7 +24,11 @@ impl Executor for Echo {
     }
 
     async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
-        let read: Vec<String> = task.inputs.values().map(|p| read_all(p)).collect();
+        let read: Vec<String> = task
+            .inputs
+            .values()
+            .map(|p| kiln_test_support::read_tree_text(p))
+            .collect();
         for (name, path) in &task.outputs {
             let text = format!("{}:{name}:{:?}:{read:?}", task.step.step, task.step.params);
             std::fs::write(path, text).unwrap();

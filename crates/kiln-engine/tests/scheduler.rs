@@ -1,7 +1,6 @@
 //! The engine against a fake executor, under tokio's paused clock: no test sleeps for real.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,26 +51,6 @@ impl Fake {
     }
 }
 
-fn read_input(path: &Path) -> String {
-    if path.is_dir() {
-        let mut names: Vec<String> = std::fs::read_dir(path)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                format!(
-                    "{}={}",
-                    e.file_name().to_string_lossy(),
-                    read_input(&e.path())
-                )
-            })
-            .collect();
-        names.sort();
-        format!("[{}]", names.join(","))
-    } else {
-        std::fs::read_to_string(path).unwrap()
-    }
-}
-
 #[async_trait]
 impl Executor for Fake {
     fn name(&self) -> &str {
@@ -96,7 +75,7 @@ impl Executor for Fake {
         let seen: BTreeMap<String, String> = task
             .inputs
             .iter()
-            .map(|(k, p)| (k.clone(), read_input(p)))
+            .map(|(k, p)| (k.clone(), kiln_test_support::read_tree_text(p)))
             .collect();
         self.inputs_seen
             .lock()

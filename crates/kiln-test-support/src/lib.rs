@@ -47,6 +47,28 @@ pub fn build_wasm(workspace: &Path, args: &[&str]) -> PathBuf {
     target_dir.join("wasm32-wasip2/release")
 }
 
+/// A file's text, or a folder as `[name=content,...]` (sorted, recursively): what a fake
+/// executor makes of its inputs, so that an output shows what the step read.
+pub fn read_tree_text(path: &Path) -> String {
+    if path.is_dir() {
+        let mut entries: Vec<String> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                format!(
+                    "{}={}",
+                    e.file_name().to_string_lossy(),
+                    read_tree_text(&e.path())
+                )
+            })
+            .collect();
+        entries.sort();
+        format!("[{}]", entries.join(","))
+    } else {
+        std::fs::read_to_string(path).unwrap()
+    }
+}
+
 /// The image the podman tests run, built by `scripts/setup-containers.sh`.
 pub const PODMAN_IMAGE: &str = "localhost/kiln-busybox:test";
 
