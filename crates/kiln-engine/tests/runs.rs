@@ -56,14 +56,18 @@ steps:
     outputs: [best]
 ";
 
-/// The run's input, pinned into `store` as `kiln run` pins it; the workspace file is written
+/// The run's input with its workspace file pinned into `store` (as `kiln run` pins it); the workspace file is written
 /// once, before any run reads it.
 async fn input_in(dir: &Path, store: Arc<dyn BlobStore>) -> RunInput {
     let mut input = input(dir);
-    let state = StateDir::new(dir.join(".kiln"));
-    let mut resolver = kiln_build::LocalResolver::new(&state, dir, &input.plan, store);
-    let pinned = kiln_build::pin(&input.plan, &mut resolver).await.unwrap();
-    input.workspace = pinned.workspace;
+    for step in &input.plan.steps {
+        for source in step.inputs.values() {
+            if let kiln_plan::InputSource::Workspace { path } = source {
+                let digest = store.put_file(&dir.join(path)).await.unwrap();
+                input.workspace.insert(path.clone(), digest);
+            }
+        }
+    }
     input
 }
 
