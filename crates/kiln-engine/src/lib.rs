@@ -3,11 +3,14 @@
 //! backoff, per-step timeouts, failure propagation, cancellation, and an append-only run
 //! record written as the run goes.
 //!
-//! The engine calls [`Executor`]s through a trait and never names a backend: wasmtime,
-//! processes, container engines and Kubernetes live in other crates. It owns the state folder
-//! (store, cache index, records, scratch), materialises every input before a step runs and
-//! publishes outputs to the store only after the step succeeded, so a failed or cancelled
-//! step leaves nothing half-written behind.
+//! It is given a pinned plan (every component and workspace input already a digest: see
+//! `kiln-build`) and hands each attempt to an [`Executor`] as a [`StepTask`], by digest; the
+//! executor stages it where it runs ([`staging`]: inputs materialised, outputs published only
+//! after the step succeeded, so a failed or cancelled step leaves nothing half-written) and
+//! reports output digests. It holds a dyn [`kiln_cas::BlobStore`] and a dyn
+//! [`MetadataStore`], starts any number of runs at once ([`Engine::start`]), and never names
+//! a backend, a file format or a shell: wasmtime, processes, container engines and
+//! Kubernetes live in other crates.
 
 mod cache;
 mod engine;
