@@ -386,7 +386,7 @@ pub fn command_line(
     }
     for (name, value) in [
         ("KILN_RUN_ID", task.run_id.clone()),
-        ("KILN_STEP", task.step.id.clone()),
+        ("KILN_STEP", task.step.id.to_string()),
         ("KILN_ATTEMPT", task.attempt.to_string()),
     ] {
         argv.extend(["--env".into(), format!("{name}={value}")]);

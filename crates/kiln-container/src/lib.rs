@@ -95,7 +95,7 @@ pub(crate) fn container_plan(
     match &step.kind {
         kiln_plan::StepKind::Container(plan) => Ok(plan),
         kiln_plan::StepKind::Wasm { .. } => Err(ContainerError::NotAContainerStep {
-            step: step.id.clone(),
+            step: step.id.to_string(),
         }),
     }
 }

@@ -165,7 +165,7 @@ impl Executor for ProcessExecutor {
         }
         command
             .env("KILN_RUN_ID", &task.run_id)
-            .env("KILN_STEP", &task.step.id)
+            .env("KILN_STEP", task.step.id.as_str())
             .env("KILN_ATTEMPT", task.attempt.to_string());
 
         let program = &argv[0];

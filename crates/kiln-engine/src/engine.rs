@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_cas::{BlobStore, Digest, EntryKind, EntryName, ObjectKind, Tree, TreeEntry};
-use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
+use kiln_plan::{InputSource, Plan, PlannedStep, StepId, StepKind};
 use kiln_spec::Value;
 use tokio::sync::{broadcast, mpsc::UnboundedSender};
 use tokio::task::JoinSet;
@@ -93,21 +93,21 @@ pub enum Event {
     /// A wasm component is being built from source.
     Building {
         /// The step.
-        step: String,
+        step: StepId,
         /// The command.
         command: String,
     },
     /// An attempt started.
     StepStarted {
         /// Planned step id.
-        id: String,
+        id: StepId,
         /// Attempt, from 1.
         attempt: u32,
     },
     /// An attempt failed and will be retried.
     StepRetrying {
         /// Planned step id.
-        id: String,
+        id: StepId,
         /// The attempt that failed.
         attempt: u32,
         /// The wait before the next.
@@ -203,22 +203,22 @@ pub enum SkipReason {
     /// A step it depends on failed.
     UpstreamFailed {
         /// That step's id.
-        step: String,
+        step: StepId,
     },
     /// A step it depends on was cancelled.
     UpstreamCancelled {
         /// That step's id.
-        step: String,
+        step: StepId,
     },
     /// A step it depends on was skipped because of its own upstream.
     UpstreamSkipped {
         /// That step's id.
-        step: String,
+        step: StepId,
     },
     /// A step it depends on was skipped by its condition.
     UpstreamConditionFalse {
         /// That step's id.
-        step: String,
+        step: StepId,
     },
     /// `--fail-fast` stopped the run before it started.
     FailFast,
@@ -296,7 +296,7 @@ impl StepStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepSummary {
     /// Planned step id.
-    pub id: String,
+    pub id: StepId,
     /// How it ended.
     pub status: StepStatus,
     /// Attempts started.
@@ -353,7 +353,7 @@ struct Shared {
     event_run_id: Arc<str>,
     events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
-    outputs: Mutex<HashMap<String, BTreeMap<String, Digest>>>,
+    outputs: Mutex<HashMap<StepId, BTreeMap<String, Digest>>>,
     /// Digests of workspace inputs, pinned before the run.
     workspace: BTreeMap<String, Digest>,
 }
@@ -830,7 +830,7 @@ async fn schedule(
 
 fn skipped(id: &str, reason: SkipReason) -> StepSummary {
     StepSummary {
-        id: id.to_owned(),
+        id: StepId::from(id),
         status: StepStatus::Skipped { reason },
         attempts: 0,
         duration: Duration::ZERO,
@@ -1296,7 +1296,7 @@ async fn evaluate_condition(
     step: &PlannedStep,
     when: &str,
 ) -> Result<bool, String> {
-    let produced: HashMap<String, BTreeMap<String, Digest>> = {
+    let produced: HashMap<StepId, BTreeMap<String, Digest>> = {
         let outputs = shared.outputs.lock().expect("outputs lock");
         step.depends_on
             .iter()
@@ -1311,7 +1311,7 @@ async fn evaluate_condition(
 pub(crate) async fn condition_holds(
     plan: &Plan,
     store: &dyn BlobStore,
-    produced: &HashMap<String, BTreeMap<String, Digest>>,
+    produced: &HashMap<StepId, BTreeMap<String, Digest>>,
     step: &PlannedStep,
     when: &str,
 ) -> Result<bool, String> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_cas::{BlobStore, Digest, EntryKind, ObjectKind};
-use kiln_plan::{InputSource, Plan, PlannedStep, StepKind};
+use kiln_plan::{InputSource, Plan, PlannedStep, StepId, StepKind};
 use serde::Serialize;
 
 use crate::cache::{DETERMINISM_VERSION, KeyParts};
@@ -159,7 +159,7 @@ pub struct MetricReplay {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReplay {
     /// Planned step id.
-    pub step: String,
+    pub step: StepId,
     /// The executor that ran it (`wasm`, `process`...), or that recorded it.
     pub executor: String,
     /// How it came out.
@@ -192,7 +192,7 @@ pub struct StepReplay {
 impl StepReplay {
     fn new(step: &str, executor: &str, verdict: Verdict) -> Self {
         Self {
-            step: step.to_owned(),
+            step: StepId::from(step),
             executor: executor.to_owned(),
             verdict,
             code: None,
@@ -245,7 +245,7 @@ pub enum ReplayProgress {
     /// A step is about to run again.
     Started {
         /// Planned step id.
-        step: String,
+        step: StepId,
     },
     /// A step has its verdict.
     Finished(StepReplay),
@@ -410,9 +410,9 @@ struct Ctx<'a> {
     /// record says they read.
     propagate: bool,
     /// Outputs downstream steps read, by step id.
-    current: HashMap<String, BTreeMap<String, Digest>>,
+    current: HashMap<StepId, BTreeMap<String, Digest>>,
     /// Steps that produced nothing usable in the replay, and why.
-    failed_upstream: HashMap<String, String>,
+    failed_upstream: HashMap<StepId, String>,
     replay_id: String,
     components: PathBuf,
     logs: PathBuf,
@@ -529,7 +529,7 @@ impl Ctx<'_> {
 
         let replacement = self
             .replaced
-            .get(&planned.id)
+            .get(planned.id.as_str())
             .or_else(|| self.replaced.get(&planned.step))
             .cloned();
         let mut result = StepReplay::new(&planned.id, &rec.executor, Verdict::Identical);

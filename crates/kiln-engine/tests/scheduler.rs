@@ -65,10 +65,10 @@ impl Executor for Fake {
             .unwrap_or_default();
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.started.lock().unwrap().push(task.step.id.clone());
+        self.started.lock().unwrap().push(task.step.id.to_string());
         let attempt = {
             let mut attempts = self.attempts.lock().unwrap();
-            let a = attempts.entry(task.step.id.clone()).or_default();
+            let a = attempts.entry(task.step.id.to_string()).or_default();
             *a += 1;
             *a
         };
@@ -80,7 +80,7 @@ impl Executor for Fake {
         self.inputs_seen
             .lock()
             .unwrap()
-            .insert(task.step.id.clone(), seen.clone());
+            .insert(task.step.id.to_string(), seen.clone());
         // Write outputs first, so a cancelled step leaves half-done work in its scratch folder.
         for (name, path) in &task.outputs {
             let content = b.content.clone().unwrap_or_else(|| {

@@ -12,7 +12,7 @@ use crate::graph::StepGraph;
 use crate::when;
 use crate::{
     CacheKeyMaterial, Compiled, ComponentSource, ContainerKey, ContainerPlan, FanOutInstance,
-    InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepKind,
+    InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepId, StepKind,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -994,14 +994,16 @@ impl<'a> Checker<'a> {
 
     fn expand(&self, params: BTreeMap<String, Value>) -> Plan {
         let order = self.graph.topological_order();
-        let ids: Vec<Vec<String>> = self
+        let ids: Vec<Vec<StepId>> = self
             .pipeline
             .steps
             .keys()
             .enumerate()
             .map(|(i, name)| match &self.fan_out[i] {
-                Some(items) => (0..items.len()).map(|k| format!("{name}[{k}]")).collect(),
-                None => vec![name.to_string()],
+                Some(items) => (0..items.len())
+                    .map(|k| StepId::instance(name.as_str(), k))
+                    .collect(),
+                None => vec![StepId::new(name.as_str())],
             })
             .collect();
         let mut steps = Vec::with_capacity(ids.iter().map(Vec::len).sum());
@@ -1046,16 +1048,16 @@ impl<'a> Checker<'a> {
         name: &str,
         step: &Step,
         instance: Option<(usize, Value)>,
-        ids: &[Vec<String>],
+        ids: &[Vec<StepId>],
         params: &BTreeMap<String, Value>,
     ) -> PlannedStep {
         let item = instance.as_ref().map(|(_, v)| v);
         let id = match &instance {
-            Some((k, _)) => format!("{name}[{k}]"),
-            None => name.to_owned(),
+            Some((k, _)) => StepId::instance(name, *k),
+            None => StepId::new(name),
         };
         let mut depends_on = BTreeSet::new();
-        let source_of = |j: usize, output: &str, depends_on: &mut BTreeSet<String>| {
+        let source_of = |j: usize, output: &str, depends_on: &mut BTreeSet<StepId>| {
             let producer = self.pipeline.steps.get_index(j).expect("checked").0;
             if self.fan_out[j].is_none() {
                 depends_on.insert(ids[j][0].clone());

@@ -15,6 +15,7 @@ pub mod when;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use kiln_spec::StepId;
 use kiln_spec::{Diagnostic, SourceFile, Value};
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +66,7 @@ impl Plan {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
     /// Unique id: the step's name, or `name[i]` for fan-out instance `i`.
-    pub id: String,
+    pub id: StepId,
     /// The step's name as written.
     pub step: String,
     /// Which fan-out instance this is.
@@ -80,7 +81,7 @@ pub struct PlannedStep {
     /// Params for the step after templating (`{{params.*}}` and `{{item}}` replaced).
     pub params: BTreeMap<String, Value>,
     /// Ids of the planned steps that must finish first.
-    pub depends_on: Vec<String>,
+    pub depends_on: Vec<StepId>,
     /// A CEL condition checked when the step is ready; the step is skipped when false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
@@ -186,7 +187,7 @@ pub enum InputSource {
     /// One output of one planned step.
     Step {
         /// Producing planned step id.
-        step: String,
+        step: StepId,
         /// Output name.
         output: String,
     },
@@ -198,7 +199,7 @@ pub enum InputSource {
         /// Output name.
         output: String,
         /// The instances, in index order.
-        instances: Vec<String>,
+        instances: Vec<StepId>,
     },
     /// A file or folder in the workspace, relative to the pipeline file.
     Workspace {

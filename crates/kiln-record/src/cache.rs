@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_cas::Digest;
+use kiln_spec::StepId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecordError;
@@ -18,7 +19,7 @@ pub struct CacheEntry {
     /// The run that produced them.
     pub run_id: String,
     /// The step that produced them (for people; not part of the key).
-    pub step: String,
+    pub step: StepId,
     /// The metrics the step reported with them, given again on a hit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,

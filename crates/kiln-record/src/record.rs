@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use kiln_cas::Digest;
+pub use kiln_spec::StepId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecordError;
@@ -41,7 +42,7 @@ pub enum RecordEvent {
     /// An attempt of a step began.
     StepStarted {
         /// Planned step id.
-        step: String,
+        step: StepId,
         /// Attempt, from 1.
         attempt: u32,
         /// Unix time in milliseconds.
@@ -52,7 +53,7 @@ pub enum RecordEvent {
     /// A step did not run.
     StepSkipped {
         /// Planned step id.
-        step: String,
+        step: StepId,
         /// Why.
         reason: String,
     },
@@ -71,7 +72,7 @@ pub enum RecordEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Planned step id.
-    pub step: String,
+    pub step: StepId,
     /// Attempt, from 1 (0 for a cache hit).
     pub attempt: u32,
     /// `succeeded`, `cached` or `failed`.

@@ -12,6 +12,7 @@ mod located;
 mod names;
 mod pipeline;
 mod quantity;
+mod step_id;
 pub mod suggest;
 pub mod template;
 mod value;
@@ -27,6 +28,7 @@ pub use pipeline::{
     Pipeline, Resources, Step, WasmLimits, WasmRef,
 };
 pub use quantity::{Cpu, HumanDuration, Memory};
+pub use step_id::StepId;
 pub use value::{PARAM_TYPES, ParamType, ScalarType, Value};
 
 use serde_saphyr::{Budget, DuplicateKeyPolicy};

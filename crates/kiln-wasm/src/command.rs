@@ -45,7 +45,7 @@ impl GuestLayout {
         let mut outputs = Vec::with_capacity(task.outputs.len());
         for (name, path) in &task.inputs {
             let guest = guest_path(&in_dir, GUEST_IN, path).ok_or_else(|| WasmError::Layout {
-                step: task.step.id.clone(),
+                step: task.step.id.to_string(),
                 what: format!("input `{name}`"),
                 path: path.clone(),
                 dir: in_dir.clone(),
@@ -56,7 +56,7 @@ impl GuestLayout {
         }
         for (name, path) in &task.outputs {
             let guest = guest_path(&out_dir, GUEST_OUT, path).ok_or_else(|| WasmError::Layout {
-                step: task.step.id.clone(),
+                step: task.step.id.to_string(),
                 what: format!("output `{name}`"),
                 path: path.clone(),
                 dir: out_dir.clone(),
@@ -69,7 +69,7 @@ impl GuestLayout {
         Ok(Self {
             in_dir,
             out_dir,
-            step: task.step.id.clone(),
+            step: task.step.id.to_string(),
             inputs,
             outputs,
             params: task.step.params.clone(),

@@ -35,13 +35,13 @@ impl WasmExecutor {
         } = &task.step.kind
         else {
             return Err(WasmError::NotWasm {
-                step: task.step.id.clone(),
+                step: task.step.id.to_string(),
             });
         };
         // A replay gives the limits and clock starts the recorded attempt ran with.
         let recorded =
             WasmFacts::from_details(&task.recorded).map_err(|message| WasmError::Recorded {
-                step: task.step.id.clone(),
+                step: task.step.id.to_string(),
                 message,
             })?;
         let clock_start = recorded.as_ref().map(|facts| ClockStart {
@@ -107,7 +107,7 @@ impl Executor for WasmExecutor {
             .component
             .as_deref()
             .ok_or_else(|| WasmError::NoComponent {
-                step: task.step.id.clone(),
+                step: task.step.id.to_string(),
             })?;
         let component = self.runtime.load(path).await?;
         tracing::debug!(step = %task.step.id, component = %component.digest(), "wasm step started");

@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut resolver = kiln_build::LocalResolver::new(&state, &base_dir, &input.plan, store);
         resolver.on_build(move |step, command| {
             let _ = building.send(Event::Building {
-                step: step.to_owned(),
+                step: step.into(),
                 command: command.to_owned(),
             });
         });
@@ -195,8 +195,8 @@ async fn report(
     let mut total = 0;
     let mut done = 0;
     let mut run_id = String::new();
-    let mut running: BTreeSet<String> = BTreeSet::new();
-    let mut tails: BTreeMap<String, u64> = BTreeMap::new();
+    let mut running: BTreeSet<kiln_plan::StepId> = BTreeSet::new();
+    let mut tails: BTreeMap<kiln_plan::StepId, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     let say = |bar: &Option<ProgressBar>, line: String| match bar {
         Some(bar) => bar.println(line),
@@ -351,7 +351,7 @@ fn print_summary(summary: &RunSummary, state: &kiln_engine::StateDir, state_args
         .iter()
         .map(|s| {
             vec![
-                s.id.clone(),
+                s.id.to_string(),
                 s.status.word().to_owned(),
                 human_duration(s.duration),
                 if s.status == StepStatus::Cached {

@@ -42,7 +42,7 @@ pub fn wasm_step(id: &str) -> PlannedStep {
 
 fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
     PlannedStep {
-        id: id.to_owned(),
+        id: id.into(),
         step: id.split('[').next().unwrap_or(id).to_owned(),
         instance: None,
         kind,
