@@ -110,10 +110,21 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
     /// Writes a blob or a tree to `dest` (which must not exist) as read-only, verified copies.
     async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind>;
+
+    /// The store as a folder on this machine, when it is one: code that streams many large
+    /// blobs (a bundle being written or read) reads and writes its files directly instead of
+    /// holding each blob in memory. `None` by default.
+    fn local(&self) -> Option<&LocalStore> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
 impl BlobStore for LocalStore {
+    fn local(&self) -> Option<&LocalStore> {
+        Some(self)
+    }
+
     // A `stat` or two of a local file, in place: it costs less than the trip to the blocking
     // pool, and a cached run asks once per output of every step. Reads, writes and hashing
     // go to the pool.

@@ -25,7 +25,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_cas::{CasError, Digest, LocalStore, ObjectKind, Tree};
+use kiln_cas::{BlobStore, CasError, Digest, ObjectKind, Tree};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{RecordEvent, RunView};
@@ -258,12 +258,18 @@ fn store_error(e: CasError) -> BundleError {
     }
 }
 
-/// Writes run `run_id` of `state` to a bundle at `dest`, compressed at zstd `level`.
+/// Writes run `run_id` of `state` to a bundle at `dest`, compressed at zstd `level`, with
+/// the run's objects read from `store` (the state folder's own, or any other holding them).
 ///
 /// The bundle is assembled in a temporary file beside `dest` and renamed over it only when
 /// complete: on error nothing is left at `dest`, and a file already there is untouched.
+///
+/// Blocking: call it from a plain thread or tokio's blocking pool, not from async code. A
+/// local store's blobs are streamed from their files; any other store's are read one at a
+/// time as they are packed.
 pub fn export_run(
     state: &StateDir,
+    store: &dyn BlobStore,
     run_id: &str,
     dest: &Path,
     level: i32,
@@ -292,8 +298,10 @@ pub fn export_run(
         return Err(record_error("has no `run_started` event".into()));
     };
 
+    let waiter = Waiter::new().map_err(BundleError::io("start a runtime for", dest))?;
     let mut packer = Packer {
-        store: state.store(),
+        store,
+        waiter: &waiter,
         components: state.components_dir(),
         run: run_id,
         objects: BTreeMap::new(),
@@ -362,14 +370,7 @@ pub fn export_run(
     let temp = tempfile::NamedTempFile::new_in(folder)
         .map_err(BundleError::io("create a temporary file in", folder))?;
     let files = [(MANIFEST, &manifest_json), (RECORD, &record), (PLAN, &plan)];
-    let object_bytes = pack(
-        temp.as_file(),
-        dest,
-        level,
-        files,
-        &packer.objects,
-        progress,
-    )?;
+    let object_bytes = pack(temp.as_file(), dest, level, files, &packer, progress)?;
     let bundle_bytes = temp
         .as_file()
         .metadata()
@@ -400,9 +401,10 @@ fn pack(
     dest: &Path,
     level: i32,
     files: [(&str, &Vec<u8>); 3],
-    objects: &BTreeMap<Digest, Packed>,
+    packer: &Packer<'_>,
     progress: &mut dyn FnMut(ExportProgress),
 ) -> Result<u64, BundleError> {
+    let objects = &packer.objects;
     let write = |e| BundleError::io("write", dest)(e);
     let mut encoder = zstd::Encoder::new(out, level).map_err(write)?;
     encoder.include_checksum(true).map_err(write)?;
@@ -419,6 +421,21 @@ fn pack(
             Source::Tree(bytes) => tar
                 .append_data(&mut head, &name, bytes.as_slice())
                 .map_err(write)?,
+            Source::Store => {
+                let bytes = packer
+                    .waiter
+                    .wait(packer.store.read_verified(digest))
+                    .map_err(store_error)?;
+                if bytes.len() as u64 != object.size {
+                    return Err(write(io::Error::other(format!(
+                        "blob {digest} holds {} bytes, and the store said {} when it was listed",
+                        bytes.len(),
+                        object.size
+                    ))));
+                }
+                tar.append_data(&mut head, &name, &bytes[..])
+                    .map_err(write)?
+            }
             Source::File(path) => {
                 let file = File::open(path).map_err(BundleError::io("open", path))?;
                 // Verified while copied: the digest matching also proves the entry holds
@@ -460,10 +477,18 @@ pub fn read_manifest(bundle: &Path) -> Result<BundleManifest, BundleError> {
 /// Imports a bundle into the state folder `into`: every object into its store, verified by
 /// digest, then the run's record and plan. Returns the bundle's manifest.
 ///
+/// Objects go into `store` (`into`'s own, or any other the replay reads from). Blocking, like
+/// [`export_run`]: a local store takes each blob streamed from the bundle, any other store
+/// each blob read into memory first.
+///
 /// `into` should be a fresh folder: objects are stored as they arrive, so a bundle found
 /// bad halfway leaves some behind (the run's files are written only once all checked out).
-pub fn import_bundle(bundle: &Path, into: &StateDir) -> Result<BundleManifest, BundleError> {
-    let store = into.store();
+pub fn import_bundle(
+    bundle: &Path,
+    into: &StateDir,
+    store: &dyn BlobStore,
+) -> Result<BundleManifest, BundleError> {
+    let waiter = Waiter::new().map_err(BundleError::io("start a runtime for", bundle))?;
     let mut archive = tar::Archive::new(open_stream(bundle)?);
     let mut entries = archive
         .entries()
@@ -542,18 +567,26 @@ pub fn import_bundle(bundle: &Path, into: &StateDir) -> Result<BundleManifest, B
         }
         let stage = Stage::Entry(&name);
         let actual = match object.kind {
-            ObjectKind::Blob => {
-                let mut tap = Tap::new(&mut entry);
-                let stored = store.put_reader(&mut tap);
-                if let Some(e) = tap.error.take() {
-                    return Err(stream_error(bundle, e, stage));
+            ObjectKind::Blob => match store.local() {
+                Some(local) => {
+                    let mut tap = Tap::new(&mut entry);
+                    let stored = local.put_reader(&mut tap);
+                    if let Some(e) = tap.error.take() {
+                        return Err(stream_error(bundle, e, stage));
+                    }
+                    let stored = stored.map_err(store_error)?;
+                    if tap.count != size {
+                        return Err(ended_early(bundle, stage));
+                    }
+                    stored
                 }
-                let stored = stored.map_err(store_error)?;
-                if tap.count != size {
-                    return Err(ended_early(bundle, stage));
+                None => {
+                    let bytes = read_entry(bundle, &mut entry, size, stage)?;
+                    waiter
+                        .wait(store.put_bytes(bytes.into()))
+                        .map_err(store_error)?
                 }
-                stored
-            }
+            },
             ObjectKind::Tree => {
                 let bytes = read_entry(bundle, &mut entry, size, stage)?;
                 let tree = Tree::decode(&bytes).map_err(|e| {
@@ -565,7 +598,9 @@ pub fn import_bundle(bundle: &Path, into: &StateDir) -> Result<BundleManifest, B
                         format!("object {digest} hashes to {}", tree.digest()),
                     ));
                 }
-                store.put_manifest(&tree).map_err(store_error)?
+                waiter
+                    .wait(store.put_manifest(&tree))
+                    .map_err(store_error)?
             }
         };
         if actual != digest {
@@ -631,10 +666,33 @@ fn parse_recorded(text: &str, at: &StepAt<'_>, what: &str) -> Result<Digest, Str
         .map_err(|e| format!("names a bad digest for step `{}` {what}: {e}", at.step))
 }
 
+/// Waits for the async store from the blocking code that writes and reads bundles: on the
+/// runtime the caller is in (from its blocking pool), or on a small one of its own.
+struct Waiter(Option<tokio::runtime::Runtime>);
+
+impl Waiter {
+    fn new() -> io::Result<Self> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Ok(Self(None));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn wait<F: std::future::Future>(&self, work: F) -> F::Output {
+        match &self.0 {
+            Some(runtime) => runtime.block_on(work),
+            None => tokio::runtime::Handle::current().block_on(work),
+        }
+    }
+}
+
 /// Where an object's bytes come from when it is packed.
 enum Source {
-    /// A blob in the store, or a component file.
+    /// A blob in a local store, or a component file.
     File(PathBuf),
+    /// A blob in a store that is not a local folder, read when it is packed.
+    Store,
     /// A tree's encoded manifest.
     Tree(Vec<u8>),
 }
@@ -647,7 +705,8 @@ struct Packed {
 
 /// Gathers the objects of a run, each once, with its trees' contents.
 struct Packer<'a> {
-    store: LocalStore,
+    store: &'a dyn BlobStore,
+    waiter: &'a Waiter,
     components: PathBuf,
     run: &'a str,
     objects: BTreeMap<Digest, Packed>,
@@ -665,17 +724,32 @@ impl Packer<'_> {
         if self.objects.contains_key(&digest) {
             return Ok(());
         }
-        let packed = match self.store.kind(&digest).map_err(store_error)? {
-            Some(ObjectKind::Blob) => {
-                let path = self.store.blob_path(&digest);
-                Packed {
-                    kind: ObjectKind::Blob,
-                    size: file_size(&path)?,
-                    source: Source::File(path),
+        let kind = self.waiter.wait(self.store.kind(&digest));
+        let packed = match kind.map_err(store_error)? {
+            Some(ObjectKind::Blob) => match self.store.local() {
+                Some(local) => {
+                    let path = local.blob_path(&digest);
+                    Packed {
+                        kind: ObjectKind::Blob,
+                        size: file_size(&path)?,
+                        source: Source::File(path),
+                    }
                 }
-            }
+                None => {
+                    let size = self.waiter.wait(self.store.blob_size(&digest));
+                    let Some(size) = size.map_err(store_error)? else {
+                        return Err(self.missing(digest, at, what, "went missing".into()));
+                    };
+                    Packed {
+                        kind: ObjectKind::Blob,
+                        size,
+                        source: Source::Store,
+                    }
+                }
+            },
             Some(ObjectKind::Tree) => {
-                let tree = self.store.get_tree(&digest).map_err(store_error)?;
+                let tree = self.waiter.wait(self.store.get_tree(&digest));
+                let tree = tree.map_err(store_error)?;
                 let bytes = tree.encode();
                 self.objects.insert(
                     digest,
@@ -1203,7 +1277,7 @@ mod tests {
     }
 
     fn export(f: &Fixture, dest: &Path) -> Result<ExportSummary, BundleError> {
-        export_run(&f.state, RUN, dest, 3, &mut |_| {})
+        export_run(&f.state, &f.state.store(), RUN, dest, 3, &mut |_| {})
     }
 
     /// An entry of a bundle written by hand: its name and bytes.
@@ -1249,7 +1323,7 @@ mod tests {
     fn import_err(bundle: &Path) -> BundleError {
         let dir = tempfile::tempdir().unwrap();
         let into = StateDir::new(dir.path());
-        let err = import_bundle(bundle, &into).unwrap_err();
+        let err = import_bundle(bundle, &into, &into.store()).unwrap_err();
         assert!(
             !into.record_path(RUN).exists(),
             "a failed import wrote the run"
@@ -1263,7 +1337,10 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("run.kiln");
         let mut seen = Vec::new();
-        let summary = export_run(&f.state, RUN, &dest, 3, &mut |p| seen.push(p)).unwrap();
+        let summary = export_run(&f.state, &f.state.store(), RUN, &dest, 3, &mut |p| {
+            seen.push(p)
+        })
+        .unwrap();
         assert_eq!(summary.objects, f.objects.len());
         assert_eq!(summary.bundle_bytes, fs::metadata(&dest).unwrap().len());
         assert_eq!(seen.len(), f.objects.len());
@@ -1282,7 +1359,10 @@ mod tests {
 
         let target = tempfile::tempdir().unwrap();
         let into = StateDir::new(target.path().join("state"));
-        assert_eq!(import_bundle(&dest, &into).unwrap(), manifest);
+        assert_eq!(
+            import_bundle(&dest, &into, &into.store()).unwrap(),
+            manifest
+        );
         let (from, to) = (f.state.store(), into.store());
         for digest in &f.objects {
             match to.kind(digest).unwrap() {
@@ -1314,6 +1394,116 @@ mod tests {
         }
         // The caller decides where components go; the import does not.
         assert!(!into.components_dir().exists());
+    }
+
+    /// Copies `digest` (a tree with everything in it) from a local store to any store.
+    async fn copy_object(from: &kiln_cas::LocalStore, to: &dyn BlobStore, digest: Digest) {
+        match from.kind(&digest).unwrap() {
+            Some(ObjectKind::Blob) => {
+                let bytes = from.read_verified(&digest).unwrap();
+                assert_eq!(to.put_bytes(bytes.into()).await.unwrap(), digest);
+            }
+            Some(ObjectKind::Tree) => {
+                let tree = from.get_tree(&digest).unwrap();
+                for entry in tree.entries() {
+                    Box::pin(copy_object(from, to, entry.digest)).await;
+                }
+                assert_eq!(to.put_manifest(&tree).await.unwrap(), digest);
+            }
+            None => {} // the loose component, in the components folder only
+        }
+    }
+
+    /// Gives the owner write permission on `dir` and every folder in it, so it can be removed.
+    fn make_writable(dir: &Path) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                make_writable(&path);
+            }
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_run_in_an_object_store_exports_and_imports_like_a_local_one() {
+        let f = fixture();
+        let bucket =
+            kiln_cas::BucketStore::new(std::sync::Arc::new(object_store::memory::InMemory::new()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = f.state.store();
+        runtime.block_on(async {
+            for digest in &f.objects {
+                copy_object(&local, &bucket, *digest).await;
+            }
+        });
+        // What every object holds, read before the local store goes away.
+        enum Held {
+            Blob(Vec<u8>),
+            Tree(Tree),
+        }
+        let held: BTreeMap<Digest, Held> = f
+            .objects
+            .iter()
+            .map(|digest| {
+                let held = match local.kind(digest).unwrap() {
+                    Some(ObjectKind::Tree) => Held::Tree(local.get_tree(digest).unwrap()),
+                    Some(ObjectKind::Blob) => Held::Blob(local.read_verified(digest).unwrap()),
+                    None => Held::Blob(
+                        fs::read(
+                            f.state
+                                .components_dir()
+                                .join(format!("{}.wasm", digest.to_hex())),
+                        )
+                        .unwrap(),
+                    ),
+                };
+                (*digest, held)
+            })
+            .collect();
+        let out = tempfile::tempdir().unwrap();
+        let (from_local, from_bucket) = (out.path().join("a.kiln"), out.path().join("b.kiln"));
+        export(&f, &from_local).unwrap();
+        // The bucket export cannot fall back on the local store: it is gone.
+        make_writable(local.root());
+        fs::remove_dir_all(local.root()).unwrap();
+        // Called from the blocking pool of a runtime, as a server would.
+        let summary = runtime
+            .block_on(async {
+                let (state, bucket, dest) = (f.state.clone(), bucket.clone(), from_bucket.clone());
+                tokio::task::spawn_blocking(move || {
+                    export_run(&state, &bucket, RUN, &dest, 3, &mut |_| {})
+                })
+                .await
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.objects, f.objects.len());
+        assert_eq!(
+            fs::read(&from_bucket).unwrap(),
+            fs::read(&from_local).unwrap()
+        );
+
+        // And back into another object store, from a plain thread.
+        let target = tempfile::tempdir().unwrap();
+        let into = StateDir::new(target.path().join("state"));
+        let other =
+            kiln_cas::BucketStore::new(std::sync::Arc::new(object_store::memory::InMemory::new()));
+        import_bundle(&from_bucket, &into, &other).unwrap();
+        runtime.block_on(async {
+            for (digest, held) in &held {
+                match held {
+                    Held::Tree(tree) => assert_eq!(&other.get_tree(digest).await.unwrap(), tree),
+                    Held::Blob(bytes) => {
+                        assert_eq!(&other.read_verified(digest).await.unwrap()[..], &bytes[..])
+                    }
+                }
+            }
+        });
+        // The local store of the state folder got nothing: the objects went where asked.
+        assert_eq!(into.store().kind(&f.shared).unwrap(), None);
     }
 
     #[test]
@@ -1504,7 +1694,8 @@ mod tests {
         let path = out.path().join("good.kiln");
         write_bundle(&path, &good);
         let dir = tempfile::tempdir().unwrap();
-        import_bundle(&path, &StateDir::new(dir.path())).unwrap();
+        let state = StateDir::new(dir.path());
+        import_bundle(&path, &state, &state.store()).unwrap();
 
         let mut traversal = manifest_for(record, plan, &[blob]);
         traversal["run_id"] = json!("../escape");

@@ -50,8 +50,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_message(format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0)));
         }
     };
-    let result =
-        kiln_record::bundle::export_run(&state, &run_id, &args.output, args.level, &mut progress);
+    let result = kiln_record::bundle::export_run(
+        &state,
+        &state.store(),
+        &run_id,
+        &args.output,
+        args.level,
+        &mut progress,
+    );
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -74,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(bundle) => {
             // Read and check the whole bundle before anything is written outside `temp`.
             let state = StateDir::new(temp.path().join("state"));
-            let manifest = match kiln_record::bundle::import_bundle(&bundle, &state) {
+            let manifest = match kiln_record::bundle::import_bundle(&bundle, &state, &state.store())
+            {
                 Ok(manifest) => manifest,
                 Err(e) => {
                     eprintln!("error[{}]: {e}", e.code());
@@ -246,7 +247,7 @@ fn print_report(report: &ReplayReport, allow_change: &[String], kept: bool) {
                 _ => String::new(),
             };
             vec![
-                s.step.clone(),
+                s.step.to_string(),
                 s.verdict.word().to_owned(),
                 if s.log.is_none() {
                     "-".to_owned()
