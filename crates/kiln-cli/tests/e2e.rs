@@ -160,6 +160,22 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
                 return Err(format!("step `{step}` message {message:?} lacks {text}"));
             }
         }
+    } else if let Some(want) = obj.get("metrics").and_then(Value::as_object) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        for (step, metrics) in want {
+            let got = step_of(json, step).map(|s| s["metrics"].clone());
+            if got.as_ref() != Some(metrics) {
+                return Err(format!("step `{step}` has metrics {got:?}, expected {metrics}"));
+            }
+        }
+    } else if let Some(want) = obj.get("labels").and_then(Value::as_object) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        for (step, label) in want {
+            let got = step_of(json, step).map(|s| s["label"].clone());
+            if got.as_ref() != Some(label) {
+                return Err(format!("step `{step}` is labelled {got:?}, expected {label}"));
+            }
+        }
     } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {
         let json = last.as_ref().ok_or("no run yet")?;
         let (step, output, want) = (

@@ -251,6 +251,8 @@ mod tests {
             params: BTreeMap::new(),
             inputs: vec![],
             outputs: vec!["out".into()],
+            output_files: BTreeMap::new(),
+            metrics: None,
         };
         let pins = |backend: &str, id: Option<&str>| {
             let mut pins = BTreeMap::from([("backend".to_owned(), backend.to_owned())]);

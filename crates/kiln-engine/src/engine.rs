@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub retry_base: Duration,
     /// The longest wait between retries.
     pub retry_max: Duration,
+    /// Keep each failed attempt's scratch folder (its inputs, what it wrote) in the state
+    /// folder's `kept/RUN/` instead of removing it, and say where in the failure.
+    pub keep_scratch: bool,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             use_cache: true,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            keep_scratch: false,
         }
     }
 }
@@ -525,6 +529,13 @@ impl Engine {
             pipeline_digest: Digest::of_bytes(input.pipeline_text.as_bytes()).to_string(),
             params_digest: Digest::of_bytes(canonical_json(&params_json).as_bytes()).to_string(),
             params: input.plan.params.clone(),
+            labels: input
+                .plan
+                .steps
+                .iter()
+                .filter(|s| s.label() != s.id.as_str())
+                .map(|s| (s.id.clone(), s.label().to_owned()))
+                .collect(),
             pipeline_file: input.pipeline_file.clone(),
             kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
             determinism_version: DETERMINISM_VERSION,
@@ -1010,6 +1021,10 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
                 scratch: shared.state.scratch_dir(&shared.run_id),
                 components: shared.state.components_dir(),
                 log: shared.state.log_path(&shared.run_id, &step.id),
+                keep_failed: shared
+                    .config
+                    .keep_scratch
+                    .then(|| shared.state.kept_dir(&shared.run_id)),
             },
         };
         let result = run_attempt(
@@ -1113,6 +1128,32 @@ pub(crate) struct AttemptPlace<'a> {
     pub(crate) area: StagingArea,
 }
 
+/// Reads a step's metrics output from the store: a file, small, a flat object of numbers.
+async fn read_metrics(
+    store: &dyn BlobStore,
+    name: &str,
+    digest: &Digest,
+) -> Result<BTreeMap<String, f64>, String> {
+    use crate::metrics::{MAX_METRICS_BYTES, parse_metrics};
+    let cannot = |e: kiln_cas::CasError| format!("cannot read metrics output `{name}`: {e}");
+    if store.kind(digest).await.map_err(cannot)? == Some(ObjectKind::Tree) {
+        return Err(format!(
+            "metrics output `{name}` is a folder: write one JSON file, such as {{\"accuracy\": 0.93}}"
+        ));
+    }
+    let size = store.blob_size(digest).await.map_err(cannot)?.unwrap_or(0);
+    if size > MAX_METRICS_BYTES {
+        return Err(format!(
+            "metrics output `{name}` is {size} bytes; the most is {MAX_METRICS_BYTES}: write a small JSON object of numbers"
+        ));
+    }
+    let bytes = store
+        .read_verified(digest)
+        .await
+        .map_err(cannot)?;
+    parse_metrics(name, &bytes)
+}
+
 /// One attempt: hand the task, by digest, to the executor (which stages, runs and
 /// publishes), within the step's timeout.
 #[allow(clippy::too_many_arguments)]
@@ -1168,6 +1209,32 @@ pub(crate) async fn run_attempt(
                     details,
                     retryable: false,
                 });
+            }
+            let mut metrics = metrics;
+            if let Some(name) = &step.metrics {
+                let read = read_metrics(place.area.store.as_ref(), name, &outputs[name]).await;
+                let conflict = |m: &BTreeMap<String, f64>| {
+                    m.keys().find(|k| metrics.contains_key(*k)).cloned()
+                };
+                match read {
+                    Ok(read) if conflict(&read).is_none() => metrics.extend(read),
+                    other => {
+                        let message = match other {
+                            Err(message) => message,
+                            Ok(read) => format!(
+                                "metric `{}` is both returned by the step and in its metrics output `{name}`",
+                                conflict(&read).unwrap_or_default()
+                            ),
+                        };
+                        return Err(AttemptFailure {
+                            kind: FailureKind::Metrics,
+                            message,
+                            exit_code: None,
+                            details,
+                            retryable: false,
+                        });
+                    }
+                }
             }
             Ok((outputs, metrics, details))
         }

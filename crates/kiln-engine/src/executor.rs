@@ -214,18 +214,48 @@ pub trait Executor: Send + Sync {
             Err(failure) => return Ok(failure),
         };
         let outcome = self.run_staged(staged.task()).await?;
-        Ok(match outcome {
+        let outcome = match outcome {
             ExecOutcome::Succeeded {
                 metrics, details, ..
             } => match publish(staged.task(), area.store.as_ref()).await {
-                Ok(outputs) => ExecOutcome::Succeeded {
-                    outputs,
-                    metrics,
-                    details,
-                },
+                Ok(outputs) => {
+                    return Ok(ExecOutcome::Succeeded {
+                        outputs,
+                        metrics,
+                        details,
+                    });
+                }
                 Err(failure) => failure.with_details(details),
             },
             failed => failed,
+        };
+        Ok(match (&area.keep_failed, outcome) {
+            (
+                Some(kept),
+                ExecOutcome::Failed {
+                    message,
+                    exit_code,
+                    kind,
+                    retryable,
+                    details,
+                },
+            ) => {
+                let message = match staged.keep(kept) {
+                    Ok(path) => format!(
+                        "{message}\nscratch folder kept at {} (inputs in in/, outputs in out/)",
+                        path.display()
+                    ),
+                    Err(e) => format!("{message}\n{e}"),
+                };
+                ExecOutcome::Failed {
+                    message,
+                    exit_code,
+                    kind,
+                    retryable,
+                    details,
+                }
+            }
+            (_, outcome) => outcome,
         })
     }
 

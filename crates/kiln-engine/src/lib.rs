@@ -15,6 +15,7 @@
 mod cache;
 mod engine;
 mod executor;
+pub mod metrics;
 mod replay;
 pub mod staging;
 

@@ -655,6 +655,7 @@ impl Ctx<'_> {
                 scratch: self.options.work_dir.join("scratch"),
                 components: self.components.clone(),
                 log: log.clone(),
+                keep_failed: None,
             },
         };
         let recorded_facts = if matches!(planned.kind, StepKind::Wasm { .. }) {

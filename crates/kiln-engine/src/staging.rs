@@ -30,6 +30,8 @@ pub struct StagingArea {
     pub components: PathBuf,
     /// The step's log file.
     pub log: PathBuf,
+    /// Where a failed attempt's scratch folder is moved instead of removed, if anywhere.
+    pub keep_failed: Option<PathBuf>,
 }
 
 /// A staged attempt; dropping it removes its scratch folder.
@@ -43,6 +45,26 @@ impl Staged {
     /// The task with its host paths.
     pub fn task(&self) -> &StagedTask {
         &self.task
+    }
+
+    /// Keeps the scratch folder of a failed attempt: moves it to `kept/<step>.<attempt>`
+    /// and returns where it now is.
+    pub fn keep(mut self, kept: &Path) -> Result<PathBuf, String> {
+        let from = std::mem::take(&mut self._scratch.0);
+        let name = from.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let to = kept.join(name);
+        let moved = std::fs::create_dir_all(kept)
+            .and_then(|()| {
+                if to.exists() {
+                    std::fs::remove_dir_all(&to)?;
+                }
+                std::fs::rename(&from, &to)
+            })
+            .map_err(|e| format!("cannot keep the scratch folder in {}: {e}", kept.display()));
+        if moved.is_err() {
+            remove_tree(&from);
+        }
+        moved.map(|()| to)
     }
 }
 
@@ -97,7 +119,7 @@ pub async fn stage(task: &StepTask, area: &StagingArea) -> Result<Staged, ExecOu
     let outputs = task
         .outputs
         .iter()
-        .map(|name| (name.clone(), out_dir.join(name)))
+        .map(|name| (name.clone(), out_dir.join(task.step.output_file(name))))
         .collect();
     Ok(Staged {
         task: StagedTask {
@@ -155,7 +177,10 @@ pub async fn publish(
             Err(_) => {
                 return Err(failed(
                     FailureKind::MissingOutput,
-                    format!("the step succeeded but did not write its output `{name}`"),
+                    format!(
+                        "the step succeeded but did not write its output `{name}` ({})",
+                        what_was_written(task, name, path)
+                    ),
                 )
                 .deterministic());
             }
@@ -185,13 +210,53 @@ pub async fn publish(
     Ok(published)
 }
 
+/// What a step wrote beside an output it did not write, for the error: a tool that adds an
+/// extension (numpy's `savez`) leaves `model.npz` where `model` was expected.
+fn what_was_written(task: &StagedTask, name: &str, path: &Path) -> String {
+    const SHOWN: usize = 5;
+    let Some(folder) = path.parent() else {
+        return "its outputs folder is missing".into();
+    };
+    let expected: Vec<&Path> = task.outputs.values().map(PathBuf::as_path).collect();
+    let mut found: Vec<String> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !expected.contains(&e.path().as_path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return format!(
+            "nothing else is in its outputs folder: write it to the path `{{{{outputs.{name}}}}}` gives"
+        );
+    }
+    let file = path.file_name().map_or(name.into(), |f| f.to_string_lossy());
+    let close = found
+        .iter()
+        .find(|f| f.strip_prefix(file.as_ref()).is_some_and(|rest| rest.starts_with('.')));
+    let mut listed: Vec<String> = found.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
+    if found.len() > SHOWN {
+        listed.push(format!("and {} more", found.len() - SHOWN));
+    }
+    match close {
+        Some(f) => format!(
+            "found {}; if the tool adds an extension, name the file: `outputs: {{{name}: {f}}}`",
+            listed.join(", ")
+        ),
+        None => format!("found {}", listed.join(", ")),
+    }
+}
+
 /// Removes a scratch folder when an attempt ends, however it ends.
 #[derive(Debug)]
 struct ScratchGuard(PathBuf);
 
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
-        remove_tree(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            remove_tree(&self.0);
+        }
     }
 }
 

@@ -287,6 +287,38 @@ impl<'a> Checker<'a> {
             }
         }
 
+        let mut seen_files = BTreeMap::new();
+        let mut named = BTreeSet::new();
+        for output in &step.outputs {
+            if !named.insert(output.as_str()) {
+                continue; // a duplicate name, reported above
+            }
+            let file = step.outputs.file(output.as_str());
+            let file_name = file.map_or(output.as_str(), |f| f.0.as_str());
+            if let Some(other) = seen_files.insert(file_name.to_owned(), output.to_string()) {
+                self.error(
+                    "kiln::plan::duplicate-output-file",
+                    format!(
+                        "step `{name}` writes outputs `{other}` and `{output}` to the same file `{file_name}`"
+                    ),
+                    file.map_or(output.span, |f| f.span),
+                );
+            }
+        }
+        if let Some(metrics) = &step.metrics
+            && !step.outputs.iter().any(|o| o.as_str() == metrics.as_str())
+        {
+            let hint = did_you_mean(metrics.as_str(), step.outputs.iter().map(|o| o.as_str()));
+            self.error(
+                "kiln::plan::unknown-metrics-output",
+                format!("step `{name}` reads its metrics from `{metrics}`, which is not one of its outputs{hint}"),
+                metrics.span,
+            )
+            .help = Some(format!(
+                "add `{metrics}` to the step's `outputs` and write a JSON object of numbers to it, such as `{{\"accuracy\": 0.93}}`"
+            ));
+        }
+
         for (input_name, input) in &step.inputs {
             self.check_input(i, name, input_name, input, params);
         }
@@ -1013,8 +1045,19 @@ impl<'a> Checker<'a> {
                 Some(items) => items.iter().cloned().enumerate().map(Some).collect(),
                 None => vec![None],
             };
+            let labels = match &self.fan_out[i] {
+                Some(items) => fan_out_labels(name.as_str(), self.fan_out_var(step), items),
+                None => Vec::new(),
+            };
             for instance in instances {
-                steps.push(self.plan_step(i, name.as_str(), step, instance, &ids, &params));
+                let label = instance
+                    .as_ref()
+                    .and_then(|(k, _)| labels.get(*k).cloned());
+                let mut planned = self.plan_step(i, name.as_str(), step, instance, &ids, &params);
+                if let Some(instance) = &mut planned.instance {
+                    instance.label = label;
+                }
+                steps.push(planned);
             }
         }
         Plan {
@@ -1118,6 +1161,13 @@ impl<'a> Checker<'a> {
             .map(|(k, v)| (k.to_string(), substitute_value(&v.value, params, item)))
             .collect();
         let outputs: Vec<String> = step.outputs.iter().map(|o| o.to_string()).collect();
+        let output_files: BTreeMap<String, String> = step
+            .outputs
+            .files()
+            .filter(|(name, file)| *name != file.0)
+            .map(|(name, file)| (name.to_owned(), file.0.clone()))
+            .collect();
+        let metrics = step.metrics.as_ref().map(|m| m.to_string());
         let (kind, container_key) = match (&step.wasm, &step.container) {
             (Some(wasm), _) => (
                 StepKind::Wasm {
@@ -1179,14 +1229,22 @@ impl<'a> Checker<'a> {
                 o.sort();
                 o
             },
+            output_files: output_files.clone(),
+            metrics: metrics.clone(),
         };
         PlannedStep {
             id,
             step: name.to_owned(),
-            instance: instance.map(|(index, item)| FanOutInstance { index, item }),
+            instance: instance.map(|(index, item)| FanOutInstance {
+                index,
+                item,
+                label: None,
+            }),
             kind,
             inputs,
             outputs,
+            output_files,
+            metrics,
             params: with,
             depends_on: depends_on.into_iter().collect(),
             when: step.when.as_ref().map(|w| w.to_string()),
@@ -1334,6 +1392,99 @@ fn normalise(path: &str) -> Option<String> {
     } else {
         Some(parts.join("/"))
     }
+}
+
+impl Checker<'_> {
+    /// What names a fan-out step's item in its labels: what the step feeds it to, or else
+    /// what a step fanning out over the same list feeds it to (`evaluate[lr=0.1]` pairs with
+    /// `train[lr=0.1]`).
+    fn fan_out_var(&self, step: &Step) -> Option<String> {
+        item_var(step).or_else(|| {
+            let same = |other: &Step| match (&step.for_each, &other.for_each) {
+                (Some(a), Some(b)) => match (&a.value, &b.value) {
+                    (ForEach::Items(x), ForEach::Items(y)) => x == y,
+                    (ForEach::Template(x), ForEach::Template(y)) => {
+                        template::whole_ref(x) == template::whole_ref(y)
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            self.pipeline
+                .steps
+                .values()
+                .filter(|other| same(other))
+                .find_map(|other| item_var(other))
+        })
+    }
+}
+
+/// The `with` key, env variable or `--flag` a fan-out step feeds `{{item}}` to.
+fn item_var(step: &Step) -> Option<String> {
+    let is_item = |text: &str| matches!(template::whole_ref(text), Some(TemplateRef::Item));
+    let flag = |arg: &str| {
+        let flag = arg.strip_prefix("--")?;
+        (!flag.is_empty()
+            && flag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then(|| flag.to_owned())
+    };
+    step.with
+        .iter()
+        .find(|(_, v)| matches!(&v.value, Value::String(t) if is_item(t)))
+        .map(|(k, _)| k.to_string())
+        .or_else(|| {
+            let container = step.container.as_ref()?;
+            container
+                .env
+                .iter()
+                .find(|(_, v)| is_item(v))
+                .map(|(k, _)| k.value.0.clone())
+                .or_else(|| {
+                    container.args.iter().enumerate().find_map(|(k, arg)| {
+                        if let Some((f, value)) = arg.split_once('=')
+                            && is_item(value)
+                        {
+                            return flag(f);
+                        }
+                        if is_item(arg) && k > 0 {
+                            return flag(&container.args[k - 1]);
+                        }
+                        None
+                    })
+                })
+        })
+}
+
+/// Labels of a fan-out step's instances, such as `train[lr=0.1]`: the item, named by `var`.
+/// Empty (the ids are used) when an item is too long to read in a table or two items would
+/// read the same.
+fn fan_out_labels(name: &str, var: Option<String>, items: &[Value]) -> Vec<String> {
+    const MAX_ITEM_LEN: usize = 32;
+    let mut labels = Vec::with_capacity(items.len());
+    let mut seen = BTreeSet::new();
+    for (k, item) in items.iter().enumerate() {
+        let text = match item {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let readable = !text.is_empty()
+            && text.len() <= MAX_ITEM_LEN
+            && text
+                .chars()
+                .all(|c| c.is_alphanumeric() || "._-+:/@%".contains(c));
+        // `train[1]` for the item 1 at index 0 would read as another instance's id.
+        let reads_as_other_id = var.is_none() && text.parse::<usize>().is_ok_and(|n| n != k);
+        if !readable || reads_as_other_id || !seen.insert(text.clone()) {
+            return Vec::new();
+        }
+        labels.push(match &var {
+            Some(var) => format!("{name}[{var}={text}]"),
+            None => format!("{name}[{text}]"),
+        });
+    }
+    labels
 }
 
 #[cfg(test)]

@@ -78,6 +78,12 @@ pub struct PlannedStep {
     pub inputs: BTreeMap<String, InputSource>,
     /// Names of the outputs the step writes.
     pub outputs: Vec<String>,
+    /// Output name → the file name the step writes it as, where that is not the name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_files: BTreeMap<String, String>,
+    /// The output that holds the step's metrics (a flat JSON object of finite numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Params for the step after templating (`{{params.*}}` and `{{item}}` replaced).
     pub params: BTreeMap<String, Value>,
     /// Ids of the planned steps that must finish first.
@@ -98,6 +104,26 @@ pub struct FanOutInstance {
     pub index: usize,
     /// The item itself.
     pub item: Value,
+    /// How people read the instance: `train[lr=0.1]` (the `with` key, env variable or
+    /// `--flag` fed `{{item}}`), `train[0.1]`, or the id where the item is too long or
+    /// not unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl PlannedStep {
+    /// How people read this step: its label for a fan-out instance, else its id.
+    pub fn label(&self) -> &str {
+        self.instance
+            .as_ref()
+            .and_then(|i| i.label.as_deref())
+            .unwrap_or(self.id.as_str())
+    }
+
+    /// The file name output `name` is written as.
+    pub fn output_file<'a>(&'a self, name: &'a str) -> &'a str {
+        self.output_files.get(name).map_or(name, String::as_str)
+    }
 }
 
 /// A wasm component or a container.
@@ -246,6 +272,12 @@ pub struct CacheKeyMaterial {
     pub inputs: Vec<String>,
     /// Output names (a different set of outputs is a different step).
     pub outputs: Vec<String>,
+    /// Outputs written under a file name of their own (the step sees another path).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_files: BTreeMap<String, String>,
+    /// The output read as the step's metrics (what the step reports changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// The parts of a container step that change its result.

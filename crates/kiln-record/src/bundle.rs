@@ -1215,6 +1215,7 @@ mod tests {
                 pipeline_digest: Digest::of_bytes(b"pipeline").to_string(),
                 params_digest: Digest::of_bytes(b"{}").to_string(),
                 params: BTreeMap::new(),
+                labels: BTreeMap::new(),
                 pipeline_file: "kiln.yaml".into(),
                 kiln_version: "0.1.0".into(),
                 determinism_version: 1,

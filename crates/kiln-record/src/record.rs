@@ -30,6 +30,10 @@ pub enum RecordEvent {
         params_digest: String,
         /// The params of this run.
         params: BTreeMap<String, kiln_spec::Value>,
+        /// How people read fan-out instances (`train[0]` → `train[lr=0.1]`); ids without
+        /// a label read as themselves.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<StepId, String>,
         /// The pipeline file, as given.
         pipeline_file: String,
         /// kiln's version.
@@ -142,6 +146,8 @@ pub enum FailureKind {
     Spawn,
     /// The step succeeded but did not write a declared output.
     MissingOutput,
+    /// The step's metrics output is not a flat JSON object of finite numbers.
+    Metrics,
     /// An input could not be resolved or materialised.
     Input,
     /// An output could not be stored.
@@ -177,6 +183,7 @@ impl FailureKind {
             FailureKind::Engine => "engine",
             FailureKind::Spawn => "spawn",
             FailureKind::MissingOutput => "missing-output",
+            FailureKind::Metrics => "metrics",
             FailureKind::Input => "input",
             FailureKind::Output => "output",
             FailureKind::Condition => "condition",
@@ -360,6 +367,31 @@ impl RunView {
     /// The step with this id.
     pub fn step(&self, id: &str) -> Option<&StepView> {
         self.steps.iter().find(|(s, _)| s == id).map(|(_, v)| v)
+    }
+
+    /// How people read step `id`: its label (`train[lr=0.1]`) where the run gave one, else
+    /// the id itself.
+    pub fn label<'a>(&'a self, id: &'a str) -> &'a str {
+        match &self.started {
+            Some(RecordEvent::RunStarted { labels, .. }) => {
+                labels.get(id).map_or(id, String::as_str)
+            }
+            _ => id,
+        }
+    }
+
+    /// The id of the step people call `name`: an id as it is, or a label.
+    pub fn resolve_step<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        if let Some((id, _)) = self.steps.iter().find(|(s, _)| s == name) {
+            return Some(id);
+        }
+        match &self.started {
+            Some(RecordEvent::RunStarted { labels, .. }) => labels
+                .iter()
+                .find(|(_, label)| *label == name)
+                .map(|(id, _)| id.as_str()),
+            _ => None,
+        }
     }
 }
 

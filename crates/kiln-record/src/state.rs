@@ -76,6 +76,12 @@ impl StateDir {
         self.scratch_root().join(run_id)
     }
 
+    /// Where `kiln run --keep-scratch` keeps the scratch folders of a run's failed attempts
+    /// (never swept: removing them is the user's call).
+    pub fn kept_dir(&self, run_id: &str) -> PathBuf {
+        self.root.join("kept").join(run_id)
+    }
+
     /// The build cache of components built from source: `builds/<key>.json`, `builds/logs/`.
     pub fn builds_dir(&self) -> PathBuf {
         self.root.join("builds")

@@ -24,8 +24,8 @@ pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, StepName,
 };
 pub use pipeline::{
-    API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EnvName, ForEach, InputRef, ParamDecl,
-    Pipeline, Resources, Step, WasmLimits, WasmRef,
+    API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EnvName, ForEach, InputRef, OutputFile,
+    Outputs, ParamDecl, Pipeline, Resources, Step, WasmLimits, WasmRef,
 };
 pub use quantity::{Cpu, HumanDuration, Memory};
 pub use step_id::StepId;

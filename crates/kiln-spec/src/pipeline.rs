@@ -1,6 +1,7 @@
 //! The pipeline document as the user writes it.
 
 use std::fmt;
+use std::ops::Deref;
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
@@ -93,9 +94,15 @@ pub struct Step {
     /// Named inputs: `STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`.
     #[serde(default)]
     pub inputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,
-    /// Names of the artifacts the step writes.
+    /// The artifacts the step writes: a list of names, or a map from name to the file name
+    /// the step writes it as (`model: model.npz`, for tools that add an extension).
     #[serde(default)]
-    pub outputs: Vec<Located<ArtifactName>>,
+    pub outputs: Outputs,
+    /// An output holding the step's metrics: a flat JSON object of finite numbers, such as
+    /// `{"accuracy": 0.93}`. For container and command wasm steps; step-world components
+    /// return their metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Located<ArtifactName>>,
     /// Params passed to the step; values may use `{{params.NAME}}` and `{{item}}`.
     #[serde(default)]
     pub with: IndexMap<Located<ParamName>, Located<Value>>,
@@ -120,6 +127,143 @@ pub struct Step {
     /// Limits of a wasm step: memory and fuel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Located<WasmLimits>>,
+}
+
+/// A step's outputs, in the order written, each with the file name the step writes it as
+/// when that is not the output's own name.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    names: Vec<Located<ArtifactName>>,
+    files: IndexMap<String, Located<OutputFile>>,
+}
+
+impl Outputs {
+    /// The file name output `name` is written as, when the pipeline names one.
+    pub fn file(&self, name: &str) -> Option<&Located<OutputFile>> {
+        self.files.get(name)
+    }
+
+    /// The outputs that name their file, in the order written.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &Located<OutputFile>)> {
+        self.files.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl Deref for Outputs {
+    type Target = [Located<ArtifactName>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.names
+    }
+}
+
+impl<'a> IntoIterator for &'a Outputs {
+    type Item = &'a Located<ArtifactName>;
+    type IntoIter = std::slice::Iter<'a, Located<ArtifactName>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.names.iter()
+    }
+}
+
+impl From<Vec<Located<ArtifactName>>> for Outputs {
+    fn from(names: Vec<Located<ArtifactName>>) -> Self {
+        Self {
+            names,
+            files: IndexMap::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Outputs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OutputsVisitor;
+
+        impl<'de> Visitor<'de> for OutputsVisitor {
+            type Value = Outputs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of output names, or a map from output name to file name")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Outputs, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<Located<ArtifactName>>()? {
+                    names.push(name);
+                }
+                Ok(names.into())
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Outputs, A::Error> {
+                let mut outputs = Outputs::default();
+                while let Some(name) = map.next_key::<Located<ArtifactName>>()? {
+                    let file = map.next_value::<Located<OutputFile>>()?;
+                    if outputs.names.iter().any(|n| n.value == name.value) {
+                        return Err(de::Error::custom(format!(
+                            "output `{name}` is listed twice"
+                        )));
+                    }
+                    outputs.files.insert(name.to_string(), file);
+                    outputs.names.push(name);
+                }
+                Ok(outputs)
+            }
+        }
+
+        deserializer.deserialize_any(OutputsVisitor)
+    }
+}
+
+impl Serialize for Outputs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.files.is_empty() {
+            return self.names.serialize(serializer);
+        }
+        let mut map = serializer.serialize_map(Some(self.names.len()))?;
+        for name in &self.names {
+            let file = self.files.get(name.as_str()).map(|f| f.0.as_str());
+            map.serialize_entry(name.as_str(), &file.unwrap_or(name.as_str()))?;
+        }
+        map.end()
+    }
+}
+
+impl JsonSchema for Outputs {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Outputs".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let name = generator.subschema_for::<ArtifactName>();
+        let file = generator.subschema_for::<OutputFile>();
+        schemars::json_schema!({
+            "description": "Output names, or a map from output name to the file name the step writes it as.",
+            "anyOf": [
+                {"type": "array", "items": name},
+                {"type": "object", "additionalProperties": file,
+                 "propertyNames": {"pattern": "^[a-z][a-z0-9_-]*$"}}
+            ]
+        })
+    }
+}
+
+/// The file name an output is written as: one plain name, such as `model.npz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct OutputFile(#[schemars(regex(pattern = r"^[^/\\]+$"))] pub String);
+
+impl<'de> Deserialize<'de> for OutputFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) {
+            Err(de::Error::custom(format!(
+                "invalid output file name `{s}`: write one file name such as `model.npz`, without folders"
+            )))
+        } else {
+            Ok(OutputFile(s))
+        }
+    }
 }
 
 /// Sandbox limits of a wasm step.

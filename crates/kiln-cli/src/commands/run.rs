@@ -47,6 +47,10 @@ pub struct Args {
     /// Run every step even when a cached result exists
     #[arg(long)]
     no_cache: bool,
+    /// Keep each failed attempt's scratch folder (inputs, what it wrote) under the state
+    /// folder's `kept/RUN/`, and print where
+    #[arg(long)]
+    keep_scratch: bool,
     /// How container steps run: process (on the host, image unused), podman or docker
     #[arg(long, value_name = "BACKEND", default_value = "process")]
     containers: kiln_container::Backend,
@@ -88,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = EngineConfig {
         fail_fast: args.fail_fast,
         use_cache: !args.no_cache,
+        keep_scratch: args.keep_scratch,
         ..EngineConfig::default()
     };
     if let Some(jobs) = args.jobs {
@@ -107,6 +112,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         container: Some(args.containers.executor()),
     };
     let engine = Engine::new(state.clone(), executors, config);
+    let labels: Labels = std::sync::Arc::new(
+        plan.steps
+            .iter()
+            .map(|s| (s.id.clone(), s.label().to_owned()))
+            .collect(),
+    );
     let input = RunInput {
         plan,
         components: Default::default(),
@@ -131,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         });
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let reporter = tokio::spawn(report(rx, state.clone(), args.verbose));
+        let reporter = tokio::spawn(report(rx, state.clone(), args.verbose, labels.clone()));
         // Pin first, here on the client: every component built or resolved to a digest in
         // the store. The engine builds and resolves nothing itself.
         let mut input = input;
@@ -174,8 +185,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     match args.output {
-        Output::Text => print_summary(&summary, &state, &args.state),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?),
+        Output::Text => print_summary(&summary, &state, &args.state, &labels),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&summary, &labels))?
+        ),
     }
     Ok(match summary.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
@@ -184,11 +198,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// How people read each step of the plan (`train[lr=0.1]` for a fan-out instance).
+type Labels = std::sync::Arc<BTreeMap<kiln_plan::StepId, String>>;
+
+fn label<'a>(labels: &'a Labels, id: &'a str) -> &'a str {
+    labels.get(id).map_or(id, String::as_str)
+}
+
 /// Shows progress: a bar on a terminal, one line per event otherwise.
 async fn report(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
     state: kiln_engine::StateDir,
     verbose: bool,
+    labels: Labels,
 ) {
     let terminal = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
@@ -251,7 +273,8 @@ async fn report(
                 };
                 if bar.is_none() {
                     eprintln!(
-                        "[{done:>w$}/{total}] started   {id}{retry}",
+                        "[{done:>w$}/{total}] started   {}{retry}",
+                        label(&labels, &id),
                         w = digits(total)
                     );
                 }
@@ -265,7 +288,8 @@ async fn report(
                 say(
                     &bar,
                     format!(
-                        "retrying {id} in {} (attempt {attempt} failed: {})",
+                        "retrying {} in {} (attempt {attempt} failed: {})",
+                        label(&labels, &id),
                         human_duration(delay),
                         first_line(&message)
                     ),
@@ -276,7 +300,7 @@ async fn report(
                 running.remove(&step.id);
                 if verbose && let Some(offset) = tails.get_mut(&step.id) {
                     for line in read_new_lines(&state.log_path(&run_id, &step.id), offset) {
-                        say(&bar, format!("  {} | {line}", step.id));
+                        say(&bar, format!("  {} | {line}", label(&labels, &step.id)));
                     }
                 }
                 tails.remove(&step.id);
@@ -288,7 +312,7 @@ async fn report(
                 let line = format!(
                     "[{done:>w$}/{total}] {:<9} {} ({}){detail}",
                     step.status.word(),
-                    step.id,
+                    label(&labels, &step.id),
                     human_duration(step.duration),
                     w = digits(total)
                 );
@@ -345,13 +369,18 @@ fn read_new_lines(path: &std::path::Path, offset: &mut u64) -> Vec<String> {
         .collect()
 }
 
-fn print_summary(summary: &RunSummary, state: &kiln_engine::StateDir, state_args: &StateArgs) {
+fn print_summary(
+    summary: &RunSummary,
+    state: &kiln_engine::StateDir,
+    state_args: &StateArgs,
+    labels: &Labels,
+) {
     let rows: Vec<Vec<String>> = summary
         .steps
         .iter()
         .map(|s| {
             vec![
-                s.id.to_string(),
+                label(labels, &s.id).to_owned(),
                 s.status.word().to_owned(),
                 human_duration(s.duration),
                 if s.status == StepStatus::Cached {
@@ -385,7 +414,11 @@ fn print_summary(summary: &RunSummary, state: &kiln_engine::StateDir, state_args
         })
         .collect();
     for (step, kind, message) in &failed {
-        eprintln!("\nstep {} failed ({kind}):\n{}", step.id, indent(message));
+        eprintln!(
+            "\nstep {} failed ({kind}):\n{}",
+            label(labels, &step.id),
+            indent(message)
+        );
     }
     let cached = summary
         .steps
@@ -422,7 +455,7 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-fn summary_json(summary: &RunSummary) -> serde_json::Value {
+fn summary_json(summary: &RunSummary, labels: &Labels) -> serde_json::Value {
     serde_json::json!({
         "run_id": summary.run_id,
         "status": summary.status,
@@ -435,6 +468,7 @@ fn summary_json(summary: &RunSummary) -> serde_json::Value {
             };
             serde_json::json!({
                 "id": s.id,
+                "label": label(labels, &s.id),
                 "status": s.status.word(),
                 "attempts": s.attempts,
                 "duration_ms": s.duration.as_millis() as u64,

@@ -48,6 +48,8 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         kind,
         inputs: BTreeMap::new(),
         outputs: Vec::new(),
+        output_files: BTreeMap::new(),
+        metrics: None,
         params: BTreeMap::new(),
         depends_on: Vec::new(),
         when: None,
@@ -63,6 +65,8 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             params: BTreeMap::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            output_files: BTreeMap::new(),
+            metrics: None,
         },
     }
 }

@@ -128,6 +128,8 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         },
         inputs: BTreeMap::new(),
         outputs: spec.outputs.iter().map(|s| (*s).to_owned()).collect(),
+        output_files: BTreeMap::new(),
+        metrics: None,
         params: spec.params.clone(),
         depends_on: Vec::new(),
         when: None,
@@ -143,6 +145,8 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             params: spec.params.clone(),
             inputs: spec.inputs.iter().map(|(n, _)| (*n).to_owned()).collect(),
             outputs: spec.outputs.iter().map(|s| (*s).to_owned()).collect(),
+            output_files: BTreeMap::new(),
+            metrics: None,
         },
     }
 }
