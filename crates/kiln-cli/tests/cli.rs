@@ -65,6 +65,42 @@ fn reports_every_error_and_exits_1() {
 }
 
 #[test]
+fn reports_every_format_error_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("format.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kiln/v1\nname: format\nsteps:\n  a:\n    wasm: a@1.0.0\n    timeout: 30\n  b:\n    wasm: b@1.0.0\n    retries: yes\n",
+    )
+    .unwrap();
+    let out = kiln(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("invalid duration `30`"), "{stderr}");
+    assert!(stderr.contains("format.yaml:6:14"), "{stderr}");
+    assert!(stderr.contains("found `yes`"), "{stderr}");
+    assert!(stderr.contains("format.yaml:9:14"), "{stderr}");
+    assert!(stderr.contains("2 errors"), "{stderr}");
+
+    let out = kiln(&["validate", "--output", "json", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    let lines: Vec<_> = json["files"][0]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["line"].clone(), d["code"].clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (6.into(), "kiln::spec::invalid-value".into()),
+            (9.into(), "kiln::spec::invalid-value".into())
+        ]
+    );
+}
+
+#[test]
 fn params_are_overridden_and_checked() {
     let out = kiln(&[
         "validate",

@@ -726,24 +726,26 @@ impl<'a> Checker<'a> {
         (inputs, outputs): (&BTreeSet<&str>, &BTreeSet<&str>),
         with_key: Option<&str>,
     ) {
-        let segments = match template::parse(text) {
-            Ok(s) => s,
-            Err(e) => {
-                self.error(
-                    "kiln::plan::bad-template",
-                    format!("step `{name}`: {}", e.message),
-                    text.span,
-                );
-                return;
-            }
-        };
+        // Every reference that cannot be parsed is reported, and the others are still checked.
+        let (segments, errors) = template::parse_all(text);
+        let first = self.diagnostics.len();
+        // Where in the string the template is that each diagnostic is about.
+        let mut offsets = Vec::new();
+        for e in errors {
+            self.error(
+                "kiln::plan::bad-template",
+                format!("step `{name}`: {}", e.message),
+                text.span,
+            );
+            offsets.push(e.offset);
+        }
         let place = match (site, with_key) {
             (TemplateSite::With, Some(key)) => format!("`with.{key}`"),
             (TemplateSite::Image, _) => "the image".to_owned(),
             _ => "a container field".to_owned(),
         };
         for segment in segments {
-            let Segment::Ref { target, .. } = segment else {
+            let Segment::Ref { target, offset } = segment else {
                 continue;
             };
             match &target {
@@ -770,16 +772,14 @@ impl<'a> Checker<'a> {
                 TemplateRef::Input(n) | TemplateRef::Output(n) => {
                     let is_input = matches!(target, TemplateRef::Input(_));
                     let scope = if is_input { "inputs" } else { "outputs" };
+                    let declared = if is_input { inputs } else { outputs };
                     if site != TemplateSite::Container {
                         self.error(
                             "kiln::plan::path-template",
                             format!("step `{name}` uses `{{{{{scope}.{n}}}}}` in {place}; paths can only be templated into container `command`, `args` and `env`"),
                             text.span,
                         );
-                        continue;
-                    }
-                    let declared = if is_input { inputs } else { outputs };
-                    if !declared.contains(n.as_str()) {
+                    } else if !declared.contains(n.as_str()) {
                         let hint = did_you_mean(n, declared.iter().copied());
                         let kind = if is_input { "input" } else { "output" };
                         self.error(
@@ -790,6 +790,14 @@ impl<'a> Checker<'a> {
                         .help = Some(format!("declare it under `{scope}:`"));
                     }
                 }
+            }
+            // A reference makes at most one diagnostic.
+            offsets.resize(self.diagnostics.len() - first, offset);
+        }
+        // One string with several bad templates: point at each, so that each is told apart.
+        if offsets.len() > 1 {
+            for (d, offset) in self.diagnostics[first..].iter_mut().zip(offsets) {
+                d.span = Some(template_span(text, offset));
             }
         }
     }
@@ -1303,6 +1311,19 @@ fn example_of(ty: ParamType) -> &'static str {
         ParamType::List(ScalarType::Float) => "0.1,0.01",
         ParamType::List(ScalarType::Bool) => "true,false",
     }
+}
+
+/// The span of the template that starts at byte `offset` of a string value, when the value is
+/// written as it is (a plain scalar, or a quoted one without escapes); otherwise the whole value.
+fn template_span(value: &Located<String>, offset: usize) -> Span {
+    let start = inner_span(value, offset);
+    if start == value.span {
+        return start;
+    }
+    let width = value[offset..]
+        .find("}}")
+        .map_or(value.len() - offset, |end| end + 2);
+    Span::new(start.offset, width)
 }
 
 /// The span of byte `offset` of a string value, when the value is written as it is (a plain

@@ -310,7 +310,7 @@ pub fn plan_file(
             }
         })
         .unwrap_or_else(|| PathBuf::from("."));
-    let compiled = match kiln_spec::parse(&source.text) {
+    let compiled = match kiln_spec::parse_all(&source.text) {
         Ok(pipeline) => compile(
             &pipeline,
             &PlanOptions {
@@ -318,9 +318,9 @@ pub fn plan_file(
                 overrides: overrides.to_vec(),
             },
         ),
-        Err(diagnostic) => Compiled {
+        Err(diagnostics) => Compiled {
             plan: None,
-            diagnostics: vec![diagnostic],
+            diagnostics,
         },
     };
     Ok((source, compiled))

@@ -2,12 +2,15 @@
 //!
 //! Parsing is strict and safe: unknown fields are errors, names validate themselves while the
 //! YAML is read, and budgets stop YAML bombs, deep nesting and huge documents. Every value that
-//! a later check may complain about keeps its [`Span`], so the planner can point at it.
+//! a later check may complain about keeps its [`Span`], so the planner can point at it. The top
+//! level, each param and each step are read on their own, so [`parse_all`] reports a mistake in
+//! every one of them at once.
 //!
 //! This crate does no I/O beyond reading the text it is given and knows nothing of how steps
 //! run: resolving references, fan-out and cycles belong to `kiln-plan`.
 
 mod diag;
+mod document;
 mod located;
 mod names;
 mod pipeline;
@@ -36,29 +39,54 @@ use serde_saphyr::{Budget, DuplicateKeyPolicy};
 /// The largest pipeline file kiln reads.
 pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Parses a pipeline from YAML text.
+/// Parses a pipeline from YAML text; the error is the first problem in the file.
 ///
-/// The error is a single diagnostic: YAML parsing stops at the first problem. Cross-checks
-/// (references, cycles, types) are the planner's and are reported all at once.
+/// [`parse_all`] reports every problem. Cross-checks (references, cycles, types) are the
+/// planner's.
 pub fn parse(text: &str) -> Result<Pipeline, Diagnostic> {
+    parse_all(text).map_err(|diagnostics| {
+        diagnostics.into_iter().next().unwrap_or_else(|| {
+            Diagnostic::error(
+                "kiln::spec::invalid-value",
+                "the pipeline could not be read",
+            )
+        })
+    })
+}
+
+/// Parses a pipeline from YAML text, reporting every problem found, sorted by position (at
+/// least one).
+///
+/// Each top-level field, param declaration and step is read on its own, so a mistake in one
+/// does not hide a mistake in another; within one of them the first mistake is reported. A
+/// YAML syntax error or a refused budget stops the reading, and what was found before it is
+/// reported with it.
+pub fn parse_all(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     if text.len() > MAX_SOURCE_BYTES {
-        return Err(Diagnostic::error(
-            "kiln::spec::too-large",
-            format!(
-                "the pipeline file is {} bytes; the limit is {} bytes",
-                text.len(),
-                MAX_SOURCE_BYTES
-            ),
-        )
-        .help("split the data out of the pipeline: large values belong in input files"));
+        return Err(vec![
+            Diagnostic::error(
+                "kiln::spec::too-large",
+                format!(
+                    "the pipeline file is {} bytes; the limit is {} bytes",
+                    text.len(),
+                    MAX_SOURCE_BYTES
+                ),
+            )
+            .help("split the data out of the pipeline: large values belong in input files"),
+        ]);
     }
     if is_blank(text) {
-        return Err(
+        return Err(vec![
             Diagnostic::error("kiln::spec::empty", "the pipeline file is empty").help(format!(
                 "a pipeline needs at least `apiVersion: {API_VERSION}`, `name` and `steps`"
             )),
-        );
+        ]);
     }
+    document::parse_all(text, &options())
+}
+
+/// How serde-saphyr reads a pipeline: strict, and within budgets that stop YAML bombs.
+fn options() -> serde_saphyr::Options {
     let mut budget = Budget::default();
     budget.max_depth = yaml_error::MAX_DEPTH;
     budget.max_nodes = yaml_error::MAX_NODES;
@@ -76,8 +104,7 @@ pub fn parse(text: &str) -> Result<Pipeline, Diagnostic> {
     options.duplicate_keys = DuplicateKeyPolicy::Error;
     // YAML 1.2 booleans only: `country: no` stays a string (the "Norway problem").
     options.strict_booleans = true;
-    serde_saphyr::from_str_with_options::<Pipeline>(text, options)
-        .map_err(|e| yaml_error::diagnose(&e, text))
+    options
 }
 
 /// Whether the text holds nothing but blank lines, comments and document markers.

@@ -50,8 +50,24 @@ pub struct TemplateError {
 }
 
 /// Splits `s` into text and references; `{{` with nothing to close it is an error.
+///
+/// The error is the first one in the string; [`parse_all`] finds every one.
 pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
+    let (segments, mut errors) = parse_all(s);
+    if errors.is_empty() {
+        Ok(segments)
+    } else {
+        Err(errors.remove(0))
+    }
+}
+
+/// Splits `s` into text and references, reading past every reference that cannot be parsed:
+/// the segments that could be read, and an error for each one that could not, in order.
+///
+/// A `{{` with nothing to close it ends the reading: what follows it is not a template.
+pub fn parse_all(s: &str) -> (Vec<Segment>, Vec<TemplateError>) {
     let mut segments = Vec::new();
+    let mut errors = Vec::new();
     let mut rest = s;
     let mut base = 0;
     while let Some(start) = rest.find("{{") {
@@ -60,20 +76,23 @@ pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
         }
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
-            return Err(TemplateError {
+            errors.push(TemplateError {
                 message: "`{{` is not closed with `}}`".into(),
                 offset: base + start,
             });
+            return (segments, errors);
         };
         let inner = after[..end].trim();
-        let target = parse_ref(inner).map_err(|message| TemplateError {
-            message,
-            offset: base + start,
-        })?;
-        segments.push(Segment::Ref {
-            target,
-            offset: base + start,
-        });
+        match parse_ref(inner) {
+            Ok(target) => segments.push(Segment::Ref {
+                target,
+                offset: base + start,
+            }),
+            Err(message) => errors.push(TemplateError {
+                message,
+                offset: base + start,
+            }),
+        }
         let consumed = start + 2 + end + 2;
         rest = &rest[consumed..];
         base += consumed;
@@ -81,7 +100,7 @@ pub fn parse(s: &str) -> Result<Vec<Segment>, TemplateError> {
     if !rest.is_empty() {
         segments.push(Segment::Text(rest.to_owned()));
     }
-    Ok(segments)
+    (segments, errors)
 }
 
 fn is_ident(s: &str) -> bool {
@@ -176,5 +195,24 @@ mod tests {
             Some(TemplateRef::Param("lr".into()))
         );
         assert_eq!(whole_ref("x{{params.lr}}"), None);
+    }
+
+    #[test]
+    fn every_bad_reference_is_reported() {
+        let (segments, errors) = parse_all("{{param.a}} {{params.b}} {{input.c}} {{items}}");
+        let offsets: Vec<usize> = errors.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [0, 25, 37]);
+        assert!(errors[0].message.contains("did you mean `params`"));
+        assert!(errors[1].message.contains("did you mean `inputs`"));
+        assert!(errors[2].message.contains("did you mean `item`"));
+        assert!(segments.contains(&Segment::Ref {
+            target: TemplateRef::Param("b".into()),
+            offset: 12
+        }));
+        // An unclosed `{{` ends the reading; the errors before it stay.
+        let (_, errors) = parse_all("{{nope}} {{params.x");
+        assert_eq!(errors.len(), 2);
+        assert!(errors[1].message.contains("not closed"));
+        assert_eq!(parse("{{nope}} {{params.x").unwrap_err(), errors[0]);
     }
 }

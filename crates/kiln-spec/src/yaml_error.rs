@@ -74,12 +74,10 @@ fn classify(err: &Error, text: &str, span: Option<Span>) -> Diagnostic {
             field, expected, ..
         } => unknown_field(field, expected),
         Error::SerdeMissingField { field, .. } => {
-            let d = missing_field(field);
             if matches!(*field, "apiVersion" | "name" | "steps") {
-                // The parser notices at the end of the document; the fix goes at its start.
-                d.at(first_content(text)).label("the pipeline starts here")
+                missing_top_level_field(field, text)
             } else {
-                d
+                missing_field(field)
             }
         }
         Error::DuplicateMappingKey { key, .. } => {
@@ -168,6 +166,27 @@ fn classify(err: &Error, text: &str, span: Option<Span>) -> Diagnostic {
     }
 }
 
+/// Whether the error lies within the part of the document being read (a value of the wrong
+/// type, an unknown or missing field, a duplicate key), so that reading can go on past that
+/// part. Syntax errors, budget breaches and the like stop the reading.
+pub(crate) fn can_read_past(err: &Error) -> bool {
+    matches!(
+        innermost(err),
+        Error::Message { .. }
+            | Error::SerdeUnknownField { .. }
+            | Error::SerdeMissingField { .. }
+            | Error::InvalidScalar { .. }
+            | Error::InvalidBooleanStrict { .. }
+            | Error::NullIntoString { .. }
+            | Error::Unexpected { .. }
+            | Error::SerdeInvalidType { .. }
+            | Error::SerdeInvalidValue { .. }
+            | Error::SerdeInvalidLength { .. }
+            | Error::NonFiniteFloat { .. }
+            | Error::DuplicateMappingKey { .. }
+    )
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).trim().to_owned()
 }
@@ -227,7 +246,8 @@ const FIELD_ALIASES: &[(&str, &str)] = &[
     ("default_value", "default"),
 ];
 
-fn unknown_field(field: &str, expected: &[&str]) -> Diagnostic {
+/// An unknown field in the mapping whose fields are `expected`.
+pub(crate) fn unknown_field(field: &str, expected: &[&str]) -> Diagnostic {
     let alias = FIELD_ALIASES
         .iter()
         .find(|(from, to)| *from == field && expected.contains(to))
@@ -246,6 +266,14 @@ fn unknown_field(field: &str, expected: &[&str]) -> Diagnostic {
         ));
     }
     d
+}
+
+/// A missing `apiVersion`, `name` or `steps`, pointed at the start of the pipeline.
+pub(crate) fn missing_top_level_field(field: &str, text: &str) -> Diagnostic {
+    // The parser notices at the end of the document; the fix goes at its start.
+    missing_field(field)
+        .at(first_content(text))
+        .label("the pipeline starts here")
 }
 
 fn missing_field(field: &str) -> Diagnostic {
