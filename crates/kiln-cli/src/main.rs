@@ -37,10 +37,11 @@ enum Command {
     // No doc comment here: it would hide the long help of `kiln run --help`, which the
     // doc comment of `commands::run::Args` gives (its first line is the summary).
     Run(commands::run::Args),
-    /// List the runs in the state folder
+    // As for `Run`: the doc comments of these `Args` give the summary and the long help.
     Runs(commands::runs::Args),
     /// Show one run step by step
     Show(commands::show::Args),
+    Diff(commands::diff::Args),
     /// Print a step's log from a run
     Logs(commands::logs::Args),
     /// Say why a step ran instead of coming from the cache
@@ -247,6 +248,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Runs(args) => commands::runs::run(args),
         Command::Show(args) => commands::show::run(args),
+        Command::Diff(args) => commands::diff::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Explain(args) => commands::explain::run(args),
         Command::Artifact(args) => commands::artifact::run(args),

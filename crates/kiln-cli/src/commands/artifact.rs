@@ -26,7 +26,7 @@ enum Command {
         /// RUN STEP OUTPUT, or one digest
         #[arg(value_name = "WHAT", num_args = 1..=3, required = true)]
         what: Vec<String>,
-        /// Where to write it (must not exist)
+        /// Where to write it (must not exist); `-` writes a file's bytes to stdout
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
         #[command(flatten)]
@@ -50,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let run_id = state.resolve_run(run).map_err(anyhow::Error::msg)?;
             let view = RunView::from_events(&read_record(&state.record_path(&run_id))?);
             let record = view
-                .step(step)
+                .resolve_step(step)
+                .and_then(|id| view.step(id))
                 .and_then(|s| s.last.as_ref())
                 .with_context(|| format!("run {run_id} has no finished step `{step}`"))?;
             let digest = record.outputs.get(name).with_context(|| {
@@ -68,6 +69,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => anyhow::bail!("give RUN STEP OUTPUT, or one digest"),
     };
+    if output.as_os_str() == "-" {
+        // Streamed as it is read: a blob found corrupt at the end is an error after the
+        // bytes went out, and the exit status says so.
+        let mut blob = state.store().open_verified(&digest).map_err(|e| match e {
+            kiln_cas::CasError::NotABlob { .. } => anyhow::anyhow!(
+                "{digest} is a folder; `-o -` writes one file to stdout: give a path to copy the folder to"
+            ),
+            other => other.into(),
+        })?;
+        std::io::copy(&mut blob, &mut std::io::stdout().lock())
+            .with_context(|| format!("cannot write {digest} to stdout"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if output.exists() {
         anyhow::bail!("{} exists; kiln does not overwrite it", output.display());
     }

@@ -18,7 +18,7 @@ pub struct Args {
     /// The run id, a unique prefix of it, or `latest`
     #[arg(value_name = "RUN")]
     run: String,
-    /// The bundle to write (conventionally `NAME.kiln`); replaced if it exists
+    /// The bundle to write (conventionally `NAME.kiln`); replaced if it exists; `-` is stdout
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// zstd level, 1 (fast) to 19 (small)
@@ -32,6 +32,16 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = args.state.existing()?;
     let run_id = state.resolve_run(&args.run).map_err(anyhow::Error::msg)?;
+    // `-o -`: the bundle is written whole to a temporary file first (it is renamed into
+    // place when complete), then copied to stdout; what is said about it goes to stderr.
+    let to_stdout = args.output.as_os_str() == "-";
+    if to_stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("`-o -` writes the bundle to stdout, which is a terminal: redirect it");
+    }
+    let spool = to_stdout.then(tempfile::tempdir).transpose()?;
+    let path = spool
+        .as_ref()
+        .map_or(args.output.clone(), |dir| dir.path().join("run.kiln"));
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -54,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &state,
         &state.store(),
         &run_id,
-        &args.output,
+        &path,
         args.level,
         &mut progress,
     );
@@ -62,6 +72,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     match result {
+        Ok(summary) if to_stdout => {
+            let mut bundle = std::fs::File::open(&summary.path)?;
+            std::io::copy(&mut bundle, &mut std::io::stdout().lock())?;
+            eprintln!(
+                "wrote run {run_id} to stdout: {} objects, {:.1} MiB",
+                summary.objects,
+                summary.bundle_bytes as f64 / (1024.0 * 1024.0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(summary) => {
             println!(
                 "wrote {}: run {run_id}, {} objects, {:.1} MiB compressed to {:.1} MiB",

@@ -13,7 +13,7 @@ use anyhow::Context;
 ///   # yaml-language-server: $schema=PATH/TO/pipeline.schema.json
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Write the schema to this file instead of stdout
+    /// Write the schema to this file instead of stdout (`-` is stdout)
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
 }
@@ -29,7 +29,7 @@ pub fn schema_json() -> String {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = schema_json();
-    match args.output {
+    match args.output.filter(|path| path.as_os_str() != "-") {
         Some(path) => std::fs::write(&path, text)
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => print!("{text}"),

@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(value_name = "RUN")]
     run: String,
     /// Print the folded record as JSON on stdout
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(short, long, value_enum, default_value_t)]
     output: Output,
     #[command(flatten)]
     state: StateArgs,
@@ -26,17 +26,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = args.state.existing()?;
     let run_id = state.resolve_run(&args.run).map_err(anyhow::Error::msg)?;
     let events = read_record(&state.record_path(&run_id))?;
-    let view = RunView::from_events(&events);
+    let mut view = RunView::from_events(&events);
+    super::state::in_plan_order(&state, &run_id, &mut view);
     if args.output == Output::Json {
         let steps: Vec<_> = view
             .steps
             .iter()
-            .map(|(id, s)| serde_json::json!({"step": id, "attempts": s.attempts, "skipped": s.skipped, "last": s.last}))
+            .map(|(id, s)| serde_json::json!({"step": id, "label": view.label(id), "attempts": s.attempts, "skipped": s.skipped, "last": s.last}))
             .collect();
+        let (pipeline, params) = super::state::run_params(&view);
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "run_id": run_id, "started": view.started, "finished": view.finished, "steps": steps,
+                "run_id": run_id, "pipeline": pipeline, "status": super::state::run_status(&view),
+                "params": params, "started": view.started, "finished": view.finished, "steps": steps,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -114,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ),
             };
             vec![
-                id.clone(),
+                view.label(id).to_owned(),
                 status,
                 s.attempts.to_string(),
                 time,

@@ -1,8 +1,9 @@
 //! Where the state folder is, for every command that reads or writes runs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_engine::StateDir;
+use kiln_engine::{RecordEvent, RunView, StateDir, read_record};
 
 /// `--state DIR` and `KILN_HOME`, shared by the commands that use runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -90,7 +91,58 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 pub fn metrics_text(metrics: &std::collections::BTreeMap<String, f64>) -> String {
     metrics
         .iter()
-        .map(|(k, v)| format!("{k}={}", (v * 1e6).round() / 1e6))
+        .map(|(k, v)| format!("{k}={}", metric_text(*v)))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One metric value for people: rounded to 6 decimals (the record keeps every bit).
+pub fn metric_text(value: f64) -> String {
+    ((value * 1e6).round() / 1e6).to_string()
+}
+
+/// A run's record folded into a view; a record that cannot be read is an empty view, so one
+/// broken run does not hide the others from a listing.
+pub fn read_view(state: &StateDir, run_id: &str) -> RunView {
+    let mut view = match read_record(&state.record_path(run_id)) {
+        Ok(events) => RunView::from_events(&events),
+        Err(_) => RunView::default(),
+    };
+    in_plan_order(state, run_id, &mut view);
+    view
+}
+
+/// Puts a view's steps in the order of the run's plan: the record has them in the order
+/// they started, which parallel steps make differ from run to run.
+pub fn in_plan_order(state: &StateDir, run_id: &str, view: &mut RunView) {
+    let plan = std::fs::read(state.run_dir(run_id).join("plan.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let Some(steps) = plan.as_ref().and_then(|p| p["steps"].as_array()) else {
+        return;
+    };
+    let order: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+    // Stable: steps the plan does not name stay in record order, after the others.
+    view.steps
+        .sort_by_key(|(id, _)| order.iter().position(|o| o == id).unwrap_or(usize::MAX));
+}
+
+/// How a run ended as `kiln runs` prints it: `succeeded`, `failed`, `cancelled`, or
+/// `unfinished` (still going, or kiln stopped before the end).
+pub fn run_status(view: &RunView) -> String {
+    match &view.finished {
+        Some(RecordEvent::RunFinished { status, .. }) => status.to_string(),
+        _ => "unfinished".to_owned(),
+    }
+}
+
+/// The pipeline name and params a run started with (`?` and none for a record without its
+/// first line).
+pub fn run_params(view: &RunView) -> (&str, Option<&BTreeMap<String, kiln_spec::Value>>) {
+    match &view.started {
+        Some(RecordEvent::RunStarted {
+            pipeline, params, ..
+        }) => (pipeline, Some(params)),
+        _ => ("?", None),
+    }
 }
