@@ -52,6 +52,8 @@ enum Command {
     Replay(commands::replay::Args),
     /// Write a run to one file that `kiln replay` can replay anywhere
     Export(commands::export::Args),
+    /// Run one wasm step by hand, outside a pipeline (`kiln step run COMPONENT --in NAME=FILE`)
+    Step(commands::step::Args),
 }
 
 /// How results are printed.
@@ -254,6 +256,7 @@ fn main() -> ExitCode {
         Command::Artifact(args) => commands::artifact::run(args),
         Command::Replay(args) => commands::replay::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Step(args) => commands::step::run(args),
     };
     match result {
         Ok(code) => code,

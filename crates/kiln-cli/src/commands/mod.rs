@@ -13,4 +13,5 @@ pub mod runs;
 pub mod schema;
 pub mod show;
 pub mod state;
+pub mod step;
 pub mod validate;
