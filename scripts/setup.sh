@@ -26,4 +26,12 @@ if ! python3 -c 'import numpy, jsonschema, yaml' 2>/dev/null || ! command -v com
 fi
 # Container steps: podman with runc and a tiny local busybox image for the podman tests.
 scripts/setup-containers.sh
+# `kiln report`'s test opens the page it writes in a headless browser: Debian's chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (for the test of kiln report)"
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium
+fi
 log "done"

@@ -19,6 +19,9 @@ Output, in --out DIR:
   train_log.json  lr, epochs, seed, batch_size, l2, device, rows, the mean cross-entropy
                   loss and the training accuracy after every epoch.
 
+With --metrics FILE, also the last epoch's numbers as a flat JSON object, the form a kiln
+container step reports metrics in (`metrics:` in the pipeline): {"loss": .., "train_accuracy": ..}.
+
 Training: weights start from N(0, 0.01^2) drawn by numpy's PCG64 seeded with --seed, biases
 at 0; every epoch visits the rows in a fresh permutation from the same generator, in
 mini-batches of --batch-size (0 = full batch), taking a gradient step of the mean
@@ -231,6 +234,7 @@ def main(argv=None):
                         help="L2 penalty on the weights (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the GPU through PyTorch when available, else numpy (default)")
+    parser.add_argument("--metrics", help="also write the final loss and training accuracy here, as JSON")
     parser.add_argument("--log-every", type=positive_int, default=10,
                         help="print progress every N epochs (default 10)")
     args = parser.parse_args(argv)
@@ -276,6 +280,9 @@ def main(argv=None):
         "train_accuracy": [round(v, 6) for v in accs],
     }
     write_model(args.out, w, b, log)
+    if args.metrics:
+        with open(args.metrics, "w", encoding="utf-8", newline="\n") as f:
+            f.write(json.dumps({"loss": log["loss"][-1], "train_accuracy": log["train_accuracy"][-1]}) + "\n")
     print(f"done in {elapsed:.2f}s: final loss {losses[-1]:.6f}, train accuracy {accs[-1]:.4f}; "
           f"model written to {args.out}", flush=True)
     return 0
