@@ -165,7 +165,9 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
         for (step, metrics) in want {
             let got = step_of(json, step).map(|s| s["metrics"].clone());
             if got.as_ref() != Some(metrics) {
-                return Err(format!("step `{step}` has metrics {got:?}, expected {metrics}"));
+                return Err(format!(
+                    "step `{step}` has metrics {got:?}, expected {metrics}"
+                ));
             }
         }
     } else if let Some(want) = obj.get("labels").and_then(Value::as_object) {
@@ -173,7 +175,9 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
         for (step, label) in want {
             let got = step_of(json, step).map(|s| s["label"].clone());
             if got.as_ref() != Some(label) {
-                return Err(format!("step `{step}` is labelled {got:?}, expected {label}"));
+                return Err(format!(
+                    "step `{step}` is labelled {got:?}, expected {label}"
+                ));
             }
         }
     } else if let Some(spec) = obj.get("output").and_then(Value::as_array) {

@@ -1147,10 +1147,7 @@ async fn read_metrics(
             "metrics output `{name}` is {size} bytes; the most is {MAX_METRICS_BYTES}: write a small JSON object of numbers"
         ));
     }
-    let bytes = store
-        .read_verified(digest)
-        .await
-        .map_err(cannot)?;
+    let bytes = store.read_verified(digest).await.map_err(cannot)?;
     parse_metrics(name, &bytes)
 }
 

@@ -30,7 +30,9 @@ pub fn parse_metrics(output: &str, bytes: &[u8]) -> Result<BTreeMap<String, f64>
     let mut metrics = BTreeMap::new();
     for (name, value) in map {
         if name.is_empty() {
-            return Err(format!("metrics output `{output}` has a metric with an empty name"));
+            return Err(format!(
+                "metrics output `{output}` has a metric with an empty name"
+            ));
         }
         match value.as_f64() {
             Some(x) if value.is_number() && x.is_finite() => {
@@ -65,8 +67,11 @@ mod tests {
 
     #[test]
     fn a_flat_object_of_numbers_reads_back_exactly() {
-        let m = parse_metrics("metrics", br#"{"accuracy": 0.9312, "epochs": 30, "loss": -1e-3}"#)
-            .unwrap();
+        let m = parse_metrics(
+            "metrics",
+            br#"{"accuracy": 0.9312, "epochs": 30, "loss": -1e-3}"#,
+        )
+        .unwrap();
         assert_eq!(m["accuracy"].to_bits(), 0.9312f64.to_bits());
         assert_eq!(m["epochs"], 30.0);
         assert_eq!(m["loss"], -1e-3);
@@ -75,8 +80,15 @@ mod tests {
     #[test]
     fn anything_else_is_refused_with_the_reason() {
         let err = |text: &str| parse_metrics("scores", text.as_bytes()).unwrap_err();
-        assert!(err("[1, 2]").contains("holds a list, not an object"), "{}", err("[1, 2]"));
-        assert!(err("{\"acc\": \"0.9\"}").contains("metric `acc` in output `scores` is the string \"0.9\""));
+        assert!(
+            err("[1, 2]").contains("holds a list, not an object"),
+            "{}",
+            err("[1, 2]")
+        );
+        assert!(
+            err("{\"acc\": \"0.9\"}")
+                .contains("metric `acc` in output `scores` is the string \"0.9\"")
+        );
         assert!(err("{\"acc\": {\"top1\": 0.9}}").contains("is an object, not a number"));
         assert!(err("{\"acc\": NaN}").contains("is not JSON"));
         assert!(err("{\"acc\": null}").contains("is null"));

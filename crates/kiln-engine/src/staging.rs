@@ -231,10 +231,13 @@ fn what_was_written(task: &StagedTask, name: &str, path: &Path) -> String {
             "nothing else is in its outputs folder: write it to the path `{{{{outputs.{name}}}}}` gives"
         );
     }
-    let file = path.file_name().map_or(name.into(), |f| f.to_string_lossy());
-    let close = found
-        .iter()
-        .find(|f| f.strip_prefix(file.as_ref()).is_some_and(|rest| rest.starts_with('.')));
+    let file = path
+        .file_name()
+        .map_or(name.into(), |f| f.to_string_lossy());
+    let close = found.iter().find(|f| {
+        f.strip_prefix(file.as_ref())
+            .is_some_and(|rest| rest.starts_with('.'))
+    });
     let mut listed: Vec<String> = found.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
     if found.len() > SHOWN {
         listed.push(format!("and {} more", found.len() - SHOWN));

@@ -1058,9 +1058,7 @@ impl<'a> Checker<'a> {
                 None => Vec::new(),
             };
             for instance in instances {
-                let label = instance
-                    .as_ref()
-                    .and_then(|(k, _)| labels.get(*k).cloned());
+                let label = instance.as_ref().and_then(|(k, _)| labels.get(*k).cloned());
                 let mut planned = self.plan_step(i, name.as_str(), step, instance, &ids, &params);
                 if let Some(instance) = &mut planned.instance {
                     instance.label = label;
