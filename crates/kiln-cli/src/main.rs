@@ -50,6 +50,8 @@ enum Command {
     Artifact(commands::artifact::Args),
     /// Run a recorded run's wasm steps again and compare their outputs with the record
     Replay(commands::replay::Args),
+    // As for `Run`: the doc comment of `commands::report::Args` gives the summary.
+    Report(commands::report::Args),
     /// Write a run to one file that `kiln replay` can replay anywhere
     Export(commands::export::Args),
     /// Run one wasm step by hand, outside a pipeline (`kiln step run COMPONENT --in NAME=FILE`)
@@ -255,6 +257,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Artifact(args) => commands::artifact::run(args),
         Command::Replay(args) => commands::replay::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Step(args) => commands::step::run(args),
     };

@@ -8,6 +8,7 @@ pub mod export;
 pub mod graph;
 pub mod logs;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod runs;
 pub mod schema;
