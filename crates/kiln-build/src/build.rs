@@ -4,8 +4,10 @@
 //! A build's key is blake3 over a versioned domain string, the command, the artifact path and
 //! the source folder's files (relative path, kind, content digest; sorted by path). The walk
 //! skips what git would ignore (`.gitignore` files are honoured even outside a repository),
-//! every `target/` folder, hidden folders other than `.cargo/`, the artifact itself and the
-//! state folder. The toolchain and the environment are not in the key: after upgrading a
+//! every `target/` folder, Python's bytecode (`__pycache__/`, `*.pyc`: componentize-py and
+//! every Python import write it into the source folder, so counting it would make the second
+//! build of a fresh Python step a miss), hidden folders other than `.cargo/`, the artifact
+//! itself and the state folder. The toolchain and the environment are not in the key: after upgrading a
 //! compiler, `kiln build --force` rebuilds.
 //!
 //! A built artifact is stored in the CAS and materialised, read-only, at
@@ -418,8 +420,9 @@ pub fn build_key(sources: &[Digest], command: &str, artifact: &str) -> Digest {
 /// Skipped: what `.gitignore`, `.git/info/exclude` and `.ignore` files exclude (in `dir`, in
 /// its subfolders and in the folders above it, whether or not this is a git repository; the
 /// user's global excludes are not read, so that the key does not depend on the machine),
-/// every `target/` folder, hidden folders except `.cargo/` (cargo reads its configuration
-/// there), and the paths in `exclude`.
+/// every `target/` folder, Python's bytecode (`__pycache__/` folders, `*.pyc` and `*.pyo`
+/// files, written by whatever imports the sources, a build included), hidden folders except
+/// `.cargo/` (cargo reads its configuration there), and the paths in `exclude`.
 pub fn sources_digest(dir: &Path, exclude: &[PathBuf]) -> std::io::Result<Digest> {
     let root = lexical(&std::path::absolute(dir)?);
     let exclude: Vec<PathBuf> = exclude
@@ -445,7 +448,13 @@ pub fn sources_digest(dir: &Path, exclude: &[PathBuf]) -> std::io::Result<Digest
             }
             let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
             let name = entry.file_name().as_bytes();
-            !(is_dir && (name == b"target" || (name.starts_with(b".") && name != b".cargo")))
+            if is_dir {
+                !(name == b"target"
+                    || name == b"__pycache__"
+                    || (name.starts_with(b".") && name != b".cargo"))
+            } else {
+                !(name.ends_with(b".pyc") || name.ends_with(b".pyo"))
+            }
         })
         .build();
 
@@ -656,6 +665,29 @@ mod tests {
         // `.cargo/config.toml` changes how cargo builds: it is a source.
         write(dir.path(), ".cargo/config.toml", "[build]\n");
         assert_ne!(before, digest(dir.path()));
+    }
+
+    #[test]
+    fn python_bytecode_is_not_a_source() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "report.py", "def run(): pass\n");
+        let before = digest(dir.path());
+        // No `.gitignore` here or above: Python's bytecode is left out all the same.
+        write(dir.path(), "__pycache__/report.cpython-314.pyc", "bytecode");
+        write(
+            dir.path(),
+            "lib/__pycache__/util.cpython-314.pyc",
+            "bytecode",
+        );
+        write(dir.path(), "old.pyc", "python 2 bytecode");
+        write(dir.path(), "old.pyo", "optimised bytecode");
+        assert_eq!(before, digest(dir.path()));
+        // The sources themselves still count, and so does a file that only looks alike.
+        write(dir.path(), "report.py", "def run(): return 1\n");
+        let changed = digest(dir.path());
+        assert_ne!(before, changed);
+        write(dir.path(), "notes.pyc.txt", "a text file");
+        assert_ne!(changed, digest(dir.path()));
     }
 
     #[test]
