@@ -19,10 +19,6 @@ fn case_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/history")
 }
 
-fn blessing() -> bool {
-    std::env::var_os("KILN_BLESS").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 /// Runs `kiln ARGS` in `work` with its state folder there.
 fn kiln(work: &Path, args: &[&str]) -> Output {
     support::kiln()
@@ -156,27 +152,6 @@ fn csv_without(text: &str, columns: &[&str]) -> String {
     String::from_utf8(writer.into_inner().unwrap()).unwrap()
 }
 
-/// Compares a golden file with the actual text; with `bless`, rewrites it instead.
-fn compare(name: &str, actual: &str, bless: bool) -> Option<String> {
-    let golden = case_dir().join(name);
-    let expected = std::fs::read_to_string(&golden).ok();
-    match expected.as_deref() {
-        Some(e) if e == actual => None,
-        _ if bless => {
-            std::fs::write(&golden, actual).expect("write a golden file");
-            None
-        }
-        None => Some(format!("`{name}` is missing; the output is:\n{actual}")),
-        Some(e) => Some(format!(
-            "output differs from `{name}`:\n{}",
-            similar::TextDiff::from_lines(e, actual)
-                .unified_diff()
-                .context_radius(3)
-                .header(&format!("expected {name}"), "actual")
-        )),
-    }
-}
-
 #[test]
 fn runs_and_diff_read_as_the_golden_files() {
     let (work, ids) = three_runs();
@@ -237,10 +212,10 @@ fn runs_and_diff_read_as_the_golden_files() {
             without_ids(&stdout_of(work, &["diff", b, failed, "--all"]), &ids),
         ),
     ];
-    let bless = blessing();
+    let bless = support::blessing();
     let failures: Vec<String> = outputs
         .iter()
-        .filter_map(|(name, actual)| compare(name, actual, bless))
+        .filter_map(|(name, actual)| support::compare_golden(&case_dir(), name, actual, bless))
         .collect();
     assert!(
         failures.is_empty(),

@@ -196,6 +196,59 @@ fn a_deterministic_run_replays_identical() {
     );
 }
 
+/// A wasm step that reads only container steps' outputs is identical on what the record
+/// served it, and says so: nothing upstream ran again.
+#[test]
+fn an_identical_step_fed_by_served_steps_says_so() {
+    let ws = Workspace::new(
+        "\
+apiVersion: kiln/v1
+name: served
+steps:
+  prep:
+    container:
+      image: busybox
+      command: [sh, -c, 'echo \"rows 100\" > \"$1\"', prep]
+      args: [\"{{outputs.data}}\"]
+    outputs: [data]
+  copy:
+    wasm: copy.wasm
+    inputs: {src: prep.data}
+    outputs: [dst]
+  other:
+    wasm: copy.wasm
+    inputs: {src: ./other.txt}
+    outputs: [dst]
+",
+        &["copy"],
+        &[("other.txt", "other data\n")],
+    );
+    ws.run();
+    let (code, report) = ws.replay(&["latest"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(step(&report, "prep")["verdict"], "served");
+    let copy = step(&report, "copy");
+    assert_eq!(copy["verdict"], "identical", "{copy:#}");
+    assert_eq!(copy["message"], "its inputs were served from the record");
+    // A step that reads the workspace only is plainly identical.
+    let other = step(&report, "other");
+    assert_eq!(other["verdict"], "identical", "{other:#}");
+    assert!(other.get("message").is_none(), "{other:#}");
+
+    let out = ws.kiln(&["replay", "latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("copy "))
+        .unwrap_or_else(|| panic!("no row for `copy`:\n{stdout}"));
+    assert!(row.contains("identical"), "{row}");
+    assert!(
+        row.ends_with("its inputs were served from the record"),
+        "{row}"
+    );
+}
+
 #[test]
 fn a_nondeterministic_guest_is_caught() {
     let ws = Workspace::new(
@@ -256,6 +309,14 @@ fn a_replaced_component_is_followed_downstream() {
             .as_str()
             .unwrap()
             .contains("input `src` changed upstream")
+    );
+    // One thing differs: the verb agrees with it.
+    assert!(
+        second["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("output `dst` differs after "),
+        "{second:#}"
     );
     assert_eq!(step(&report, "other")["verdict"], "identical");
     assert_eq!(step(&report, "seen")["verdict"], "identical");

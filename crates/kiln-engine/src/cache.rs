@@ -158,6 +158,67 @@ pub fn diff_keys(before: &KeyParts, after: &KeyParts) -> Vec<KeyChange> {
     changes
 }
 
+/// One item of a list in a key (a container's args) that differs between two keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemChange {
+    /// Its position: in the earlier list, where the lists differ in length from there on.
+    pub index: usize,
+    /// The flag before it (`--epochs`), where that flag is the same in both lists.
+    pub flag: Option<String>,
+    /// The item in the earlier list (absent where the later one has more).
+    pub before: Option<serde_json::Value>,
+    /// The item in the later list (absent where the earlier one has more).
+    pub after: Option<serde_json::Value>,
+}
+
+/// The items that differ between two versions of a list: position by position for lists of
+/// one length, else the stretch between their common start and their common end, so that an
+/// inserted flag shows as itself rather than as every item after it.
+pub fn list_changes(before: &[serde_json::Value], after: &[serde_json::Value]) -> Vec<ItemChange> {
+    let pairs: Vec<(
+        usize,
+        Option<&serde_json::Value>,
+        Option<&serde_json::Value>,
+    )> = if before.len() == after.len() {
+        (0..before.len())
+            .filter(|&i| before[i] != after[i])
+            .map(|i| (i, Some(&before[i]), Some(&after[i])))
+            .collect()
+    } else {
+        let start = before.iter().zip(after).take_while(|(b, a)| b == a).count();
+        let most = before.len().min(after.len()) - start;
+        let end = before
+            .iter()
+            .rev()
+            .zip(after.iter().rev())
+            .take(most)
+            .take_while(|(b, a)| b == a)
+            .count();
+        let (b, a) = (
+            &before[start..before.len() - end],
+            &after[start..after.len() - end],
+        );
+        (0..b.len().max(a.len()))
+            .map(|k| (start + k, b.get(k), a.get(k)))
+            .filter(|(_, b, a)| b != a)
+            .collect()
+    };
+    pairs
+        .into_iter()
+        .map(|(index, b, a)| ItemChange {
+            index,
+            flag: index
+                .checked_sub(1)
+                .and_then(|j| before.get(j).filter(|flag| after.get(j) == Some(*flag)))
+                .and_then(|flag| flag.as_str())
+                .filter(|flag| flag.starts_with('-'))
+                .map(str::to_owned),
+            before: b.cloned(),
+            after: a.cloned(),
+        })
+        .collect()
+}
+
 /// How `kiln explain` names a pin: `backend`, `image id`.
 fn pin_label(name: &str) -> String {
     match name {
@@ -235,6 +296,52 @@ mod tests {
         let changes = diff_keys(&b, &a);
         let whats: Vec<&str> = changes.iter().map(|c| c.what.as_str()).collect();
         assert_eq!(whats, vec!["input `data`", "params.lr"]);
+    }
+
+    #[test]
+    fn list_changes_name_the_items_that_differ() {
+        let list = |items: &[&str]| -> Vec<serde_json::Value> {
+            items.iter().map(|s| serde_json::json!(s)).collect()
+        };
+        let text = |changes: Vec<ItemChange>| -> Vec<String> {
+            changes
+                .iter()
+                .map(|c| {
+                    let side = |v: &Option<serde_json::Value>| {
+                        v.as_ref().map_or("none".to_owned(), ToString::to_string)
+                    };
+                    format!(
+                        "{} {:?}: {} → {}",
+                        c.index,
+                        c.flag,
+                        side(&c.before),
+                        side(&c.after)
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            text(list_changes(
+                &list(&["--lr", "0.1", "--epochs", "20", "-v"]),
+                &list(&["--lr", "0.1", "--epochs", "30", "-q"]),
+            )),
+            [
+                r#"3 Some("--epochs"): "20" → "30""#,
+                r#"4 None: "-v" → "-q""#
+            ]
+        );
+        // An inserted item is itself, not every item after it.
+        assert_eq!(
+            text(list_changes(
+                &list(&["--lr", "0.1", "--out", "x"]),
+                &list(&["--lr", "0.1", "-v", "--out", "x"]),
+            )),
+            [r#"2 None: none → "-v""#]
+        );
+        assert_eq!(
+            text(list_changes(&list(&["a", "b"]), &list(&["a"]))),
+            [r#"1 None: "b" → none"#]
+        );
     }
 
     #[test]

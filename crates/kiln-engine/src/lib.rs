@@ -21,7 +21,10 @@ pub mod staging;
 
 use std::path::Path;
 
-pub use cache::{DETERMINISM_VERSION, KEY_VERSION, KeyChange, KeyParts, canonical_json, diff_keys};
+pub use cache::{
+    DETERMINISM_VERSION, ItemChange, KEY_VERSION, KeyChange, KeyParts, canonical_json, diff_keys,
+    list_changes,
+};
 pub use engine::{
     Clock, Engine, EngineConfig, Event, Executors, RunEvent, RunHandle, RunInput, RunSummary,
     SkipReason, StepStatus, StepSummary, SystemClock,

@@ -14,7 +14,7 @@
 //! `kiln::replay::executor`, `kiln::replay::upstream`, `kiln::replay::stale-container`,
 //! `kiln::replay::condition`, `kiln::replay::record`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,9 @@ use crate::engine::{AttemptPlace, Executors, collect_tree, condition_holds, run_
 use crate::staging::StagingArea;
 use kiln_record::{AttemptStatus, RecordEvent, RunView, StepRecord, read_record};
 use kiln_record::{StateDir, now_ms};
+
+/// The note on an identical step whose upstream steps were all served from the record.
+const INPUTS_SERVED: &str = "its inputs were served from the record";
 
 /// The largest output (each side) shown as a text diff.
 const MAX_DIFF_BYTES: u64 = 64 * 1024;
@@ -167,7 +170,8 @@ pub struct StepReplay {
     /// A stable code for everything but `identical`, `served` and `skipped`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
-    /// Why, for people.
+    /// Why, for people; on an identical step, what the verdict rests on where it is less
+    /// than it reads ("its inputs were served from the record").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Outputs compared (empty when it did not run).
@@ -328,6 +332,7 @@ pub async fn replay_run(
         propagate: !replaced.is_empty(),
         current: HashMap::new(),
         failed_upstream: HashMap::new(),
+        served: HashSet::new(),
         replay_id,
         components,
         logs,
@@ -413,6 +418,8 @@ struct Ctx<'a> {
     current: HashMap<StepId, BTreeMap<String, Digest>>,
     /// Steps that produced nothing usable in the replay, and why.
     failed_upstream: HashMap<StepId, String>,
+    /// Container steps whose recorded outputs were served as they are.
+    served: HashSet<StepId>,
     replay_id: String,
     components: PathBuf,
     logs: PathBuf,
@@ -445,7 +452,8 @@ impl Ctx<'_> {
                         Verdict::Changed,
                         Some("kiln::replay::changed"),
                         format!(
-                            "its condition `{when}` now holds, but the recorded run skipped it:                              nothing to compare it with"
+                            "its condition `{when}` now holds, but the recorded run skipped it: \
+                             nothing to compare it with"
                         ),
                     );
                 }
@@ -561,6 +569,7 @@ impl Ctx<'_> {
                 );
             }
             self.current.insert(planned.id.clone(), recorded_outputs);
+            self.served.insert(planned.id.clone());
             if !inputs_changed.is_empty() {
                 return result.problem(
                     Verdict::CouldNotReplay,
@@ -764,14 +773,25 @@ impl Ctx<'_> {
             },
         );
         if differing.is_empty() {
+            // Identical says less when nothing upstream ran again: the step was fed what the
+            // record says, not what a replay of its upstream steps wrote.
+            if self.inputs_all_served(planned) {
+                result.message = Some(INPUTS_SERVED.to_owned());
+            }
             return result;
         }
+        // "output `model` differs", "output `model`, metric `loss` differ".
+        let verb = if differing.len() == 1 {
+            "differs"
+        } else {
+            "differ"
+        };
         if explained {
-            let message = format!("{} differ after {cause}", differing.join(", "));
+            let message = format!("{} {verb} after {cause}", differing.join(", "));
             result.problem(Verdict::Changed, "kiln::replay::changed", message)
         } else {
             let message = format!(
-                "{} differ although the component, inputs, params and seed are the recorded \
+                "{} {verb} although the component, inputs, params and seed are the recorded \
                  ones: the step reads something kiln does not control, or this runtime behaves \
                  differently from the one that recorded the run",
                 differing.join(", ")
@@ -867,6 +887,21 @@ impl Ctx<'_> {
             inputs.insert(name.clone(), digest);
         }
         Ok(inputs)
+    }
+
+    /// Whether the step reads outputs of other steps, and every step it reads was served
+    /// from the record rather than run again.
+    fn inputs_all_served(&self, planned: &PlannedStep) -> bool {
+        let mut upstream = planned
+            .inputs
+            .values()
+            .flat_map(|source| match source {
+                InputSource::Step { step, .. } => std::slice::from_ref(step),
+                InputSource::Collect { instances, .. } => instances.as_slice(),
+                InputSource::Workspace { .. } | InputSource::Param { .. } => &[],
+            })
+            .peekable();
+        upstream.peek().is_some() && upstream.all(|id| self.served.contains(id))
     }
 
     /// The recorded component, which must be in the store.

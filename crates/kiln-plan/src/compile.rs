@@ -421,8 +421,8 @@ impl<'a> Checker<'a> {
                         self.error(
                             "kiln::plan::fan-out-not-list",
                             format!(
-                                "step `{name}` fans out over `params.{param}`, which is a {}, not a list",
-                                decl.ty.value
+                                "step `{name}` fans out over `params.{param}`, which is {}, not a list",
+                                with_article(decl.ty.value)
                             ),
                             for_each.span,
                         )

@@ -336,7 +336,13 @@ fn invalid_scalar(ty: &str, found: &str) -> Diagnostic {
     } else if ty == "bool" {
         format!("expected `true` or `false`, found {found_text}")
     } else {
-        format!("expected a {ty}, found {found_text}")
+        // "an int", "an object": the article goes by the sound of the type's name.
+        let article = if ty.starts_with(['a', 'e', 'i', 'o']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("expected {article} {ty}, found {found_text}")
     };
     Diagnostic::error("kiln::spec::invalid-value", message)
 }

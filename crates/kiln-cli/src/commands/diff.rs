@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::process::ExitCode;
 
-use kiln_engine::{AttemptStatus, KeyParts, RunView, StepRecord, StepView, diff_keys};
+use kiln_engine::{
+    AttemptStatus, KeyParts, RunView, StepRecord, StepView, diff_keys, list_changes,
+};
 
 use super::state::{StateArgs, metric_text, read_view, run_params, run_status, short_digest};
 use crate::Output;
@@ -301,18 +303,17 @@ fn readable_changes(what: &str, before: &str, after: &str) -> Vec<Change> {
     if let Ok((b, a)) = lists
         && b.len() == a.len()
     {
-        return (0..b.len())
-            .filter(|&i| b[i] != a[i])
-            .map(|i| {
-                let flag = i
-                    .checked_sub(1)
-                    .and_then(|j| b[j].as_str().filter(|s| s.starts_with('-') && b[j] == a[j]))
-                    .map_or(String::new(), |flag| format!(" ({flag})"));
-                Change {
-                    what: format!("{what}[{i}]{flag}"),
-                    before: b[i].to_string(),
-                    after: a[i].to_string(),
-                }
+        let side = |v: Option<serde_json::Value>| v.map_or("none".to_owned(), |v| v.to_string());
+        return list_changes(&b, &a)
+            .into_iter()
+            .map(|item| Change {
+                what: format!(
+                    "{what}[{}]{}",
+                    item.index,
+                    item.flag.map_or(String::new(), |flag| format!(" ({flag})"))
+                ),
+                before: side(item.before),
+                after: side(item.after),
             })
             .collect();
     }

@@ -243,7 +243,9 @@ fn print_report(report: &ReplayReport, allow_change: &[String], kept: bool) {
                     "component replaced".to_owned()
                 }
                 (_, Some(code)) => code.to_string(),
-                (Verdict::Skipped, None) => s.message.clone().unwrap_or_default(),
+                (Verdict::Skipped | Verdict::Identical, None) => {
+                    s.message.clone().unwrap_or_default()
+                }
                 _ => String::new(),
             };
             vec![

@@ -31,3 +31,30 @@ pub fn build_guests(bins: &[&str]) -> PathBuf {
     let args: Vec<&str> = bins.iter().flat_map(|b| ["--bin", *b]).collect();
     kiln_test_support::build_wasm(&kiln_test_support::guests_dir(), &args)
 }
+
+/// Whether golden files are being rewritten (`KILN_BLESS=1`).
+pub fn blessing() -> bool {
+    std::env::var_os("KILN_BLESS").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Compares golden file `dir/name` with the actual text, and says how they differ; with
+/// `bless`, rewrites the file instead.
+pub fn compare_golden(dir: &Path, name: &str, actual: &str, bless: bool) -> Option<String> {
+    let golden = dir.join(name);
+    let expected = std::fs::read_to_string(&golden).ok();
+    match expected.as_deref() {
+        Some(e) if e == actual => None,
+        _ if bless => {
+            std::fs::write(&golden, actual).expect("write a golden file");
+            None
+        }
+        None => Some(format!("`{name}` is missing; the output is:\n{actual}")),
+        Some(e) => Some(format!(
+            "output differs from `{name}`:\n{}",
+            similar::TextDiff::from_lines(e, actual)
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("expected {name}"), "actual")
+        )),
+    }
+}
