@@ -12,6 +12,7 @@
 //! It does not schedule or run steps.
 
 mod build;
+mod declared;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ pub use build::{
     BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
     build_key, builds_dir, sources_digest,
 };
+pub use declared::{declaration_of, declarations};
 
 /// Resolves what a plan names by place to digests of what is in the store: components, and
 /// the workspace files and folders steps read.
@@ -204,7 +206,9 @@ pub async fn pin(plan: &Plan, resolver: &mut dyn Resolver) -> Result<Pinned, Vec
     }
 }
 
-async fn pin_components(
+/// Resolves the component of every wasm step of `plan`, each once (what [`pin`] does first,
+/// without the workspace inputs): digests by step name, or every problem at once.
+pub async fn pin_components(
     plan: &Plan,
     resolver: &mut dyn Resolver,
 ) -> Result<BTreeMap<String, Digest>, Vec<String>> {

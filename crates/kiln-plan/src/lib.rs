@@ -9,6 +9,7 @@
 //! and input digests are pinned by the engine when a run starts.
 
 mod compile;
+pub mod declared;
 mod graph;
 pub mod when;
 

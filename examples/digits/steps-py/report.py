@@ -2,7 +2,8 @@
 
 Inputs: ``best`` (pick's best.json) and ``candidates`` (the folder of evaluate's metrics
 files, one per training instance, named 0, 1, ...). Output: ``report`` (report.md). Metric:
-``best_accuracy``. Built into a component of the kiln step world by componentize-py (see
+``best_accuracy``. Param: ``title`` (the report's heading). Built into a component of the
+kiln step world by ``kiln_step.py build`` (componentize-py, then the params declaration; see
 pipeline.yaml); the shared helper ``kiln_step`` (sdk/python) is compiled into it.
 """
 
@@ -35,7 +36,7 @@ def report(step: kiln_step.Step):
         raise kiln_step.InvalidInput(f"{folder}: no candidates")
 
     lines = [
-        "# digits: training report",
+        f"# {step.param('title')}: training report",
         "",
         "| instance | learning rate | test accuracy | correct |",
         "|---|---|---|---|",
@@ -49,4 +50,9 @@ def report(step: kiln_step.Step):
     return {"best_accuracy": best["accuracy"]}
 
 
-WitWorld = kiln_step.component(report)
+WitWorld = kiln_step.component(
+    report,
+    params=[
+        kiln_step.param("title", "string", default="digits", description="the report's heading"),
+    ],
+)

@@ -2,6 +2,7 @@
 
 pub mod artifact;
 pub mod build;
+pub mod declared;
 pub mod diff;
 pub mod explain;
 pub mod export;

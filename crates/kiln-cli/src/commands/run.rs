@@ -158,9 +158,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let result = match kiln_build::pin(&input.plan, &mut resolver).await {
             Ok(pinned) => {
                 drop(resolver);
-                input.components = pinned.components;
-                input.workspace = pinned.workspace;
-                engine.run(input, cancel, Some(tx)).await
+                // What the components declare: `with:` checked, defaults filled in.
+                let store = state.store();
+                match super::declared::check(&source, &mut input.plan, &pinned.components, &store)
+                    .await
+                {
+                    Ok(()) => {
+                        input.components = pinned.components;
+                        input.workspace = pinned.workspace;
+                        engine.run(input, cancel, Some(tx)).await
+                    }
+                    Err(problems) => {
+                        drop(tx);
+                        Err(kiln_engine::EngineError::Preflight(match problems {
+                            super::declared::Problems::Located(diagnostics) => {
+                                eprint!("{}", source.render(&diagnostics, color));
+                                let n = diagnostics.len();
+                                vec![format!(
+                                    "{n} problem{} with `with:` and the params the components declare (above)",
+                                    if n == 1 { "" } else { "s" }
+                                )]
+                            }
+                            super::declared::Problems::Unreadable(problems) => problems,
+                        }))
+                    }
+                }
             }
             Err(problems) => {
                 drop(resolver);

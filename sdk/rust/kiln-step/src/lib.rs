@@ -15,20 +15,22 @@
 //!     }
 //! }
 //!
-//! kiln_step::export!(Double);
+//! kiln_step::export!(Double, params = [kiln_step::Param::float("x").describe("what to double")]);
 //! ```
 //!
 //! The crate is a `cdylib` built for `wasm32-wasip2`; `cargo build --target wasm32-wasip2`
 //! then writes a component of the kiln step world. Inputs are plain files and folders under
 //! `/in` ([`Context::input`] gives the path), outputs are written under `/out`
-//! ([`Context::output`]) or returned as bytes ([`Success::output`]). See `wit/step.wit`.
+//! ([`Context::output`]) or returned as bytes ([`Success::output`]). The params declared in
+//! [`export!`] are checked by `kiln validate` against each step's `with:`. See
+//! `wit/step.wit` and docs/rust-steps.md.
 
 #![allow(unsafe_code)] // the glue wit-bindgen generates
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../../wit",
+        path: "wit",
         world: "kiln:step/step",
         pub_export_macro: true,
         export_macro_name: "export_step",
@@ -41,12 +43,199 @@ pub use bindings::kiln::step::types::{
     Artifact, Context, ErrorKind, Metric, StepError, Success, Value,
 };
 
-/// Exports a type implementing [`Step`] as the component's `run`.
+/// Exports a type implementing [`Step`] as the component's `run`, optionally with the params
+/// it reads, declared so that `kiln validate` and `kiln run` check each step's `with:` against
+/// them before anything runs (an unknown name, with a suggestion; a missing required param;
+/// a value of the wrong type) and give the step the declared defaults:
+///
+/// ```ignore
+/// kiln_step::export!(Pick, params = [
+///     kiln_step::Param::float("min_accuracy")
+///         .default("0.5")
+///         .describe("The accuracy below which the best model is refused"),
+///     kiln_step::Param::new("layers", "list[int]"),
+/// ]);
+/// ```
+///
+/// The declaration is a custom section of the component named `kiln:params`, written at
+/// compile time from these values.
 #[macro_export]
 macro_rules! export {
     ($ty:ident) => {
         $crate::bindings::export_step!($ty);
     };
+    ($ty:ident, params = [$($param:expr),* $(,)?]) => {
+        $crate::bindings::export_step!($ty);
+        const _: () = {
+            const PARAMS: &[$crate::Param] = &[$($param),*];
+            const LEN: usize = $crate::Param::declaration_len(PARAMS);
+            #[used]
+            #[unsafe(link_section = "kiln:params")]
+            static DECLARATION: [u8; LEN] = $crate::Param::declaration::<LEN>(PARAMS);
+        };
+    };
+}
+
+/// A param a step declares in [`export!`]: its name, type, default and description.
+///
+/// Everything is known at compile time, so the declaration costs nothing at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    name: &'static str,
+    ty: &'static str,
+    default: Option<&'static str>,
+    description: &'static str,
+}
+
+impl Param {
+    /// A param of type `ty`: `string`, `int`, `float`, `bool` or `list[...]` of one of these
+    /// (kiln checks the spelling when it reads the declaration).
+    pub const fn new(name: &'static str, ty: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            default: None,
+            description: "",
+        }
+    }
+
+    /// A `string` param.
+    pub const fn string(name: &'static str) -> Self {
+        Self::new(name, "string")
+    }
+
+    /// An `int` param.
+    pub const fn int(name: &'static str) -> Self {
+        Self::new(name, "int")
+    }
+
+    /// A `float` param.
+    pub const fn float(name: &'static str) -> Self {
+        Self::new(name, "float")
+    }
+
+    /// A `bool` param.
+    pub const fn bool(name: &'static str) -> Self {
+        Self::new(name, "bool")
+    }
+
+    /// The value used when a step's `with:` does not set it, in the text form `kiln run -p`
+    /// takes (`"0.5"`, `"true"`, `"1,2,3"`); without one the param is required.
+    pub const fn default(mut self, text: &'static str) -> Self {
+        self.default = Some(text);
+        self
+    }
+
+    /// What the param means, for people (shown in kiln's errors).
+    pub const fn describe(mut self, text: &'static str) -> Self {
+        self.description = text;
+        self
+    }
+
+    /// The length of [`Param::declaration`] for `params`.
+    #[doc(hidden)]
+    pub const fn declaration_len(params: &[Param]) -> usize {
+        let mut out = Json::<0>::measure();
+        out = out.declaration(params);
+        out.len
+    }
+
+    /// The declaration's JSON bytes (`{"version":1,"params":[...]}`), built at compile time.
+    #[doc(hidden)]
+    pub const fn declaration<const N: usize>(params: &[Param]) -> [u8; N] {
+        let out = Json::<N>::write().declaration(params);
+        assert!(out.len == N, "declaration length");
+        out.bytes
+    }
+}
+
+/// A JSON writer usable in `const`: it measures (`N` = 0) or writes.
+#[doc(hidden)]
+pub struct Json<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+    writing: bool,
+}
+
+impl<const N: usize> Json<N> {
+    const fn measure() -> Self {
+        Self {
+            bytes: [0; N],
+            len: 0,
+            writing: false,
+        }
+    }
+
+    const fn write() -> Self {
+        Self {
+            bytes: [0; N],
+            len: 0,
+            writing: true,
+        }
+    }
+
+    const fn byte(mut self, b: u8) -> Self {
+        if self.writing {
+            self.bytes[self.len] = b;
+        }
+        self.len += 1;
+        self
+    }
+
+    const fn raw(mut self, s: &str) -> Self {
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            self = self.byte(b[i]);
+            i += 1;
+        }
+        self
+    }
+
+    /// A JSON string: quotes, backslashes and control characters escaped.
+    const fn string(mut self, s: &str) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self = self.byte(b'"');
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            if c == b'"' || c == b'\\' {
+                self = self.byte(b'\\').byte(c);
+            } else if c < 0x20 {
+                self = self
+                    .raw("\\u00")
+                    .byte(HEX[(c >> 4) as usize])
+                    .byte(HEX[(c & 0xf) as usize]);
+            } else {
+                self = self.byte(c);
+            }
+            i += 1;
+        }
+        self.byte(b'"')
+    }
+
+    const fn declaration(mut self, params: &[Param]) -> Self {
+        self = self.raw("{\"version\":1,\"params\":[");
+        let mut i = 0;
+        while i < params.len() {
+            let p = &params[i];
+            if i > 0 {
+                self = self.byte(b',');
+            }
+            self = self.raw("{\"name\":").string(p.name);
+            self = self.raw(",\"type\":").string(p.ty);
+            if let Some(default) = p.default {
+                self = self.raw(",\"default\":").string(default);
+            }
+            if !p.description.is_empty() {
+                self = self.raw(",\"description\":").string(p.description);
+            }
+            self = self.byte(b'}');
+            i += 1;
+        }
+        self.raw("]}")
+    }
 }
 
 /// The step's log: lines go to the same log as stdout and stderr (`kiln logs`).
@@ -93,7 +282,17 @@ impl Context {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
-            .ok_or_else(|| StepError::invalid_params(format!("param `{name}` is missing")))
+            .ok_or_else(|| {
+                let given: Vec<&str> = self.params.iter().map(|(n, _)| n.as_str()).collect();
+                let given = if given.is_empty() {
+                    "none".to_owned()
+                } else {
+                    given.join(", ")
+                };
+                StepError::invalid_params(format!(
+                    "param `{name}` is missing (the step was given: {given})"
+                ))
+            })
     }
 }
 
@@ -206,5 +405,52 @@ impl Success {
 impl Default for Success {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Context, ErrorKind, Param, Value};
+
+    #[test]
+    fn a_missing_param_names_the_ones_given() {
+        let ctx = |params: Vec<(String, Value)>| Context {
+            step: "pick".into(),
+            params,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let e = ctx(vec![
+            ("min_acuracy".into(), Value::Number(0.8)),
+            ("seed".into(), Value::Integer(1)),
+        ])
+        .param("min_accuracy")
+        .unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::InvalidParams));
+        assert_eq!(
+            e.message,
+            "param `min_accuracy` is missing (the step was given: min_acuracy, seed)"
+        );
+        let e = ctx(Vec::new()).param("x").unwrap_err();
+        assert!(e.message.ends_with("(the step was given: none)"), "{}", e.message);
+    }
+
+    const PARAMS: &[Param] = &[
+        Param::float("min_accuracy")
+            .default("0.5")
+            .describe("refuse \"bad\" models\\\n"),
+        Param::new("layers", "list[int]"),
+    ];
+
+    #[test]
+    fn the_declaration_is_the_json_kiln_reads() {
+        const LEN: usize = Param::declaration_len(PARAMS);
+        const BYTES: [u8; LEN] = Param::declaration::<LEN>(PARAMS);
+        assert_eq!(
+            std::str::from_utf8(&BYTES).unwrap(),
+            r#"{"version":1,"params":[{"name":"min_accuracy","type":"float","default":"0.5","description":"refuse \"bad\" models\\\u000a"},{"name":"layers","type":"list[int]"}]}"#
+        );
+        const EMPTY: usize = Param::declaration_len(&[]);
+        assert_eq!(Param::declaration::<EMPTY>(&[]), *br#"{"version":1,"params":[]}"#);
     }
 }

@@ -1,8 +1,10 @@
 //! `pick`: chooses the best of the fanned-out training instances by test accuracy.
 //!
 //! ```text
-//! pick --in candidates=CANDIDATES_DIR --out best=best.json
+//! pick --in candidates=CANDIDATES_DIR --out best=best.json [--param min_accuracy=0.9]
 //! ```
+//!
+//! With `min_accuracy`, a winner below it fails the step: no model is kept.
 //!
 //! # The expected layout of `candidates`
 //!
@@ -30,7 +32,7 @@
 
 use std::path::Path;
 
-use digits_common::{Args, Json, StepError, StepSpec, table};
+use digits_common::{Args, Json, ParamSpec, StepError, StepSpec, table};
 
 /// The step's inputs, outputs and params.
 pub const SPEC: StepSpec = StepSpec {
@@ -41,7 +43,11 @@ pub const SPEC: StepSpec = StepSpec {
         "a folder with one entry per instance (0, 1, ...): its metrics file, or a folder holding metrics.json",
     )],
     outputs: &[("best", "best.json: the winning instance and its accuracy")],
-    params: &[],
+    params: &[ParamSpec {
+        name: "min_accuracy",
+        default: Some("0"),
+        help: "the least test accuracy a winner must reach",
+    }],
 };
 
 /// The metrics file's name inside each instance's folder.
@@ -51,12 +57,18 @@ const METRICS: &str = "metrics.json";
 pub fn run(args: &Args) -> Result<Vec<(String, f64)>, StepError> {
     let candidates = read_candidates(args.input("candidates"))?;
     let best = pick(&candidates).map_err(StepError::failed)?;
-    table::write_file(args.output("best"), &best.to_line())?;
-    println!("pick: {best}");
+    let min_accuracy: f64 = args.param("min_accuracy")?;
     let accuracy = best
         .get("accuracy")
         .and_then(Json::as_f64)
         .unwrap_or(f64::NAN);
+    if !(accuracy >= min_accuracy) {
+        return Err(StepError::failed(format!(
+            "the best model's accuracy {accuracy} is below min_accuracy {min_accuracy}"
+        )));
+    }
+    table::write_file(args.output("best"), &best.to_line())?;
+    println!("pick: {best}");
     Ok(vec![("accuracy".to_owned(), accuracy)])
 }
 
@@ -245,5 +257,10 @@ mod component {
         }
     }
 
-    kiln_step::export!(Step);
+    // The params `kiln validate` checks each `with:` against (the same as SPEC's).
+    kiln_step::export!(Step, params = [
+        kiln_step::Param::float("min_accuracy")
+            .default("0")
+            .describe("the least test accuracy a winner must reach"),
+    ]);
 }
