@@ -1287,7 +1287,7 @@ fn component_source(wasm: &WasmRef) -> ComponentSource {
 }
 
 /// "an int", "a list[float]".
-fn with_article(ty: ParamType) -> String {
+pub(crate) fn with_article(ty: ParamType) -> String {
     let name = ty.to_string();
     if name.starts_with('i') {
         format!("an {name}")

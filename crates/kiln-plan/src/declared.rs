@@ -189,11 +189,11 @@ pub fn check_with(
                     "kiln::plan::param-type",
                     format!(
                         "param `{key_name}` of step `{name}` is {}: {problem}",
-                        article(declared.ty)
+                        crate::compile::with_article(declared.ty)
                     ),
                 )
                 .at(value.span)
-                .label(format!("not {}", article(declared.ty)));
+                .label(format!("not {}", crate::compile::with_article(declared.ty)));
                 if let Some(about) = &declared.description {
                     d = d.help(format!("`{key_name}`: {about}"));
                 }
@@ -229,15 +229,6 @@ pub fn check_with(
     }
     diagnostics.sort_by_key(|d| d.span.map(|s| s.offset));
     diagnostics
-}
-
-fn article(ty: ParamType) -> String {
-    let name = ty.to_string();
-    if name.starts_with('i') {
-        format!("an {name}")
-    } else {
-        format!("a {name}")
-    }
 }
 
 /// Gives every wasm step the declared defaults of the params its `with:` does not set, in
