@@ -56,6 +56,8 @@ enum Command {
     Export(commands::export::Args),
     /// Run one wasm step by hand, outside a pipeline (`kiln step run COMPONENT --in NAME=FILE`)
     Step(commands::step::Args),
+    /// Start a step from a template (`kiln new step --rust|--python NAME`)
+    New(commands::new::Args),
 }
 
 /// How results are printed.
@@ -260,6 +262,7 @@ fn main() -> ExitCode {
         Command::Report(args) => commands::report::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Step(args) => commands::step::run(args),
+        Command::New(args) => commands::new::run(args),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod export;
 pub mod graph;
 pub mod logs;
+pub mod new;
 pub mod replay;
 pub mod report;
 pub mod run;
