@@ -33,24 +33,63 @@ pub fn declaration_of(component: &[u8]) -> Result<Option<Declaration>, String> {
         .transpose()
 }
 
-/// The declarations of every pinned component (`components`: digests by step name, as
-/// [`crate::Pinned::components`]) that has one, by step name; every unreadable one at once.
-pub async fn declarations(
+/// Whether a component is of the kiln step world: its top level exports a function `run`
+/// (a command exports the `wasi:cli/run` instance instead). `false` for bytes that do not
+/// parse.
+pub fn is_step_world(component: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload {
+            Err(_) => return false,
+            Ok(wasmparser::Payload::ModuleSection { .. })
+            | Ok(wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
+                for export in exports.into_iter().flatten() {
+                    if export.name.name == "run"
+                        && export.kind == wasmparser::ComponentExternalKind::Func
+                    {
+                        return true;
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
+/// What kiln reads from a pinned component before it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Inspected {
+    /// The params it declares, if it declares any.
+    pub declaration: Option<Declaration>,
+    /// Whether it is of the kiln step world (else a command, or not a component).
+    pub step_world: bool,
+}
+
+/// [`Inspected`] for every pinned component (`components`: digests by step name, as
+/// [`crate::Pinned::components`]), by step name; every unreadable one at once. Each distinct
+/// component is read once.
+pub async fn inspect(
     components: &BTreeMap<String, kiln_cas::Digest>,
     store: &dyn BlobStore,
-) -> Result<BTreeMap<String, Declaration>, Vec<String>> {
+) -> Result<BTreeMap<String, Inspected>, Vec<String>> {
     let mut found = BTreeMap::new();
     let mut problems = Vec::new();
-    let mut by_digest: BTreeMap<kiln_cas::Digest, Option<Declaration>> = BTreeMap::new();
+    let mut by_digest: BTreeMap<kiln_cas::Digest, Inspected> = BTreeMap::new();
     for (step, digest) in components {
         if !by_digest.contains_key(digest) {
             let read = match store.read_verified(digest).await {
-                Ok(bytes) => declaration_of(&bytes),
+                Ok(bytes) => declaration_of(&bytes).map(|declaration| Inspected {
+                    declaration,
+                    step_world: is_step_world(&bytes),
+                }),
                 Err(e) => Err(format!("cannot read it from the store: {e}")),
             };
             match read {
-                Ok(declaration) => {
-                    by_digest.insert(*digest, declaration);
+                Ok(inspected) => {
+                    by_digest.insert(*digest, inspected);
                 }
                 Err(e) => {
                     problems.push(format!("step `{step}`: its component {digest}: {e}"));
@@ -58,8 +97,8 @@ pub async fn declarations(
                 }
             }
         }
-        if let Some(Some(declaration)) = by_digest.get(digest) {
-            found.insert(step.clone(), declaration.clone());
+        if let Some(inspected) = by_digest.get(digest) {
+            found.insert(step.clone(), inspected.clone());
         }
     }
     if problems.is_empty() {
@@ -67,6 +106,18 @@ pub async fn declarations(
     } else {
         Err(problems)
     }
+}
+
+/// The declarations of every pinned component that has one, by step name (see [`inspect`]).
+pub async fn declarations(
+    components: &BTreeMap<String, kiln_cas::Digest>,
+    store: &dyn BlobStore,
+) -> Result<BTreeMap<String, Declaration>, Vec<String>> {
+    Ok(inspect(components, store)
+        .await?
+        .into_iter()
+        .filter_map(|(step, i)| i.declaration.map(|d| (step, d)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub use build::{
     BuildEntry, BuildFailure, BuildProgress, BuildRecipe, BuiltComponent, ComponentBuilder,
     build_key, builds_dir, sources_digest,
 };
-pub use declared::{declaration_of, declarations};
+pub use declared::{Inspected, declaration_of, declarations, inspect, is_step_world};
 
 /// Resolves what a plan names by place to digests of what is in the store: components, and
 /// the workspace files and folders steps read.

@@ -138,6 +138,22 @@ fn a_rust_and_a_python_step_from_the_templates_run_as_printed() {
             "{err}"
         );
     }
+
+    // A step-world component gets its streams in its context: `stdout:` on one is refused
+    // before anything runs.
+    pipeline(&rust.replace(
+        "    outputs: [summary]\n",
+        "    stdout: outputs.summary\n    outputs: [summary]\n",
+    ));
+    let out = kiln(&project, &["validate", "pipeline.yaml"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "step `count-lines` has `stdout`, but its component is of the kiln step world"
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -360,6 +360,7 @@ mod tests {
             outputs: vec!["out".into()],
             output_files: BTreeMap::new(),
             metrics: None,
+            command: None,
         };
         let pins = |backend: &str, id: Option<&str>| {
             let mut pins = BTreeMap::from([("backend".to_owned(), backend.to_owned())]);

@@ -11,8 +11,9 @@ use kiln_spec::{
 use crate::graph::StepGraph;
 use crate::when;
 use crate::{
-    CacheKeyMaterial, Compiled, ComponentSource, ContainerKey, ContainerPlan, FanOutInstance,
-    InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepId, StepKind,
+    CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
+    FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepId,
+    StepKind,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -263,6 +264,7 @@ impl<'a> Checker<'a> {
             d.label = Some("these limits".into());
             d.help = Some("use `container.resources` (`cpu`, `memory`, `gpu`) instead".into());
         }
+        self.check_command_line(name, step, in_fan_out, params);
         if let Some(retries) = &step.retries
             && retries.value > MAX_RETRIES
         {
@@ -394,6 +396,107 @@ impl<'a> Checker<'a> {
 
         if let Some(condition) = &step.when {
             self.check_when(i, name, condition, in_fan_out, params);
+        }
+    }
+
+    /// A wasm step's own command line: `args` and `env` templates as for a container,
+    /// `stdin: inputs.NAME` and `stdout: outputs.NAME` naming what the step declares. On a
+    /// container step they are refused: its `args` and `env` go under `container:`.
+    fn check_command_line(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        step: &Located<Step>,
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+    ) {
+        if step.container.is_some() {
+            let misplaced = [
+                step.args.as_ref().map(|a| ("args", a.span)),
+                step.env.keys().next().map(|k| ("env", k.span)),
+                step.stdin.as_ref().map(|s| ("stdin", s.span)),
+                step.stdout.as_ref().map(|s| ("stdout", s.span)),
+            ];
+            for (field, span) in misplaced.into_iter().flatten() {
+                let help = match field {
+                    "args" | "env" => format!("move it under `container:` (`container.{field}`)"),
+                    _ => "a container step reads its inputs and writes its outputs as files \
+                          (`{{inputs.NAME}}`, `{{outputs.NAME}}` in `container.args`)"
+                        .to_owned(),
+                };
+                self.error(
+                    "kiln::plan::command-line-on-container",
+                    format!(
+                        "step `{name}` is a container step; `{field}` here applies to wasm steps only"
+                    ),
+                    span,
+                )
+                .help = Some(help);
+            }
+            return;
+        }
+        if let (Some(_), Some((key, _))) = (&step.args, step.with.first()) {
+            self.warn(
+                "kiln::plan::with-and-args",
+                format!(
+                    "step `{name}` has its own `args`: the program gets exactly those, so its \
+                     `with:` values do not reach it"
+                ),
+                key.span,
+            )
+            .help = Some(
+                "put the value in `args` (a pipeline param as `{{params.NAME}}`), or remove \
+                 `with:`"
+                    .into(),
+            );
+        }
+        let inputs: BTreeSet<&str> = step.inputs.keys().map(|k| k.as_str()).collect();
+        let outputs: BTreeSet<&str> = step.outputs.iter().map(|k| k.as_str()).collect();
+        let args = step.args.iter().flat_map(|a| a.value.iter());
+        for text in args.chain(step.env.values()) {
+            self.check_template(
+                name,
+                text,
+                TemplateSite::Container,
+                in_fan_out,
+                params,
+                (&inputs, &outputs),
+            );
+        }
+        for (field, scope, stream, declared) in [
+            ("stdin", "inputs", &step.stdin, &inputs),
+            ("stdout", "outputs", &step.stdout, &outputs),
+        ] {
+            let Some(stream) = stream else { continue };
+            let kind = &scope[..scope.len() - 1];
+            let wanted = stream
+                .trim()
+                .strip_prefix(scope)
+                .and_then(|rest| rest.strip_prefix('.'));
+            match wanted {
+                Some(artifact) if declared.contains(artifact) => {}
+                Some(artifact) => {
+                    let hint = did_you_mean(artifact, declared.iter().copied());
+                    self.error(
+                        if kind == "input" {
+                            "kiln::plan::unknown-input"
+                        } else {
+                            "kiln::plan::unknown-output"
+                        },
+                        format!("step `{name}` sends `{field}` to {scope}.{artifact}, but it has no {kind} `{artifact}`{hint}"),
+                        stream.span,
+                    )
+                    .help = Some(format!("declare it under `{scope}:`"));
+                }
+                None => {
+                    let example = declared.iter().next().copied().unwrap_or("NAME");
+                    self.error(
+                        "kiln::plan::bad-stream",
+                        format!("step `{name}` has `{field}: {}`; expected `{scope}.NAME`, one of the step's {scope}", stream.value),
+                        stream.span,
+                    )
+                    .help = Some(format!("write `{field}: {scope}.{example}`"));
+                }
+            }
         }
     }
 
@@ -776,7 +879,7 @@ impl<'a> Checker<'a> {
                     if site != TemplateSite::Container {
                         self.error(
                             "kiln::plan::path-template",
-                            format!("step `{name}` uses `{{{{{scope}.{n}}}}}` in {place}; paths can only be templated into container `command`, `args` and `env`"),
+                            format!("step `{name}` uses `{{{{{scope}.{n}}}}}` in {place}; paths can only be templated into container `command`, `args` and `env`, and a wasm step's `args` and `env`"),
                             text.span,
                         );
                     } else if !declared.contains(n.as_str()) {
@@ -1174,6 +1277,26 @@ impl<'a> Checker<'a> {
             .map(|(name, file)| (name.to_owned(), file.0.clone()))
             .collect();
         let metrics = step.metrics.as_ref().map(|m| m.to_string());
+        let command_line = {
+            let text = |s: &str| substitute(s, params, item);
+            let stream = |s: &Option<Located<String>>| {
+                s.as_ref()
+                    .and_then(|s| s.trim().split_once('.').map(|(_, name)| name.to_owned()))
+            };
+            CommandLine {
+                args: step
+                    .args
+                    .as_ref()
+                    .map(|args| args.iter().map(|a| text(a)).collect()),
+                env: step
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.value.0.clone(), text(v)))
+                    .collect(),
+                stdin: stream(&step.stdin),
+                stdout: stream(&step.stdout),
+            }
+        };
         let (kind, container_key) = match (&step.wasm, &step.container) {
             (Some(wasm), _) => (
                 StepKind::Wasm {
@@ -1188,6 +1311,7 @@ impl<'a> Checker<'a> {
                         .as_ref()
                         .and_then(|l| l.fuel.as_ref())
                         .map(|f| f.value),
+                    command: command_line.clone(),
                 },
                 None,
             ),
@@ -1237,6 +1361,7 @@ impl<'a> Checker<'a> {
             },
             output_files: output_files.clone(),
             metrics: metrics.clone(),
+            command: (step.wasm.is_some() && !command_line.is_default()).then_some(command_line),
         };
         PlannedStep {
             id,

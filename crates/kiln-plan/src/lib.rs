@@ -141,9 +141,39 @@ pub enum StepKind {
         /// Fuel budget, if set.
         #[serde(skip_serializing_if = "Option::is_none")]
         fuel: Option<u64>,
+        /// How a command component is called, when the pipeline says (`args`, `env`,
+        /// `stdin`, `stdout`); the default is kiln's `--in`/`--out`/`--param` convention.
+        #[serde(default, skip_serializing_if = "CommandLine::is_default")]
+        command: CommandLine,
     },
     /// A container (or a local process standing in for one).
     Container(ContainerPlan),
+}
+
+/// How a wasm step's program is called: its arguments, environment and standard streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandLine {
+    /// The arguments after the program name, params and item filled in, `{{inputs.X}}` and
+    /// `{{outputs.X}}` left for the executor to fill with guest paths; `None` is kiln's
+    /// convention (`--in NAME=PATH ... --out NAME=PATH ... --param NAME=VALUE ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Environment variables, sorted (the host's are never passed); values as for `args`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The input read as standard input (a file); none: stdin is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The output standard output is written to; none: stdout goes to the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+}
+
+impl CommandLine {
+    /// Whether this is kiln's convention with nothing added.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// Where a wasm component comes from; paths are relative to the pipeline file.
@@ -279,6 +309,9 @@ pub struct CacheKeyMaterial {
     /// The output read as the step's metrics (what the step reports changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// For wasm steps called with their own command line: args, env and streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
 }
 
 /// The parts of a container step that change its result.

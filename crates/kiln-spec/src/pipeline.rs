@@ -91,6 +91,23 @@ pub struct Step {
     /// A container: image, command, args, env, resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Located<ContainerSpec>>,
+    /// A command wasm step's arguments, after the program name, instead of kiln's
+    /// `--in`/`--out`/`--param` convention: any `wasm32-wasip2` program, unchanged.
+    /// `{{inputs.NAME}}` and `{{outputs.NAME}}` become guest paths; `{{params.NAME}}` and
+    /// `{{item}}` their values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Located<Vec<Located<String>>>>,
+    /// A wasm step's environment: these variables only, never the host's; values may use
+    /// the same templates as `args`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: IndexMap<Located<EnvName>, Located<String>>,
+    /// A command wasm step's standard input: `inputs.NAME`, a file input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<Located<String>>,
+    /// Where a command wasm step's standard output goes: `outputs.NAME` (stderr stays the
+    /// log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<Located<String>>,
     /// Named inputs: `STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`.
     #[serde(default)]
     pub inputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_engine::StagedTask;
+use kiln_engine::{StagedTask, fill_paths};
+use kiln_plan::{CommandLine, StepKind};
 use kiln_spec::Value;
 
 use crate::WasmError;
@@ -30,8 +31,17 @@ pub struct GuestLayout {
     pub outputs: Vec<(String, String)>,
     /// The step's params.
     pub params: BTreeMap<String, Value>,
-    /// A command guest's argv, program name first.
+    /// A command guest's argv, program name first: kiln's convention, or the step's own
+    /// `args` with guest paths filled in.
     pub args: Vec<String>,
+    /// Whether `args` are the step's own (`args:` in the pipeline), not the convention.
+    pub own_args: bool,
+    /// The guest's environment (the step's `env`, guest paths filled in), sorted by name.
+    pub env: Vec<(String, String)>,
+    /// The input read as stdin: its name and host path.
+    pub stdin: Option<(String, PathBuf)>,
+    /// The output stdout is written to: its name and host path.
+    pub stdout: Option<(String, PathBuf)>,
 }
 
 impl GuestLayout {
@@ -65,7 +75,41 @@ impl GuestLayout {
             args.push(format!("{name}={guest}"));
             outputs.push((name.clone(), guest));
         }
-        args.extend(param_args(&task.step.params));
+        let command = match &task.step.kind {
+            StepKind::Wasm { command, .. } => command.clone(),
+            StepKind::Container(_) => CommandLine::default(),
+        };
+        let guest_inputs: BTreeMap<String, String> = inputs.iter().cloned().collect();
+        let guest_outputs: BTreeMap<String, String> = outputs.iter().cloned().collect();
+        let fill = |text: &str| fill_paths(text, &guest_inputs, &guest_outputs);
+        let own_args = command.args.is_some();
+        match &command.args {
+            Some(own) => {
+                args.truncate(1);
+                args.extend(own.iter().map(|a| fill(a)));
+            }
+            None => args.extend(param_args(&task.step.params)),
+        }
+        let env = command
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), fill(v)))
+            .collect();
+        let stream = |name: &Option<String>, paths: &BTreeMap<String, PathBuf>, what: &str| {
+            name.as_ref()
+                .map(|name| {
+                    paths
+                        .get(name)
+                        .map(|path| (name.clone(), path.clone()))
+                        .ok_or_else(|| WasmError::CommandLine {
+                            step: task.step.id.to_string(),
+                            message: format!("{what} `{name}`, which the step does not have"),
+                        })
+                })
+                .transpose()
+        };
+        let stdin = stream(&command.stdin, &task.inputs, "stdin reads input")?;
+        let stdout = stream(&command.stdout, &task.outputs, "stdout writes output")?;
         Ok(Self {
             in_dir,
             out_dir,
@@ -74,6 +118,10 @@ impl GuestLayout {
             outputs,
             params: task.step.params.clone(),
             args,
+            own_args,
+            env,
+            stdin,
+            stdout,
         })
     }
 }

@@ -27,12 +27,16 @@
 //!   "--param", "KEY=VALUE", ...]`, program name first (the step's name), then inputs,
 //!   outputs and params each in name order. A param value is a string as it is, a number or
 //!   bool in its plain form (`3`, `0.5`, `1.0`, `true`), a list comma-joined
-//!   (`0.01,0.1,1.0`);
+//!   (`0.01,0.1,1.0`). A step with its own `args:` gets those instead, after the program
+//!   name, with `{{inputs.NAME}}` and `{{outputs.NAME}}` as guest paths: any program,
+//!   unchanged;
 //! * the working directory is `/` (relative paths resolve nowhere: use the paths given);
-//!   there is no environment, stdin is empty, and there is no network (TCP, UDP and name
+//!   the environment is the step's `env:` and nothing else, stdin is empty unless
+//!   `stdin: inputs.NAME` names a file input, and there is no network (TCP, UDP and name
 //!   lookups are denied);
 //! * stdout and stderr go, interleaved, to the step's log, at most 16 MiB together (the
-//!   write past the cap stops the step, kind `log-limit`);
+//!   write past the cap stops the step, kind `log-limit`); with `stdout: outputs.NAME`
+//!   stdout is that output instead (bounded like any output) and only stderr is logged;
 //! * returning from `main` (exit code 0) is success; any other exit code is a failure of
 //!   kind `exit` with that code and the end of stderr in the message. Rust's std on
 //!   `wasm32-wasip2` reports every failing exit code as 1 unless the program calls
@@ -180,6 +184,14 @@ pub enum WasmError {
         path: PathBuf,
         /// Where it should be.
         dir: PathBuf,
+    },
+    /// The step's command line (`args`, `stdin`, `stdout`) cannot be used as written.
+    #[error("step `{step}`: {message}")]
+    CommandLine {
+        /// The step id.
+        step: String,
+        /// What is wrong, and what to do.
+        message: String,
     },
     /// The task has no component file.
     #[error("step `{step}` has no component file (the engine resolves it before running)")]

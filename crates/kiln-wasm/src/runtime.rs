@@ -639,8 +639,29 @@ impl WasmRuntime {
         match component.kind() {
             ComponentKind::Command => wasi.args(&layout.args),
             // A step-world guest gets its step in the context; argv holds only its name.
-            ComponentKind::Step => wasi.args(&layout.args[..1]),
+            ComponentKind::Step => {
+                let own = [
+                    (layout.own_args, "`args`"),
+                    (layout.stdin.is_some(), "`stdin`"),
+                    (layout.stdout.is_some(), "`stdout`"),
+                ];
+                if let Some((_, field)) = own.iter().find(|(set, _)| *set) {
+                    return Err(WasmError::CommandLine {
+                        step: layout.step.clone(),
+                        message: format!(
+                            "{field} is for command components (`wasi:cli/run`), and this one \
+                             is of the kiln step world, which gets its inputs, outputs and \
+                             params in its context: remove {field} from the step"
+                        ),
+                    });
+                }
+                wasi.args(&layout.args[..1])
+            }
         };
+        for (name, value) in &layout.env {
+            wasi.env(name, value);
+        }
+
         for (dir, guest, perms) in [
             (&layout.in_dir, GUEST_IN, FsPerms::ReadOnly),
             (&layout.out_dir, GUEST_OUT, FsPerms::ReadWrite),
@@ -654,6 +675,30 @@ impl WasmRuntime {
                     path: dir.clone(),
                     source: std::io::Error::other(format!("{e:#}")),
                 })?;
+        }
+        if let Some((name, path)) = &layout.stdin {
+            let file = std::fs::File::open(path).map_err(|source| WasmError::Sandbox {
+                path: path.clone(),
+                source,
+            })?;
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(WasmError::CommandLine {
+                    step: layout.step.clone(),
+                    message: format!(
+                        "`stdin: inputs.{name}` needs a file, and input `{name}` is a folder"
+                    ),
+                });
+            }
+            wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
+        }
+        if let Some((_, path)) = &layout.stdout {
+            // The output is the file the guest's stdout writes; kiln checks its size like
+            // any output's, and only stderr goes to the log.
+            let file = std::fs::File::create(path).map_err(|source| WasmError::Sandbox {
+                path: path.clone(),
+                source,
+            })?;
+            wasi.stdout(wasmtime_wasi::cli::OutputFile::new(file));
         }
 
         let mut store = Store::new(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln_engine::{ExecOutcome, Executor, StagedTask};
 use kiln_spec::Value;
 use kiln_wasm::{LoadSource, RuntimeOptions, WasmExecutor, WasmRuntime};
-use support::{TaskSpec, digits_step, guest, task};
+use support::{TaskSpec, digits_component, digits_step, guest, task};
 
 /// One runtime for the whole test process, as in kiln; its cache outlives the process, so
 /// components are compiled once per checkout.
@@ -98,6 +98,116 @@ async fn copies_input_to_output_and_logs_stdout_and_stderr() {
             .as_str()
             .unwrap()
             .starts_with("blake3:")
+    );
+}
+
+#[tokio::test]
+async fn a_program_gets_its_own_args_env_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = kiln_plan::CommandLine {
+        args: Some(
+            [
+                "--size",
+                "{{inputs.data}}",
+                "--touch",
+                "{{outputs.made}}",
+                "--say",
+                "to the log",
+                "-p={{outputs.printed}}",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: BTreeMap::from([
+            ("LC_ALL".to_owned(), "C".to_owned()),
+            ("DATA".to_owned(), "{{inputs.data}}".to_owned()),
+        ]),
+        stdin: Some("data".into()),
+        stdout: Some("printed".into()),
+    };
+    let t = task(
+        dir.path(),
+        "argv",
+        &guest("argv"),
+        TaskSpec {
+            inputs: vec![("data", b"some words\n".to_vec())],
+            outputs: vec!["made", "printed"],
+            // Params reach a program with its own args only through them.
+            params: BTreeMap::from([("ignored".to_owned(), Value::Int(1))]),
+            command,
+            ..Default::default()
+        },
+    );
+    let outcome = run(&t).await;
+    assert!(
+        matches!(outcome, ExecOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    // The host's environment (HOME, PATH, ...) is not there: only what the step declares.
+    assert_eq!(
+        std::fs::read_to_string(&t.outputs["printed"]).unwrap(),
+        "argv0: argv\n\
+         arg: --size\nsize of /in/data: 11\n\
+         arg: --touch\n\
+         arg: --say\n\
+         arg: -p=/out/printed\n\
+         env: DATA=/in/data\nenv: LC_ALL=C\n\
+         stdin: SOME WORDS\n"
+    );
+    assert_eq!(std::fs::read(&t.outputs["made"]).unwrap(), b"touched\n");
+    // stdout is the output, so the log has only stderr.
+    let log = std::fs::read_to_string(&t.log).unwrap();
+    assert!(log.contains("to the log\n"), "{log}");
+    assert!(!log.contains("argv0"), "{log}");
+}
+
+#[tokio::test]
+async fn without_stdin_a_program_reads_nothing_and_stdout_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(
+        dir.path(),
+        "argv",
+        &guest("argv"),
+        TaskSpec {
+            outputs: vec!["made"],
+            command: kiln_plan::CommandLine {
+                args: Some(vec!["--touch".into(), "{{outputs.made}}".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let outcome = run(&t).await;
+    assert!(
+        matches!(outcome, ExecOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let log = std::fs::read_to_string(&t.log).unwrap();
+    assert!(log.contains("argv0: argv\narg: --touch\nstdin: "), "{log}");
+    assert_eq!(std::fs::read(&t.outputs["made"]).unwrap(), b"touched\n");
+}
+
+#[tokio::test]
+async fn a_step_world_component_refuses_args_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task(
+        dir.path(),
+        "pick",
+        &digits_component("pick"),
+        TaskSpec {
+            inputs: vec![("candidates", b"{}".to_vec())],
+            outputs: vec!["best"],
+            command: kiln_plan::CommandLine {
+                stdout: Some("best".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let e = executor().run_staged(&t).await.unwrap_err().to_string();
+    assert!(
+        e.contains("`stdout` is for command components (`wasi:cli/run`), and this one is of the kiln step world"),
+        "{e}"
     );
 }
 

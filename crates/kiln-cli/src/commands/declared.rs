@@ -17,14 +17,59 @@ pub async fn check(
     components: &BTreeMap<String, Digest>,
     store: &dyn BlobStore,
 ) -> Result<(), Problems> {
-    let declarations = kiln_build::declarations(components, store)
+    let inspected = kiln_build::inspect(components, store)
         .await
         .map_err(Problems::Unreadable)?;
-    if declarations.is_empty() {
+    let step_world: Vec<&str> = inspected
+        .iter()
+        .filter(|(_, i)| i.step_world)
+        .map(|(step, _)| step.as_str())
+        .collect();
+    let declarations: BTreeMap<String, kiln_plan::declared::Declaration> = inspected
+        .iter()
+        .filter_map(|(step, i)| i.declaration.clone().map(|d| (step.clone(), d)))
+        .collect();
+    let uses_command_line = |step: &str| {
+        plan.steps.iter().any(|s| {
+            s.step == step
+                && matches!(&s.kind, kiln_plan::StepKind::Wasm { command, .. }
+                    if command.args.is_some() || command.stdin.is_some() || command.stdout.is_some())
+        })
+    };
+    let misused: Vec<&str> = step_world
+        .into_iter()
+        .filter(|s| uses_command_line(s))
+        .collect();
+    if declarations.is_empty() && misused.is_empty() {
         return Ok(());
     }
     let pipeline = kiln_spec::parse_all(&source.text).map_err(Problems::Located)?;
-    let diagnostics = kiln_plan::declared::check_with(&pipeline, plan, &declarations);
+    let mut diagnostics = kiln_plan::declared::check_with(&pipeline, plan, &declarations);
+    for (name, step) in &pipeline.steps {
+        if !misused.contains(&name.as_str()) {
+            continue;
+        }
+        let fields = [
+            step.args.as_ref().map(|a| ("args", a.span)),
+            step.stdin.as_ref().map(|s| ("stdin", s.span)),
+            step.stdout.as_ref().map(|s| ("stdout", s.span)),
+        ];
+        for (field, span) in fields.into_iter().flatten() {
+            diagnostics.push(
+                Diagnostic::error(
+                    "kiln::plan::command-line-on-step-world",
+                    format!(
+                        "step `{name}` has `{field}`, but its component is of the kiln step \
+                         world, which gets its inputs, outputs and params in its context"
+                    ),
+                )
+                .at(span)
+                .help(format!(
+                    "remove `{field}`; it is for command programs (`wasi:cli/run`)"
+                )),
+            );
+        }
+    }
     if !diagnostics.is_empty() {
         return Err(Problems::Located(diagnostics));
     }

@@ -156,6 +156,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
             memory_bytes,
             fuel: args.fuel,
+            command: Default::default(),
         },
         inputs: inputs.clone(),
         outputs: outputs.clone(),
@@ -182,6 +183,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
             output_files: BTreeMap::new(),
             metrics: None,
+            command: None,
         },
     };
     let plan = Plan {

@@ -36,6 +36,7 @@ pub fn wasm_step(id: &str) -> PlannedStep {
             },
             memory_bytes: None,
             fuel: None,
+            command: Default::default(),
         },
     )
 }
@@ -67,6 +68,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             outputs: Vec::new(),
             output_files: BTreeMap::new(),
             metrics: None,
+            command: None,
         },
     }
 }

@@ -74,6 +74,8 @@ pub struct TaskSpec<'a> {
     pub params: BTreeMap<String, Value>,
     pub memory_bytes: Option<u64>,
     pub fuel: Option<u64>,
+    /// The step's own command line (`args`, `env`, `stdin`, `stdout`).
+    pub command: kiln_plan::CommandLine,
 }
 
 /// A step task in `dir` (`dir/work/in`, `dir/work/out`, `dir/step.log`) as the engine
@@ -125,6 +127,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             },
             memory_bytes: spec.memory_bytes,
             fuel: spec.fuel,
+            command: spec.command.clone(),
         },
         inputs: BTreeMap::new(),
         outputs: spec.outputs.iter().map(|s| (*s).to_owned()).collect(),
@@ -147,6 +150,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             outputs: spec.outputs.iter().map(|s| (*s).to_owned()).collect(),
             output_files: BTreeMap::new(),
             metrics: None,
+            command: (!spec.command.is_default()).then(|| spec.command.clone()),
         },
     }
 }
