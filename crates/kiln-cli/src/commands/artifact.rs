@@ -55,15 +55,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .and_then(|s| s.last.as_ref())
                 .with_context(|| format!("run {run_id} has no finished step `{step}`"))?;
             let digest = record.outputs.get(name).with_context(|| {
-                format!(
-                    "step `{step}` of run {run_id} has no output `{name}`; it has: {}",
-                    record
-                        .outputs
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                let has: Vec<&str> = record.outputs.keys().map(String::as_str).collect();
+                if has.is_empty() {
+                    format!(
+                        "step `{step}` of run {run_id} has no outputs: it {} \
+                         (`kiln show {run_id}` says more)",
+                        match record.status {
+                            kiln_record::AttemptStatus::Failed => "failed",
+                            _ => "wrote none",
+                        }
+                    )
+                } else {
+                    format!(
+                        "step `{step}` of run {run_id} has no output `{name}`; it has: {}",
+                        has.join(", ")
+                    )
+                }
             })?;
             *digest
         }
