@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_cas::{BlobStore, Digest, EntryKind, EntryName, ObjectKind, Tree, TreeEntry};
-use kiln_plan::{InputSource, Plan, PlannedStep, StepId, StepKind};
+use kiln_plan::{InputSource, Plan, PlannedStep, RetryPlan, StepId, StepKind};
 use kiln_spec::Value;
 use tokio::sync::{broadcast, mpsc::UnboundedSender};
 use tokio::task::JoinSet;
@@ -1079,10 +1079,13 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
                 rec.exit_code = failure.exit_code;
                 rec.details = failure.details;
                 shared.record(&RecordEvent::StepFinished(Box::new(rec)));
-                if attempt >= max_attempts || !failure.retryable {
+                if attempt >= max_attempts
+                    || !failure.retryable
+                    || !retried_on(&step.policy.retry, failure.kind, failure.exit_code)
+                {
                     return fail(failure.kind, failure.message, attempt);
                 }
-                let delay = backoff(&shared.config, attempt);
+                let delay = backoff(&shared.config, &step.policy.retry, attempt);
                 shared.emit(Event::StepRetrying {
                     id: step.id.clone(),
                     attempt,
@@ -1095,13 +1098,36 @@ async fn run_step(shared: &Shared, i: usize) -> StepSummary {
     }
 }
 
-/// The wait after failed attempt `attempt` (from 1): base × 2^(attempt-1), capped.
-fn backoff(config: &EngineConfig, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    config
-        .retry_base
-        .saturating_mul(factor)
-        .min(config.retry_max)
+/// The wait after failed attempt `attempt` (from 1): base × factor^(attempt-1), capped; the
+/// step's own policy first, then the run's (factor 2).
+fn backoff(config: &EngineConfig, retry: &RetryPlan, attempt: u32) -> Duration {
+    let base = retry
+        .backoff_ms
+        .map_or(config.retry_base, Duration::from_millis);
+    let most = retry
+        .max_backoff_ms
+        .map_or(config.retry_max, Duration::from_millis);
+    let factor = retry.factor.unwrap_or(2.0).max(1.0);
+    let exponent = attempt.saturating_sub(1).min(64) as i32;
+    let wait = base.as_secs_f64() * factor.powi(exponent);
+    if wait.is_finite() && wait < most.as_secs_f64() {
+        Duration::from_secs_f64(wait)
+    } else {
+        most
+    }
+}
+
+/// Whether the step's `retries.on` lets this failure be retried (no list: every retryable
+/// failure). `oom` is an exit with code 137, as container engines report a kill for memory,
+/// or a kill by a signal.
+fn retried_on(retry: &RetryPlan, kind: FailureKind, exit_code: Option<i32>) -> bool {
+    retry.on.is_empty()
+        || retry.on.iter().any(|on| match on.as_str() {
+            "oom" => {
+                (kind == FailureKind::Exit && exit_code == Some(137)) || kind == FailureKind::Signal
+            }
+            on => kind.as_str() == on,
+        })
 }
 
 pub(crate) struct AttemptFailure {

@@ -294,6 +294,78 @@ async fn retries_with_exponential_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_policy_sets_the_waits_and_the_failures_retried() {
+    let s = Setup::new();
+    let policy = "retries: {limit: 3, backoff: 5s, factor: 3, max_backoff: 20s}";
+    let yaml = format!("steps:\n  flaky:\n    {C}\n    outputs: [out]\n    {policy}\n");
+    let fake = Arc::new(Fake::default().with(
+        "flaky",
+        Behaviour {
+            fail_first: 3,
+            ..Behaviour::default()
+        },
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), Some(tx))
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(summary.steps[0].attempts, 4);
+    let mut delays = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let Event::StepRetrying { delay, .. } = event {
+            delays.push(delay);
+        }
+    }
+    // 5 s, then 5 × 3, then 5 × 9 capped at 20 s.
+    assert_eq!(
+        delays,
+        [5, 15, 20].map(Duration::from_secs).to_vec(),
+        "{delays:?}"
+    );
+
+    // Retried only on timeouts: an exit failure is final at once (a new state folder, so
+    // the first run's result is not in the cache).
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  flaky:\n    {C}\n    outputs: [out]\n    retries: {{limit: 3, on: [timeout]}}\n"
+    );
+    let fake = Arc::new(Fake::default().with(
+        "flaky",
+        Behaviour {
+            fail_first: 1,
+            ..Behaviour::default()
+        },
+    ));
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(summary.steps[0].attempts, 1);
+
+    // And on `exit` it is retried.
+    let yaml = yaml.replace("on: [timeout]", "on: [timeout, exit]");
+    let fake = Arc::new(Fake::default().with(
+        "flaky",
+        Behaviour {
+            fail_first: 1,
+            ..Behaviour::default()
+        },
+    ));
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(summary.steps[0].attempts, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failure_the_executor_calls_deterministic_is_not_retried() {
     let s = Setup::new();
     let yaml = format!("steps:\n  deep:\n    {C}\n    outputs: [out]\n    retries: 3\n");

@@ -12,8 +12,8 @@ use crate::graph::StepGraph;
 use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
-    FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep, Policy, StepId,
-    StepKind,
+    DETERMINISTIC_KINDS, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep,
+    Policy, RETRYABLE_KINDS, RetryPlan, StepId, StepKind,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -266,16 +266,21 @@ impl<'a> Checker<'a> {
         }
         self.check_command_line(name, step, in_fan_out, params);
         if let Some(retries) = &step.retries
-            && retries.value > MAX_RETRIES
+            && retries.limit() > MAX_RETRIES
         {
             self.error(
                 "kiln::plan::too-many-retries",
                 format!(
                     "step `{name}` asks for {} retries; the most is {MAX_RETRIES}",
-                    retries.value
+                    retries.limit()
                 ),
                 retries.span,
             );
+        }
+        if let Some(retries) = &step.retries
+            && let kiln_spec::Retries::Policy(policy) = &retries.value
+        {
+            self.check_retry_policy(name, policy);
         }
 
         let mut seen_outputs = BTreeSet::new();
@@ -396,6 +401,66 @@ impl<'a> Checker<'a> {
 
         if let Some(condition) = &step.when {
             self.check_when(i, name, condition, in_fan_out, params);
+        }
+    }
+
+    /// A retry policy's numbers make sense and `on` names failure kinds that a retry can
+    /// get past.
+    fn check_retry_policy(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        policy: &kiln_spec::RetryPolicy,
+    ) {
+        if let Some(factor) = &policy.factor
+            && !(factor.is_finite() && (1.0..=100.0).contains(&factor.value))
+        {
+            self.error(
+                "kiln::plan::retry-factor",
+                format!(
+                    "step `{name}` has a retry `factor` of {}; it must be from 1 to 100",
+                    factor.value
+                ),
+                factor.span,
+            )
+            .help = Some("1 waits the same every time, 2 doubles each wait".into());
+        }
+        if let (Some(first), Some(most)) = (&policy.backoff, &policy.max_backoff)
+            && most.value < first.value
+        {
+            self.error(
+                "kiln::plan::retry-backoff",
+                format!(
+                    "step `{name}` waits {} before its first retry, more than its \
+                     `max_backoff` of {}",
+                    first.value, most.value
+                ),
+                most.span,
+            )
+            .label = Some("shorter than `backoff`".into());
+        }
+        for kind in &policy.on {
+            let k = kind.trim();
+            if RETRYABLE_KINDS.contains(&k) {
+                continue;
+            }
+            let (message, help) = if DETERMINISTIC_KINDS.contains(&k) {
+                (
+                    format!(
+                        "step `{name}` retries on `{k}`, which is never retried: the same \
+                         component and inputs fail the same way every time"
+                    ),
+                    "remove it; a retry cannot get past it".to_owned(),
+                )
+            } else {
+                (
+                    format!(
+                        "step `{name}` retries on `{k}`, which is not a kind of failure{}",
+                        did_you_mean(k, RETRYABLE_KINDS.iter().copied())
+                    ),
+                    format!("one of: {}", RETRYABLE_KINDS.join(", ")),
+                )
+            };
+            self.error("kiln::plan::retry-on", message, kind.span).help = Some(help);
         }
     }
 
@@ -1380,7 +1445,16 @@ impl<'a> Checker<'a> {
             depends_on: depends_on.into_iter().collect(),
             when: step.when.as_ref().map(|w| w.to_string()),
             policy: Policy {
-                retries: step.retries.as_ref().map_or(0, |r| r.value),
+                retries: step.retries.as_ref().map_or(0, |r| r.limit()),
+                retry: match step.retries.as_ref().map(|r| &r.value) {
+                    Some(kiln_spec::Retries::Policy(p)) => RetryPlan {
+                        backoff_ms: p.backoff.as_ref().map(|d| d.0.as_millis() as u64),
+                        factor: p.factor.as_ref().map(|f| f.value),
+                        max_backoff_ms: p.max_backoff.as_ref().map(|d| d.0.as_millis() as u64),
+                        on: p.on.iter().map(|k| k.trim().to_owned()).collect(),
+                    },
+                    _ => RetryPlan::default(),
+                },
                 timeout_ms: step
                     .timeout
                     .as_ref()

@@ -273,16 +273,66 @@ pub enum InputSource {
 }
 
 /// Retries, timeout and caching of a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Extra attempts after a failure.
     pub retries: u32,
+    /// How the retries wait and which failures they retry, where the step says.
+    #[serde(default, skip_serializing_if = "RetryPlan::is_default")]
+    pub retry: RetryPlan,
     /// Per-attempt wall-clock limit in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Whether a cached result may be reused.
     pub cache: bool,
 }
+
+/// A step's own retry policy; what it leaves out is the run's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetryPlan {
+    /// The wait before the first retry, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    /// What each next wait is multiplied by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    /// The longest wait, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_ms: Option<u64>,
+    /// The failure kinds retried (`exit`, `timeout`, `oom`...); empty: every failure that
+    /// may pass on a second try.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<String>,
+}
+
+impl RetryPlan {
+    /// Whether the step says nothing beyond a count.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// The failure kinds `retries.on` may name: those a second attempt may get past. `oom` is an
+/// `exit` with code 137 (how podman and docker report a kill for memory) or a `signal`.
+pub const RETRYABLE_KINDS: &[&str] = &[
+    "exit", "signal", "timeout", "oom", "engine", "spawn", "executor", "input", "output",
+];
+
+/// Failure kinds that are never retried: the same component and inputs fail the same way.
+pub const DETERMINISTIC_KINDS: &[&str] = &[
+    "out-of-fuel",
+    "memory",
+    "stack-overflow",
+    "trap",
+    "step-error",
+    "log-limit",
+    "output-limit",
+    "sandbox",
+    "missing-output",
+    "metrics",
+    "component",
+    "condition",
+];
 
 /// The canonical, identity-free material a step's cache key is built from.
 ///

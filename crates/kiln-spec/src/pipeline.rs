@@ -132,9 +132,10 @@ pub struct Step {
     /// A CEL condition over `params`, `steps.STEP.OUTPUT` (small JSON outputs) and `item`; the step is skipped when false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Located<String>>,
-    /// How many times to retry a failed attempt (default 0).
+    /// How many times to retry a failed attempt (default 0): a number, or a policy
+    /// (`{limit: 3, backoff: 10s, factor: 2, max_backoff: 5m, on: [exit, timeout]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<Located<u32>>,
+    pub retries: Option<Located<Retries>>,
     /// Wall-clock limit per attempt, such as `30s` or `2h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Located<HumanDuration>>,
@@ -293,6 +294,101 @@ pub struct WasmLimits {
     /// Fuel: the deterministic CPU budget (roughly one unit per wasm instruction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<Located<u64>>,
+}
+
+/// A step's retries: `retries: 3`, or a whole policy.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Retries {
+    /// Up to this many extra attempts, with the run's default backoff.
+    Count(u32),
+    /// A policy of its own.
+    Policy(RetryPolicy),
+}
+
+impl Retries {
+    /// The most extra attempts.
+    pub fn limit(&self) -> u32 {
+        match self {
+            Retries::Count(n) => *n,
+            Retries::Policy(p) => p.limit,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RetriesVisitor;
+
+        impl<'de> Visitor<'de> for RetriesVisitor {
+            type Value = Retries;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of retries, or a map such as `{limit: 3, backoff: 10s}`")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Retries, E> {
+                u32::try_from(v)
+                    .map(Retries::Count)
+                    .map_err(|_| E::custom(format!("{v} retries is too many")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Retries, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "expected a whole number, 0 or more, found `{v}`"
+                    )));
+                }
+                self.visit_u64(v as u64)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Retries, E> {
+                Err(E::custom(format!(
+                    "expected a whole number, 0 or more, or a retry policy, found `{v}`"
+                )))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Retries, E> {
+                Err(E::custom(format!(
+                    "expected a whole number, 0 or more, found `{v}`"
+                )))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Retries, E> {
+                Err(E::custom(format!(
+                    "expected a whole number, 0 or more, found `{v}`"
+                )))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Retries, A::Error> {
+                RetryPolicy::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Retries::Policy)
+            }
+        }
+
+        deserializer.deserialize_any(RetriesVisitor)
+    }
+}
+
+/// How a failed step is retried.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// The most extra attempts.
+    pub limit: u32,
+    /// The wait before the first retry, such as `10s` (default: the run's, 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Located<HumanDuration>>,
+    /// What each next wait is multiplied by (default 2; 1 waits the same every time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<Located<f64>>,
+    /// The longest wait, such as `5m` (default: the run's, 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<Located<HumanDuration>>,
+    /// Which failures are retried, by kind: `exit`, `signal`, `timeout`, `oom`, `engine`,
+    /// `spawn`... (default: every failure that may pass on a second try).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<Located<String>>,
 }
 
 /// A container step.

@@ -138,6 +138,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         when: None,
         policy: Policy {
             retries: 0,
+            retry: Default::default(),
             timeout_ms: None,
             cache: true,
         },
