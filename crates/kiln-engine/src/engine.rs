@@ -690,6 +690,54 @@ impl Engine {
     }
 }
 
+/// The limits on what runs at once besides `-j`: a fan-out step's `parallelism` (its
+/// instances running at once) and the plan's named `concurrency` limits.
+struct Limits<'p> {
+    by_step: HashMap<&'p str, u32>,
+    by_group: HashMap<&'p str, u32>,
+    groups: &'p BTreeMap<String, u32>,
+}
+
+impl<'p> Limits<'p> {
+    fn new(plan: &'p Plan) -> Self {
+        Self {
+            by_step: HashMap::new(),
+            by_group: HashMap::new(),
+            groups: &plan.concurrency,
+        }
+    }
+
+    /// Counts `step` as running if its limits allow; `false` (nothing counted) if not.
+    fn take(&mut self, step: &'p PlannedStep) -> bool {
+        let running = self.by_step.get(step.step.as_str()).copied().unwrap_or(0);
+        if step.policy.parallelism.is_some_and(|most| running >= most) {
+            return false;
+        }
+        if let Some(group) = &step.policy.concurrency {
+            let most = self.groups.get(group).copied().unwrap_or(u32::MAX);
+            let in_group = self.by_group.get(group.as_str()).copied().unwrap_or(0);
+            if in_group >= most {
+                return false;
+            }
+            *self.by_group.entry(group.as_str()).or_default() += 1;
+        }
+        *self.by_step.entry(step.step.as_str()).or_default() += 1;
+        true
+    }
+
+    /// `step` stopped running.
+    fn give_back(&mut self, step: &PlannedStep) {
+        if let Some(n) = self.by_step.get_mut(step.step.as_str()) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(group) = &step.policy.concurrency
+            && let Some(n) = self.by_group.get_mut(group.as_str())
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// A run's event channel, with room for every event of a run whose receiver is slow.
 fn event_channel(input: &RunInput) -> (broadcast::Sender<RunEvent>, broadcast::Receiver<RunEvent>) {
     broadcast::channel((input.plan.steps.len() * 4 + 64).max(1024))
@@ -723,6 +771,9 @@ async fn schedule(
     let mut running_ids: HashMap<tokio::task::Id, usize> = HashMap::new();
     let jobs = shared.config.jobs.max(1);
     let mut cancelled = false;
+    // Steps running now, by step name (a fan-out's `parallelism`) and by named limit.
+    let mut limits = Limits::new(&shared.plan);
+    let mut deferred: Vec<usize> = Vec::new();
 
     loop {
         while running.len() < jobs && !stop.is_cancelled() {
@@ -741,6 +792,10 @@ async fn schedule(
                 );
                 continue;
             }
+            if !limits.take(&shared.plan.steps[i]) {
+                deferred.push(i);
+                continue;
+            }
             let task_shared = shared.clone();
             let handle = running.spawn(async move {
                 let summary = run_step(&task_shared, i).await;
@@ -748,6 +803,7 @@ async fn schedule(
             });
             running_ids.insert(handle.id(), i);
         }
+        ready.extend(deferred.drain(..).map(Reverse));
         if running.is_empty() {
             break;
         }
@@ -782,10 +838,14 @@ async fn schedule(
             }
             Some(joined) = running.join_next_with_id() => {
                 let (i, summary) = match joined {
-                    Ok((_, result)) => result,
+                    Ok((_, result)) => {
+                        limits.give_back(&shared.plan.steps[result.0]);
+                        result
+                    }
                     Err(e) => {
                         // A panic in a step task is kiln's bug: the step fails, the run goes on.
                         let i = running_ids[&e.id()];
+                        limits.give_back(&shared.plan.steps[i]);
                         (i, StepSummary {
                             id: shared.plan.steps[i].id.clone(),
                             status: StepStatus::Failed { kind: FailureKind::Internal, message: format!("kiln failed while running this step: {e}") },

@@ -249,6 +249,63 @@ async fn parallelism_is_bounded_by_jobs() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_fan_out_runs_at_most_its_parallelism_at_once() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  f:\n    {C}\n    for_each: [1, 2, 3, 4, 5, 6]\n    with: {{i: \"{{{{item}}}}\"}}\n    parallelism: 2\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(Fake::default().with("f", secs(1)));
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(4))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert_eq!(fake.max_running.load(Ordering::SeqCst), 2);
+    // Six one-second instances, two at a time: three rounds of virtual time.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn steps_sharing_a_named_limit_run_within_it_together() {
+    let s = Setup::new();
+    // Two fan-outs of three against one limit of 2, and a step outside it that runs beside
+    // (each instance with its own item, so none is a cache hit of another).
+    let yaml = format!(
+        "concurrency:\n  quota: 2\nsteps:\n  \
+         a:\n    {C}\n    for_each: [1, 2, 3]\n    with: {{i: \"{{{{item}}}}\"}}\n    concurrency: quota\n    outputs: [out]\n  \
+         b:\n    {C}\n    for_each: [1, 2, 3]\n    with: {{j: \"{{{{item}}}}\"}}\n    concurrency: quota\n    outputs: [out]\n  \
+         free:\n    {C}\n    outputs: [out]\n"
+    );
+    let fake = Arc::new(
+        Fake::default()
+            .with("a", secs(1))
+            .with("b", secs(1))
+            .with("free", secs(1)),
+    );
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(8))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    // Two of the quota's and `free`, at most.
+    assert_eq!(fake.max_running.load(Ordering::SeqCst), 3);
+    // Six one-second steps two at a time: three rounds.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+}
+
 impl Fake {
     fn with_all(mut self, n: usize, b: Behaviour) -> Self {
         for i in 0..n {

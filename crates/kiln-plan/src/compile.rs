@@ -55,6 +55,7 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
     }
     cx.check_cycles();
     cx.warn_unused();
+    cx.check_limits();
     let mut diagnostics = std::mem::take(&mut cx.diagnostics);
     diagnostics.sort_by(|a, b| {
         let key = |d: &Diagnostic| d.span.map_or(0, |s| s.offset);
@@ -265,6 +266,7 @@ impl<'a> Checker<'a> {
             d.help = Some("use `container.resources` (`cpu`, `memory`, `gpu`) instead".into());
         }
         self.check_command_line(name, step, in_fan_out, params);
+        self.check_concurrency(name, step);
         if let Some(retries) = &step.retries
             && retries.limit() > MAX_RETRIES
         {
@@ -401,6 +403,83 @@ impl<'a> Checker<'a> {
 
         if let Some(condition) = &step.when {
             self.check_when(i, name, condition, in_fan_out, params);
+        }
+    }
+
+    /// The top-level `concurrency` limits: more than 0, and used by some step.
+    fn check_limits(&mut self) {
+        for (group, limit) in &self.pipeline.concurrency {
+            if limit.value == 0 {
+                self.error(
+                    "kiln::plan::concurrency-zero",
+                    format!("limit `{group}` is 0, so none of its steps could run"),
+                    limit.span,
+                )
+                .help = Some("give at least 1".into());
+            }
+            let used = self.pipeline.steps.values().any(|s| {
+                s.concurrency
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == group.as_str())
+            });
+            if !used {
+                self.warn(
+                    "kiln::plan::unused-concurrency",
+                    format!("limit `{group}` is declared, but no step counts against it"),
+                    group.span,
+                )
+                .help = Some(format!(
+                    "add `concurrency: {group}` to the steps it should limit"
+                ));
+            }
+        }
+    }
+
+    /// `parallelism` is for fan-out steps and more than 0; `concurrency` names a declared
+    /// limit.
+    fn check_concurrency(&mut self, name: &Located<kiln_spec::StepName>, step: &Located<Step>) {
+        if let Some(parallelism) = &step.parallelism {
+            if parallelism.value == 0 {
+                self.error(
+                    "kiln::plan::parallelism",
+                    format!(
+                        "step `{name}` has `parallelism: 0`, so none of its instances could run"
+                    ),
+                    parallelism.span,
+                )
+                .help = Some("give at least 1 (1 runs the instances one after another)".into());
+            } else if step.for_each.is_none() {
+                self.warn(
+                    "kiln::plan::parallelism",
+                    format!(
+                        "step `{name}` has `parallelism` but no `for_each`: it runs once anyway"
+                    ),
+                    parallelism.span,
+                )
+                .help =
+                    Some("`parallelism` limits how many instances of a fan-out run at once".into());
+            }
+        }
+        if let Some(group) = &step.concurrency
+            && !self
+                .pipeline
+                .concurrency
+                .keys()
+                .any(|k| k.as_str() == group.as_str())
+        {
+            let declared = self.pipeline.concurrency.keys().map(|k| k.as_str());
+            let hint = did_you_mean(group.as_str(), declared);
+            self.error(
+                "kiln::plan::unknown-concurrency",
+                format!(
+                    "step `{name}` counts against `{group}`, which is not a declared limit{hint}"
+                ),
+                group.span,
+            )
+            .help = Some(format!(
+                "declare it at the top of the file: `concurrency: {{{group}: 2}}` (the most of \
+                 its steps running at once)"
+            ));
         }
     }
 
@@ -1239,6 +1318,12 @@ impl<'a> Checker<'a> {
             pipeline: self.pipeline.name.to_string(),
             params,
             steps,
+            concurrency: self
+                .pipeline
+                .concurrency
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.value))
+                .collect(),
         }
     }
 
@@ -1446,6 +1531,8 @@ impl<'a> Checker<'a> {
             when: step.when.as_ref().map(|w| w.to_string()),
             policy: Policy {
                 retries: step.retries.as_ref().map_or(0, |r| r.limit()),
+                parallelism: step.parallelism.as_ref().map(|p| p.value),
+                concurrency: step.concurrency.as_ref().map(|c| c.to_string()),
                 retry: match step.retries.as_ref().map(|r| &r.value) {
                     Some(kiln_spec::Retries::Policy(p)) => RetryPlan {
                         backoff_ms: p.backoff.as_ref().map(|d| d.0.as_millis() as u64),

@@ -54,6 +54,9 @@ pub struct Plan {
     pub params: BTreeMap<String, Value>,
     /// The steps (fan-out instances expanded) in a stable topological order.
     pub steps: Vec<PlannedStep>,
+    /// Named limits steps share ([`Policy::concurrency`]): the most running at once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub concurrency: BTreeMap<String, u32>,
 }
 
 impl Plan {
@@ -280,6 +283,12 @@ pub struct Policy {
     /// How the retries wait and which failures they retry, where the step says.
     #[serde(default, skip_serializing_if = "RetryPlan::is_default")]
     pub retry: RetryPlan,
+    /// The most instances of this fan-out step running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// The named limit ([`Plan::concurrency`]) this step counts against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<String>,
     /// Per-attempt wall-clock limit in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,

@@ -34,8 +34,14 @@ use crate::pipeline::{ApiVersion, Pipeline};
 use crate::yaml_error;
 
 /// The top-level fields of [`Pipeline`], in the order the struct declares them.
-pub(crate) const TOP_LEVEL_FIELDS: &[&str] =
-    &["apiVersion", "name", "description", "params", "steps"];
+pub(crate) const TOP_LEVEL_FIELDS: &[&str] = &[
+    "apiVersion",
+    "name",
+    "description",
+    "params",
+    "steps",
+    "concurrency",
+];
 
 /// The most units whose errors are collected (each costs a pass); what comes after the last
 /// of them is not checked.
@@ -151,6 +157,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut description = None;
         let mut params = None;
         let mut steps = None;
+        let mut concurrency = None;
         let mut seen = HashSet::new();
         // Whether a unit was read over: then there is no pipeline to return, though every
         // field is there.
@@ -183,6 +190,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
                 "apiVersion" => api_version = Some(map.next_value::<Located<ApiVersion>>()?),
                 "name" => name = Some(map.next_value::<Located<PipelineName>>()?),
                 "description" => description = map.next_value::<Option<String>>()?,
+                "concurrency" => concurrency = map.next_value()?,
                 "params" => {
                     let entries = map.next_value_seed(Entries::new(pass, Unit::Param))?;
                     incomplete |= entries.is_none();
@@ -215,6 +223,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             description,
             params: params.unwrap_or_default(),
             steps,
+            concurrency: concurrency.unwrap_or_default(),
         }))
     }
 }

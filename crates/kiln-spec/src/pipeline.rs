@@ -34,6 +34,10 @@ pub struct Pipeline {
     pub params: IndexMap<Located<ParamName>, Located<ParamDecl>>,
     /// The steps, by name, in the order written.
     pub steps: IndexMap<Located<StepName>, Located<Step>>,
+    /// Named limits that steps share (`concurrency: {gpu-quota: 2}`): at most this many of
+    /// the steps naming one run at once.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub concurrency: IndexMap<Located<StepName>, Located<u32>>,
 }
 
 /// The `apiVersion` field; only `kiln/v1` exists so far.
@@ -126,6 +130,13 @@ pub struct Step {
     /// Steps that must finish first although no data flows from them.
     #[serde(default)]
     pub after: Vec<Located<StepName>>,
+    /// A fan-out step's most instances running at once (default: as many as `-j` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<Located<u32>>,
+    /// A named limit, declared under the top-level `concurrency:`, that this step shares
+    /// with the others naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Located<StepName>>,
     /// Fan-out: one instance per item of a list or of a list param (`{{params.NAME}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<Located<ForEach>>,

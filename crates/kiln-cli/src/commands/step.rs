@@ -168,6 +168,8 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         policy: Policy {
             retries: 0,
             retry: Default::default(),
+            parallelism: None,
+            concurrency: None,
             timeout_ms: None,
             cache: false,
         },
@@ -192,6 +194,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         pipeline: "step-run".into(),
         params: BTreeMap::new(),
         steps: vec![step],
+        concurrency: BTreeMap::new(),
     };
 
     let temp = tempfile::Builder::new()

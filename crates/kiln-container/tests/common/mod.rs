@@ -57,6 +57,8 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         policy: Policy {
             retries: 0,
             retry: Default::default(),
+            parallelism: None,
+            concurrency: None,
             timeout_ms: None,
             cache: true,
         },

@@ -139,6 +139,8 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         policy: Policy {
             retries: 0,
             retry: Default::default(),
+            parallelism: None,
+            concurrency: None,
             timeout_ms: None,
             cache: true,
         },
