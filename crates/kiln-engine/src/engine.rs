@@ -226,6 +226,8 @@ pub enum SkipReason {
     },
     /// `--fail-fast` stopped the run before it started.
     FailFast,
+    /// A `run: on-failure` step, and no step failed.
+    NothingFailed,
 }
 
 impl SkipReason {
@@ -233,7 +235,7 @@ impl SkipReason {
     pub fn is_upstream(&self) -> bool {
         !matches!(
             self,
-            SkipReason::ConditionFalse { .. } | SkipReason::FailFast
+            SkipReason::ConditionFalse { .. } | SkipReason::FailFast | SkipReason::NothingFailed
         )
     }
 }
@@ -251,6 +253,7 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "upstream `{step}` was skipped (its condition was false)")
             }
             SkipReason::FailFast => f.write_str("not started: --fail-fast stopped the run"),
+            SkipReason::NothingFailed => f.write_str("runs on failure, and no step failed"),
         }
     }
 }
@@ -358,6 +361,9 @@ struct Shared {
     events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
     outputs: Mutex<HashMap<StepId, BTreeMap<String, Digest>>>,
+    /// How each finished step ended (`succeeded`, from the cache or not, `failed`,
+    /// `skipped`, `cancelled`), by step id: what `run.status` says.
+    statuses: Mutex<BTreeMap<StepId, &'static str>>,
     /// Digests of workspace inputs, pinned before the run.
     workspace: BTreeMap<String, Digest>,
 }
@@ -574,6 +580,7 @@ impl Engine {
             event_run_id: run_id.as_str().into(),
             events: events.clone(),
             outputs: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(BTreeMap::new()),
         });
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
 
@@ -864,8 +871,13 @@ async fn schedule(
         }
     }
 
+    // Exit handlers still run after `--fail-fast` (not after a cancel): the rest first.
+    let run_finally = !cancelled && shared.config.fail_fast;
     // Whatever never started: cancelled (by Ctrl-C or --fail-fast) or skipped.
     for (i, result) in results.iter_mut().enumerate() {
+        if run_finally && shared.plan.steps[i].policy.run.is_finally() {
+            continue;
+        }
         if result.is_none() {
             let id = shared.plan.steps[i].id.clone();
             let reason = (!cancelled).then_some(SkipReason::FailFast);
@@ -890,6 +902,27 @@ async fn schedule(
             *result = Some(summary);
         }
     }
+    if run_finally {
+        // One at a time, in plan order (which is a topological order).
+        for i in 0..n {
+            if results[i].is_some() {
+                continue;
+            }
+            let summary = match upstream_problem(&shared.plan.steps[i], &index, &results) {
+                Some(reason) => skipped(&shared.plan.steps[i].id, reason),
+                None => run_step(&shared, i).await,
+            };
+            finish(
+                &shared,
+                i,
+                summary,
+                &mut results,
+                &dependents,
+                &mut waiting,
+                &mut ready,
+            );
+        }
+    }
     (
         results
             .into_iter()
@@ -911,11 +944,53 @@ fn skipped(id: &str, reason: SkipReason) -> StepSummary {
 }
 
 /// Why a step cannot run because of its dependencies, if it cannot.
+/// A step's status in one word, as `run.status` gives it: a result from the cache is
+/// `succeeded`, so that a run that ends the same way gives the same `run.status`.
+fn status_word(status: &StepStatus) -> &'static str {
+    match status {
+        StepStatus::Succeeded | StepStatus::Cached => "succeeded",
+        StepStatus::Failed { .. } => "failed",
+        StepStatus::Skipped { .. } => "skipped",
+        StepStatus::Cancelled => "cancelled",
+    }
+}
+
+/// `run.status`: how the steps that are not exit handlers ended, as one line of JSON.
+fn run_status(shared: &Shared) -> String {
+    let statuses = shared.statuses.lock().expect("statuses lock");
+    let finally: std::collections::HashSet<&str> = shared
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.policy.run.is_finally())
+        .map(|s| s.id.as_str())
+        .collect();
+    let steps: BTreeMap<&str, &str> = statuses
+        .iter()
+        .filter(|(id, _)| !finally.contains(id.as_str()))
+        .map(|(id, status)| (id.as_str(), *status))
+        .collect();
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|(_, s)| matches!(**s, "failed" | "cancelled"))
+        .map(|(id, _)| *id)
+        .collect();
+    let status = if failed.is_empty() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    serde_json::json!({"status": status, "failed": failed, "steps": steps}).to_string() + "\n"
+}
+
 fn upstream_problem(
     step: &PlannedStep,
     index: &HashMap<&str, usize>,
     results: &[Option<StepSummary>],
 ) -> Option<SkipReason> {
+    if step.policy.run.is_finally() {
+        return finally_problem(step, index, results);
+    }
     for dep in &step.depends_on {
         let Some(result) = &results[index[dep.as_str()]] else {
             continue;
@@ -934,6 +1009,47 @@ fn upstream_problem(
     None
 }
 
+/// Why an exit handler does not run: `on-failure` when nothing failed, or a step whose
+/// output it reads did not produce it. Every other step it waits for may have ended any way.
+fn finally_problem(
+    step: &PlannedStep,
+    index: &HashMap<&str, usize>,
+    results: &[Option<StepSummary>],
+) -> Option<SkipReason> {
+    if step.policy.run == kiln_spec::RunWhen::OnFailure {
+        let any_failed = step.depends_on.iter().any(|dep| {
+            results[index[dep.as_str()]].as_ref().is_some_and(|r| {
+                matches!(r.status, StepStatus::Failed { .. } | StepStatus::Cancelled)
+            })
+        });
+        if !any_failed {
+            return Some(SkipReason::NothingFailed);
+        }
+    }
+    let read: Vec<&StepId> = step
+        .inputs
+        .values()
+        .flat_map(|source| match source {
+            InputSource::Step { step, .. } => std::slice::from_ref(step),
+            InputSource::Collect { instances, .. } => instances.as_slice(),
+            _ => &[],
+        })
+        .collect();
+    for dep in read {
+        let Some(result) = &results[index[dep.as_str()]] else {
+            continue;
+        };
+        let step = dep.clone();
+        match &result.status {
+            StepStatus::Succeeded | StepStatus::Cached => {}
+            StepStatus::Failed { .. } => return Some(SkipReason::UpstreamFailed { step }),
+            StepStatus::Cancelled => return Some(SkipReason::UpstreamCancelled { step }),
+            StepStatus::Skipped { .. } => return Some(SkipReason::UpstreamSkipped { step }),
+        }
+    }
+    None
+}
+
 fn finish(
     shared: &Shared,
     i: usize,
@@ -945,7 +1061,7 @@ fn finish(
 ) {
     if let StepStatus::Skipped { reason } = &summary.status
         && summary.attempts == 0
-        && reason.is_upstream()
+        && (reason.is_upstream() || *reason == SkipReason::NothingFailed)
     {
         shared.record(&RecordEvent::StepSkipped {
             step: summary.id.clone(),
@@ -953,6 +1069,11 @@ fn finish(
         });
     }
     shared.emit(Event::StepFinished(summary.clone()));
+    shared
+        .statuses
+        .lock()
+        .expect("statuses lock")
+        .insert(summary.id.clone(), status_word(&summary.status));
     results[i] = Some(summary);
     for &d in &dependents[i] {
         waiting[d] -= 1;
@@ -1385,6 +1506,14 @@ async fn resolve_inputs(
             InputSource::Workspace { path } => *shared.workspace.get(path).ok_or_else(|| {
                 format!("input `{name}`: workspace input {path} was not pinned before the run")
             })?,
+            InputSource::RunStatus => {
+                let text = run_status(shared);
+                shared
+                    .store
+                    .put_bytes(text.into_bytes().into())
+                    .await
+                    .map_err(|e| format!("input `{name}`: {e}"))?
+            }
             InputSource::Param { value, .. } => {
                 let text = match value {
                     Value::String(s) => s.clone(),

@@ -875,14 +875,14 @@ impl Ctx<'_> {
                         .await
                         .map_err(|e| ("kiln::replay::executor", format!("input `{name}`: {e}")))?
                 }
-                InputSource::Workspace { .. } | InputSource::Param { .. } => {
-                    *recorded.get(name).ok_or_else(|| {
-                        (
-                            "kiln::replay::record",
-                            format!("the record has no digest for input `{name}`"),
-                        )
-                    })?
-                }
+                InputSource::Workspace { .. }
+                | InputSource::Param { .. }
+                | InputSource::RunStatus => *recorded.get(name).ok_or_else(|| {
+                    (
+                        "kiln::replay::record",
+                        format!("the record has no digest for input `{name}`"),
+                    )
+                })?,
             };
             inputs.insert(name.clone(), digest);
         }
@@ -898,7 +898,9 @@ impl Ctx<'_> {
             .flat_map(|source| match source {
                 InputSource::Step { step, .. } => std::slice::from_ref(step),
                 InputSource::Collect { instances, .. } => instances.as_slice(),
-                InputSource::Workspace { .. } | InputSource::Param { .. } => &[],
+                InputSource::Workspace { .. }
+                | InputSource::Param { .. }
+                | InputSource::RunStatus => &[],
             })
             .peekable();
         upstream.peek().is_some() && upstream.all(|id| self.served.contains(id))

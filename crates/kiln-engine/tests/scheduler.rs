@@ -306,6 +306,103 @@ async fn steps_sharing_a_named_limit_run_within_it_together() {
     );
 }
 
+/// A pipeline where `a` (and so `b`) may fail, with an exit handler of each kind.
+fn with_exit_handlers() -> String {
+    format!(
+        "steps:\n  \
+         a:\n    {C}\n    outputs: [out]\n  \
+         b:\n    {C}\n    inputs: {{x: a.out}}\n    outputs: [out]\n  \
+         free:\n    {C}\n    outputs: [out]\n    with: {{k: 1}}\n  \
+         cleanup:\n    {C}\n    run: always\n    inputs: {{status: run.status, side: free.out}}\n    outputs: [out]\n    cache: false\n  \
+         alert:\n    {C}\n    run: on-failure\n    inputs: {{status: run.status}}\n    outputs: [out]\n    cache: false\n"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn exit_handlers_run_after_everything_and_read_how_it_ended() {
+    let s = Setup::new();
+    let failing = Behaviour {
+        always_fail: true,
+        ..Behaviour::default()
+    };
+    let fake = Arc::new(Fake::default().with("a", failing.clone()));
+    let summary = s
+        .engine(fake.clone(), config(4))
+        .run(
+            s.input(&with_exit_handlers()),
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert!(matches!(status(&summary, "cleanup"), StepStatus::Succeeded));
+    assert!(matches!(status(&summary, "alert"), StepStatus::Succeeded));
+    let started = fake.started();
+    let last_two: Vec<&str> = started[started.len() - 2..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        last_two.contains(&"cleanup") && last_two.contains(&"alert"),
+        "{started:?}"
+    );
+    let seen = fake.inputs_seen.lock().unwrap().clone();
+    assert_eq!(
+        seen["cleanup"]["status"],
+        "{\"failed\":[\"a\"],\"status\":\"failed\",\"steps\":{\"a\":\"failed\",\"b\":\"skipped\",\"free\":\"succeeded\"}}\n"
+    );
+    assert!(seen["cleanup"]["side"].starts_with("free:out:"));
+    assert_eq!(seen["alert"]["status"], seen["cleanup"]["status"]);
+
+    // Nothing fails: `cleanup` runs, `alert` is skipped and says why.
+    let s = Setup::new();
+    let fake = Arc::new(Fake::default());
+    let summary = s
+        .engine(fake.clone(), config(4))
+        .run(
+            s.input(&with_exit_handlers()),
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Succeeded);
+    assert!(matches!(status(&summary, "cleanup"), StepStatus::Succeeded));
+    assert_eq!(
+        skip_reason(&summary, "alert").as_deref(),
+        Some("runs on failure, and no step failed")
+    );
+    let seen = fake.inputs_seen.lock().unwrap().clone();
+    assert!(seen["cleanup"]["status"].starts_with("{\"failed\":[],\"status\":\"succeeded\""));
+
+    // `--fail-fast` stops the rest, and the exit handlers still run.
+    let s = Setup::new();
+    let fake = Arc::new(Fake::default().with("a", failing));
+    let mut fail_fast = config(1);
+    fail_fast.fail_fast = true;
+    let summary = s
+        .engine(fake.clone(), fail_fast)
+        .run(
+            s.input(&with_exit_handlers()),
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    // `cleanup` reads `free`, which never started (one job: `a` ran first): it cannot run.
+    assert_eq!(
+        skip_reason(&summary, "cleanup").as_deref(),
+        Some("upstream `free` was skipped")
+    );
+    assert!(
+        matches!(status(&summary, "alert"), StepStatus::Succeeded),
+        "{:?}",
+        status(&summary, "alert")
+    );
+}
+
 impl Fake {
     fn with_all(mut self, n: usize, b: Behaviour) -> Self {
         for i in 0..n {

@@ -895,9 +895,32 @@ impl<'a> Checker<'a> {
                     });
                     return;
                 }
+                let producer = &self.pipeline.steps[j];
+                if run_when(producer).is_finally()
+                    && !run_when(&self.pipeline.steps[i]).is_finally()
+                {
+                    self.error(
+                        "kiln::plan::reads-finally",
+                        format!("step `{name}` reads `{step}.{output}`, but `{step}` runs after every other step (`run: always` or `on-failure`)"),
+                        input.span,
+                    )
+                    .help = Some(format!("give `{name}` a `run:` of its own, or read something `{step}` reads instead"));
+                    return;
+                }
                 self.graph.add_edge(j, i);
                 self.consumers[j] += 1;
                 self.consumed.insert((j, output.clone()));
+            }
+            InputRef::RunStatus => {
+                let step = &self.pipeline.steps[i];
+                if !run_when(step).is_finally() {
+                    self.error(
+                        "kiln::plan::run-status",
+                        format!("step `{name}` reads `run.status`, but it runs only when what it reads succeeded"),
+                        input.span,
+                    )
+                    .help = Some("give the step `run: always` or `run: on-failure`: it then runs after every other step and can read how they ended".into());
+                }
             }
             InputRef::Param(param) => {
                 if !self.pipeline.params.contains_key(param.as_str()) {
@@ -1255,8 +1278,14 @@ impl<'a> Checker<'a> {
             return;
         }
         let several = self.pipeline.steps.len() > 1;
+        // An exit handler waits for every other step: with one, no step stands alone.
+        let any_finally = self
+            .pipeline
+            .steps
+            .values()
+            .any(|s| run_when(s).is_finally());
         for (i, (name, step)) in self.pipeline.steps.iter().enumerate() {
-            if several && !self.graph.is_connected(i) {
+            if several && !any_finally && !self.graph.is_connected(i) {
                 self.warn(
                     "kiln::plan::disconnected",
                     format!("step `{name}` is not connected to any other step"),
@@ -1395,8 +1424,17 @@ impl<'a> Checker<'a> {
                 InputRef::Path(p) => InputSource::Workspace {
                     path: normalise(p).expect("checked"),
                 },
+                InputRef::RunStatus => InputSource::RunStatus,
             };
             inputs.insert(input_name.to_string(), source);
+        }
+        // An exit handler waits for every step that is not one.
+        if run_when(step).is_finally() {
+            for (j, other) in self.pipeline.steps.values().enumerate() {
+                if !run_when(other).is_finally() {
+                    depends_on.extend(ids[j].iter().cloned());
+                }
+            }
         }
         for after in &step.after {
             let j = self.index[after.as_str()];
@@ -1531,6 +1569,7 @@ impl<'a> Checker<'a> {
             when: step.when.as_ref().map(|w| w.to_string()),
             policy: Policy {
                 retries: step.retries.as_ref().map_or(0, |r| r.limit()),
+                run: run_when(step),
                 parallelism: step.parallelism.as_ref().map(|p| p.value),
                 concurrency: step.concurrency.as_ref().map(|c| c.to_string()),
                 retry: match step.retries.as_ref().map(|r| &r.value) {
@@ -1790,6 +1829,11 @@ fn fan_out_labels(name: &str, var: Option<String>, items: &[Value]) -> Vec<Strin
         });
     }
     labels
+}
+
+/// When `step` runs (`run:`), `on-success` when it does not say.
+fn run_when(step: &Step) -> kiln_spec::RunWhen {
+    step.run.as_ref().map(|r| r.value).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -236,6 +236,10 @@ pub struct ContainerPlan {
     pub gpu: u32,
 }
 
+fn is_on_success(run: &kiln_spec::RunWhen) -> bool {
+    *run == kiln_spec::RunWhen::OnSuccess
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -273,6 +277,9 @@ pub enum InputSource {
         /// Its value.
         value: Value,
     },
+    /// The run's outcome so far, as JSON (`run.status`), for steps that run after the others:
+    /// `{"status": "succeeded"|"failed", "failed": [ids], "steps": {id: status}}`.
+    RunStatus,
 }
 
 /// Retries, timeout and caching of a step.
@@ -280,6 +287,10 @@ pub enum InputSource {
 pub struct Policy {
     /// Extra attempts after a failure.
     pub retries: u32,
+    /// When the step runs: after the steps it reads succeeded (the default), or after every
+    /// other step whatever happened (`always`), or only when one failed (`on-failure`).
+    #[serde(default, skip_serializing_if = "is_on_success")]
+    pub run: kiln_spec::RunWhen,
     /// How the retries wait and which failures they retry, where the step says.
     #[serde(default, skip_serializing_if = "RetryPlan::is_default")]
     pub retry: RetryPlan,

@@ -28,7 +28,8 @@ pub use names::{
 };
 pub use pipeline::{
     API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EnvName, ForEach, InputRef, OutputFile,
-    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, Step, WasmLimits, WasmRef,
+    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, Step, WasmLimits,
+    WasmRef,
 };
 pub use quantity::{Cpu, HumanDuration, Memory};
 pub use step_id::StepId;

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Words that cannot name a step because templates and conditions use them.
-pub const RESERVED_STEP_NAMES: &[&str] = &["params", "inputs", "outputs", "item", "steps"];
+pub const RESERVED_STEP_NAMES: &[&str] = &["params", "inputs", "outputs", "item", "steps", "run"];
 
 /// The longest name kiln accepts (it must fit in a Kubernetes label).
 pub const MAX_NAME_LEN: usize = 63;

@@ -137,6 +137,11 @@ pub struct Step {
     /// with the others naming it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Located<StepName>>,
+    /// When the step runs: `on-success` (the default: once everything it reads succeeded),
+    /// `always` (an exit handler: after every other step, whatever happened) or `on-failure`
+    /// (the same, only when some step failed). Such a step may read `run.status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Located<RunWhen>>,
     /// Fan-out: one instance per item of a list or of a list param (`{{params.NAME}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<Located<ForEach>>,
@@ -305,6 +310,26 @@ pub struct WasmLimits {
     /// Fuel: the deterministic CPU budget (roughly one unit per wasm instruction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<Located<u64>>,
+}
+
+/// When a step runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunWhen {
+    /// Once everything it depends on succeeded (or came from the cache).
+    #[default]
+    OnSuccess,
+    /// After every other step has finished, whatever happened: cleanup, notification.
+    Always,
+    /// After every other step has finished, when at least one of them failed.
+    OnFailure,
+}
+
+impl RunWhen {
+    /// Whether the step runs after the others, whatever they did (an exit handler).
+    pub fn is_finally(self) -> bool {
+        !matches!(self, RunWhen::OnSuccess)
+    }
 }
 
 /// A step's retries: `retries: 3`, or a whole policy.
@@ -620,6 +645,8 @@ pub enum InputRef {
     Param(String),
     /// A file or folder in the workspace, relative to the pipeline file.
     Path(String),
+    /// The run so far, as JSON (`run.status`): for `run: always` and `run: on-failure` steps.
+    RunStatus,
 }
 
 impl fmt::Display for InputRef {
@@ -628,6 +655,7 @@ impl fmt::Display for InputRef {
             InputRef::StepOutput { step, output } => write!(f, "{step}.{output}"),
             InputRef::Param(name) => write!(f, "params.{name}"),
             InputRef::Path(path) => f.write_str(path),
+            InputRef::RunStatus => f.write_str("run.status"),
         }
     }
 }
@@ -653,6 +681,9 @@ impl std::str::FromStr for InputRef {
         }
         if let Some(name) = t.strip_prefix("params.") {
             return Ok(InputRef::Param(name.to_owned()));
+        }
+        if t == "run.status" {
+            return Ok(InputRef::RunStatus);
         }
         if let Some((step, output)) = t.split_once('.')
             && !step.is_empty()

@@ -476,6 +476,9 @@ fn input_causes(
                 "input `{input}` (param `{name}`): {digests}"
             ))),
         },
+        Some(InputSource::RunStatus) => causes.push(Cause::Other(format!(
+            "the other steps ended differently (input `{input}`, `run.status`): {digests}"
+        ))),
         // No plan to say where it came from: the step of this run that wrote those bytes.
         None => {
             let writer = after.view.steps.iter().find_map(|(step, view)| {

@@ -184,7 +184,7 @@ impl StepGraph {
                         let file = base + files.iter().position(|f| f == path).expect("listed");
                         edges.insert((file, to, EdgeKind::Data, input.clone()));
                     }
-                    InputSource::Param { .. } => {}
+                    InputSource::Param { .. } | InputSource::RunStatus => {}
                 }
             }
             for dep in &step.depends_on {

@@ -316,7 +316,9 @@ impl Dag {
                     InputSource::Collect { instances, .. } => {
                         from_ids.extend(instances.iter().map(|i| i.as_str()))
                     }
-                    InputSource::Workspace { .. } | InputSource::Param { .. } => {}
+                    InputSource::Workspace { .. }
+                    | InputSource::Param { .. }
+                    | InputSource::RunStatus => {}
                 }
             }
             edges.extend(

@@ -167,6 +167,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         when: None,
         policy: Policy {
             retries: 0,
+            run: Default::default(),
             retry: Default::default(),
             parallelism: None,
             concurrency: None,

@@ -56,6 +56,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         when: None,
         policy: Policy {
             retries: 0,
+            run: Default::default(),
             retry: Default::default(),
             parallelism: None,
             concurrency: None,

@@ -138,6 +138,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         when: None,
         policy: Policy {
             retries: 0,
+            run: Default::default(),
             retry: Default::default(),
             parallelism: None,
             concurrency: None,
