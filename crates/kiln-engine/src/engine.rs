@@ -991,7 +991,16 @@ fn upstream_problem(
     if step.policy.run.is_finally() {
         return finally_problem(step, index, results);
     }
-    for dep in &step.depends_on {
+    first_problem(&step.depends_on, index, results)
+}
+
+/// Why a step cannot run because of one of `deps`: the first that did not succeed.
+fn first_problem<'d>(
+    deps: impl IntoIterator<Item = &'d StepId>,
+    index: &HashMap<&str, usize>,
+    results: &[Option<StepSummary>],
+) -> Option<SkipReason> {
+    for dep in deps {
         let Some(result) = &results[index[dep.as_str()]] else {
             continue;
         };
@@ -1000,10 +1009,10 @@ fn upstream_problem(
             StepStatus::Succeeded | StepStatus::Cached => {}
             StepStatus::Failed { .. } => return Some(SkipReason::UpstreamFailed { step }),
             StepStatus::Cancelled => return Some(SkipReason::UpstreamCancelled { step }),
-            StepStatus::Skipped { reason } if reason.is_upstream() => {
-                return Some(SkipReason::UpstreamSkipped { step });
-            }
-            StepStatus::Skipped { .. } => return Some(SkipReason::UpstreamConditionFalse { step }),
+            StepStatus::Skipped {
+                reason: SkipReason::ConditionFalse { .. },
+            } => return Some(SkipReason::UpstreamConditionFalse { step }),
+            StepStatus::Skipped { .. } => return Some(SkipReason::UpstreamSkipped { step }),
         }
     }
     None
@@ -1026,28 +1035,12 @@ fn finally_problem(
             return Some(SkipReason::NothingFailed);
         }
     }
-    let read: Vec<&StepId> = step
-        .inputs
-        .values()
-        .flat_map(|source| match source {
-            InputSource::Step { step, .. } => std::slice::from_ref(step),
-            InputSource::Collect { instances, .. } => instances.as_slice(),
-            _ => &[],
-        })
-        .collect();
-    for dep in read {
-        let Some(result) = &results[index[dep.as_str()]] else {
-            continue;
-        };
-        let step = dep.clone();
-        match &result.status {
-            StepStatus::Succeeded | StepStatus::Cached => {}
-            StepStatus::Failed { .. } => return Some(SkipReason::UpstreamFailed { step }),
-            StepStatus::Cancelled => return Some(SkipReason::UpstreamCancelled { step }),
-            StepStatus::Skipped { .. } => return Some(SkipReason::UpstreamSkipped { step }),
-        }
-    }
-    None
+    let read = step.inputs.values().flat_map(|source| match source {
+        InputSource::Step { step, .. } => std::slice::from_ref(step),
+        InputSource::Collect { instances, .. } => instances.as_slice(),
+        _ => &[],
+    });
+    first_problem(read, index, results)
 }
 
 fn finish(
