@@ -11,25 +11,15 @@ use serde_json::Value;
 
 mod support;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn copy(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
     std::fs::copy(from, to).unwrap();
 }
 
-fn kiln(dir: &Path, args: &[&str]) -> Output {
-    support::kiln()
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("kiln runs")
-}
+use support::{repo, run_in as kiln};
 
 fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    support::text(&out.stderr)
 }
 
 /// The digits report step, its SDK and the WIT copied into a folder of their own, as a user

@@ -1,24 +1,13 @@
 //! The `kiln` binary as a user runs it.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod support;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{repo, text};
 
 fn kiln(args: &[&str]) -> Output {
-    support::kiln()
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("kiln runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    support::run_in(&repo(), args)
 }
 
 #[test]

@@ -2,27 +2,17 @@
 //! as steps with their own command lines (`args`, `stdin`, `stdout`): the `cli-tools`
 //! example end to end. Needs the network to crates.io the first time (`cargo install`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
 
 mod support;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::{repo, text};
 
 fn kiln(args: &[&str]) -> Output {
-    support::kiln()
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("kiln runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    support::run_in(&repo(), args)
 }
 
 fn run_json(args: &[&str]) -> Value {

@@ -2,26 +2,11 @@
 //! it prints pasted unchanged, and their declared params are checked. Needs what
 //! `scripts/setup.sh` installs (the wasm32-wasip2 target, componentize-py).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
 mod support;
 
-fn repo() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap()
-}
-
-fn kiln(dir: &Path, args: &[&str]) -> Output {
-    support::kiln()
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("kiln runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use support::{repo, run_in as kiln, text};
 
 /// `kiln new step`, which must succeed; its stdout (the pipeline entry).
 fn new_step(dir: &Path, args: &[&str]) -> String {

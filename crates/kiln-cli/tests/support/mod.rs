@@ -20,6 +20,25 @@ pub fn kiln() -> Command {
     command
 }
 
+/// The repository's root, as an absolute path.
+pub fn repo() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap()
+}
+
+/// [`kiln`] with `args`, run in `dir`, to its end.
+pub fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    kiln()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("kiln runs")
+}
+
+/// What a process printed, as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Where the binary run by [`kiln`] keeps compiled components.
 pub fn compiled_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-compiled")
