@@ -83,6 +83,24 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The secrets container steps may read: `--secrets FILE|DIR` when given, and
+/// `KILN_SECRET_<NAME>` variables. A file others can read is used, with a warning.
+pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<kiln_container::Secrets> {
+    if let Some(file) = file
+        && let Ok(meta) = std::fs::metadata(file)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "{} can be read by other users; `chmod go= {}` keeps secrets yours",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(kiln_container::Secrets::load(file)?)
+}
+
 /// The executor for wasm steps: one wasmtime engine, precompiled components kept once per
 /// machine ([`compiled_cache_or`], else in the state folder), an instance pool sized to the
 /// run's parallelism.

@@ -239,6 +239,9 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
         let out = Command::new("sh")
             .args(["-c", line])
             .current_dir(work)
+            .env("KILN", env!("CARGO_BIN_EXE_kiln"))
+            .env("NO_COLOR", "1")
+            .env_remove("KILN_HOME")
             .output()
             .map_err(|e| format!("sh: {e}"))?;
         if !out.status.success() {

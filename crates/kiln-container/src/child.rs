@@ -14,6 +14,7 @@ use tokio::net::unix::pipe::Receiver;
 use tokio::process::Command;
 
 use crate::ContainerError;
+use crate::secrets::Redactor;
 
 /// How many bytes of the end of the output are kept for the failure message.
 const TAIL_BYTES: usize = 8 * 1024;
@@ -222,7 +223,8 @@ pub(crate) async fn open_log(path: &Path) -> Result<tokio::fs::File, ContainerEr
         .map_err(io)
 }
 
-/// Runs `command` to its end: `header` first in the log, then the child's output.
+/// Runs `command` to its end: `header` first in the log, then the child's output, with the
+/// values `redactor` knows replaced before they reach the log or the failure message.
 ///
 /// The child gets its own process group; when it exits, whatever it left running in that group
 /// is killed (a container's processes end with its main process too), and when this future is
@@ -234,6 +236,7 @@ pub(crate) async fn run_logged(
     header: &str,
     log_cap: u64,
     removal: Option<ContainerRemoval>,
+    mut redactor: Option<Redactor>,
 ) -> Result<Ended, ContainerError> {
     let mut sink = LogSink {
         file: open_log(log).await?,
@@ -286,7 +289,10 @@ pub(crate) async fn run_logged(
     while status.is_none() || output.is_some() {
         tokio::select! {
             read = read_some(&mut output, &mut buf), if output.is_some() => match read {
-                Some(n) => sink.write(&buf[..n]).await?,
+                Some(n) => match &mut redactor {
+                    Some(redactor) => sink.write(&redactor.push(&buf[..n])).await?,
+                    None => sink.write(&buf[..n]).await?,
+                },
                 None => output = None,
             },
             waited = child.wait(), if status.is_none() => {
@@ -309,6 +315,9 @@ pub(crate) async fn run_logged(
                 break;
             },
         }
+    }
+    if let Some(redactor) = &mut redactor {
+        sink.write(&redactor.finish()).await?;
     }
     sink.file
         .flush()

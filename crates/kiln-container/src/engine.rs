@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,9 +12,9 @@ use kiln_engine::{ExecOutcome, Executor, ExecutorError, FailureKind, StagedTask,
 use kiln_plan::{ContainerPlan, PlannedStep, StepKind};
 use tokio::process::Command;
 
-use crate::ContainerError;
 use crate::child::{ContainerRemoval, Ended, quote_tail, run_logged, shell_line, signal_name};
 use crate::process::DEFAULT_LOG_CAP;
+use crate::{ContainerError, Secrets};
 
 /// Where inputs appear in the container: `/kiln/inputs/<name>`, read-only.
 pub const INPUTS_DIR: &str = "/kiln/inputs";
@@ -21,6 +22,8 @@ pub const INPUTS_DIR: &str = "/kiln/inputs";
 pub const OUTPUTS_DIR: &str = "/kiln/outputs";
 /// The working directory in the container (the task's scratch folder).
 pub const WORK_DIR: &str = "/kiln/work";
+/// Where a container finds the files of its file secrets (`as: file`), read-only.
+pub const SECRETS_DIR: &str = "/kiln/secrets";
 
 /// How long `version` or `image exists` may take before the engine counts as not answering.
 const PROBE_LIMIT: Duration = Duration::from_secs(15);
@@ -79,6 +82,7 @@ impl ContainerEngine {
 pub struct EngineExecutor {
     engine: ContainerEngine,
     log_cap: u64,
+    secrets: Arc<Secrets>,
 }
 
 impl EngineExecutor {
@@ -87,7 +91,14 @@ impl EngineExecutor {
         EngineExecutor {
             engine,
             log_cap: DEFAULT_LOG_CAP,
+            secrets: Arc::new(Secrets::from_env()),
         }
+    }
+
+    /// Resolves step secrets from `secrets` instead of `KILN_SECRET_<NAME>` variables.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Caps each step's log at `bytes` of output; the rest is dropped with a note.
@@ -122,7 +133,12 @@ impl Executor for EngineExecutor {
         if let Err(error) = probe(self.engine).await {
             return Err(vec![error.to_string()]);
         }
-        let mut problems = Vec::new();
+        let mut problems = self
+            .secrets
+            .check(steps.iter().filter_map(|step| match &step.kind {
+                StepKind::Container(plan) => Some((step.id.as_str(), plan)),
+                StepKind::Wasm { .. } => None,
+            }));
         for (image, users) in images {
             let users = users
                 .iter()
@@ -168,7 +184,16 @@ impl Executor for EngineExecutor {
 
     async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
-        let argv = command_line(self.engine, task)?;
+        let secrets = self
+            .secrets
+            .hand_over(plan)
+            .map_err(|problem| ExecutorError::new(format!("step `{}`: {problem}", task.step.id)))?;
+        let files = secrets
+            .files
+            .iter()
+            .map(|(var, (_, path))| (var.clone(), path.clone()))
+            .collect();
+        let argv = command_line(self.engine, task, &files)?;
         // Bind-mount sources must exist.
         let workdir = absolute(&task.workdir)?;
         tokio::fs::create_dir_all(&workdir)
@@ -186,6 +211,9 @@ impl Executor for EngineExecutor {
         let header = format!("{} backend: {}\n", self.engine.program(), shell_line(&argv));
         let mut command = Command::new(&argv[0]);
         command.args(&argv[1..]);
+        for (var, value) in &secrets.env {
+            command.env(var, value.expose());
+        }
         let removal = ContainerRemoval {
             command: self.engine.remove_line(&name),
         };
@@ -197,8 +225,10 @@ impl Executor for EngineExecutor {
             &header,
             self.log_cap,
             Some(removal),
+            secrets.redactor(),
         )
         .await?;
+        drop(secrets);
         let what = match plan.command.first() {
             Some(program) => format!("`{program}` in image `{}`", plan.image),
             None => format!("the entrypoint of image `{}`", plan.image),
@@ -310,6 +340,9 @@ fn cpus(millis: u64) -> String {
 ///   --mount type=bind,src=<outputs folder>,dst=/kiln/outputs
 ///   --mount type=bind,src=<workdir>,dst=/kiln/work -w /kiln/work
 ///   --env K=V... --env KILN_RUN_ID=.. --env KILN_STEP=.. --env KILN_ATTEMPT=..
+///   --env SECRET_VAR...                          (per secret, value from the client's env)
+///   --mount type=bind,src=<file>,dst=/kiln/secrets/<name>,ro=true --env VAR=/kiln/secrets/<name>
+///                                                (per file secret, `secret_files` by variable)
 ///   [--cpus 1.5] [--memory <bytes>] [--device nvidia.com/gpu=all]
 ///   [--entrypoint <command[0]>] <image> <command[1..]> <args>
 /// ```
@@ -325,6 +358,7 @@ fn cpus(millis: u64) -> String {
 pub fn command_line(
     engine: ContainerEngine,
     task: &StagedTask,
+    secret_files: &BTreeMap<String, PathBuf>,
 ) -> Result<Vec<String>, ContainerError> {
     let plan: &ContainerPlan = crate::container_plan(&task.step)?;
     let mut argv = engine.base();
@@ -390,6 +424,22 @@ pub fn command_line(
         ("KILN_ATTEMPT", task.attempt.to_string()),
     ] {
         argv.extend(["--env".into(), format!("{name}={value}")]);
+    }
+    // A secret's value never appears on the command line (where `ps` and the log's header
+    // would show it): `--env NAME` alone makes the engine copy it from the client's
+    // environment, which the executor sets.
+    for (var, secret) in &plan.secrets {
+        if secret.file {
+            let target = format!("{SECRETS_DIR}/{}", secret.name);
+            let source = secret_files.get(var).ok_or_else(|| ContainerError::Io {
+                path: format!("the file of secret `{}`", secret.name),
+                source: std::io::Error::other("not handed over"),
+            })?;
+            argv.extend(["--mount".into(), bind(source, &target, true)?]);
+            argv.extend(["--env".into(), format!("{var}={target}")]);
+        } else {
+            argv.extend(["--env".into(), var.clone()]);
+        }
     }
 
     if let Some(millis) = plan.cpu_millis {

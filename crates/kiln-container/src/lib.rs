@@ -14,6 +14,7 @@
 mod child;
 mod engine;
 mod process;
+pub mod secrets;
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,10 +24,11 @@ use kiln_engine::{Executor, ExecutorError};
 
 pub use child::cleanups_done;
 pub use engine::{
-    ContainerEngine, EngineExecutor, EngineProbe, INPUTS_DIR, OUTPUTS_DIR, WORK_DIR, command_line,
-    container_name, detect, probe,
+    ContainerEngine, EngineExecutor, EngineProbe, INPUTS_DIR, OUTPUTS_DIR, SECRETS_DIR, WORK_DIR,
+    command_line, container_name, detect, probe,
 };
 pub use process::{DEFAULT_LOG_CAP, ProcessExecutor};
+pub use secrets::Secrets;
 
 /// Everything that can stop this crate from running a step (a step failing is an outcome).
 #[derive(Debug, thiserror::Error)]
@@ -141,12 +143,22 @@ impl Backend {
         }
     }
 
-    /// An executor for this backend, ready for the engine's `Executors::container`.
+    /// An executor for this backend, ready for the engine's `Executors::container`, with
+    /// secrets from `KILN_SECRET_<NAME>` variables.
     pub fn executor(self) -> Arc<dyn Executor> {
+        self.executor_with(Arc::new(Secrets::from_env()))
+    }
+
+    /// An executor for this backend that resolves step secrets from `secrets`.
+    pub fn executor_with(self, secrets: Arc<Secrets>) -> Arc<dyn Executor> {
         match self {
-            Backend::Process => Arc::new(ProcessExecutor::new()),
-            Backend::Podman => Arc::new(EngineExecutor::new(ContainerEngine::Podman)),
-            Backend::Docker => Arc::new(EngineExecutor::new(ContainerEngine::Docker)),
+            Backend::Process => Arc::new(ProcessExecutor::new().with_secrets(secrets)),
+            Backend::Podman => {
+                Arc::new(EngineExecutor::new(ContainerEngine::Podman).with_secrets(secrets))
+            }
+            Backend::Docker => {
+                Arc::new(EngineExecutor::new(ContainerEngine::Docker).with_secrets(secrets))
+            }
         }
     }
 }

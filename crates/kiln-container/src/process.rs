@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -12,8 +13,8 @@ use kiln_engine::{ExecOutcome, Executor, ExecutorError, FailureKind, StagedTask,
 use kiln_plan::{PlannedStep, StepKind};
 use tokio::process::Command;
 
-use crate::ContainerError;
 use crate::child::{Ended, quote_tail, run_logged, shell_line, signal_name};
+use crate::{ContainerError, Secrets};
 
 /// The default cap on one step log: 64 MiB.
 pub const DEFAULT_LOG_CAP: u64 = 64 * 1024 * 1024;
@@ -32,6 +33,8 @@ pub const DEFAULT_LOG_CAP: u64 = 64 * 1024 * 1024;
 ///   folder;
 /// - `LANG=C.UTF-8`;
 /// - the step's declared `env` (paths filled in; it may override the three above);
+/// - the step's `secrets`: a value, or the host path of a private file holding it (see
+///   [`crate::secrets`]); their values are redacted from the log;
 /// - `KILN_RUN_ID`, `KILN_STEP` and `KILN_ATTEMPT` (always kiln's values).
 ///
 /// The child runs in its own process group. When it exits, whatever it left running in the
@@ -40,6 +43,7 @@ pub const DEFAULT_LOG_CAP: u64 = 64 * 1024 * 1024;
 pub struct ProcessExecutor {
     log_cap: u64,
     warned: AtomicBool,
+    secrets: Arc<Secrets>,
 }
 
 impl ProcessExecutor {
@@ -48,7 +52,14 @@ impl ProcessExecutor {
         ProcessExecutor {
             log_cap: DEFAULT_LOG_CAP,
             warned: AtomicBool::new(false),
+            secrets: Arc::new(Secrets::from_env()),
         }
+    }
+
+    /// Resolves step secrets from `secrets` instead of `KILN_SECRET_<NAME>` variables.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Caps each step's log at `bytes` of output; the rest is dropped with a note.
@@ -101,6 +112,13 @@ impl Executor for ProcessExecutor {
                 ));
             }
         }
+        problems.extend(
+            self.secrets
+                .check(steps.iter().filter_map(|step| match &step.kind {
+                    StepKind::Container(plan) => Some((step.id.as_str(), plan)),
+                    StepKind::Wasm { .. } => None,
+                })),
+        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -163,13 +181,34 @@ impl Executor for ProcessExecutor {
         for (name, value) in &plan.env {
             command.env(name, fill_paths(value, &inputs, &outputs));
         }
+        let secrets = self
+            .secrets
+            .hand_over(plan)
+            .map_err(|problem| ExecutorError::new(format!("step `{}`: {problem}", task.step.id)))?;
+        for (name, value) in &secrets.env {
+            command.env(name, value.expose());
+        }
+        for (name, (_, path)) in &secrets.files {
+            command.env(name, path);
+        }
         command
             .env("KILN_RUN_ID", &task.run_id)
             .env("KILN_STEP", task.step.id.as_str())
             .env("KILN_ATTEMPT", task.attempt.to_string());
 
         let program = &argv[0];
-        let ended = run_logged(command, program, &task.log, &header, self.log_cap, None).await?;
+        let ended = run_logged(
+            command,
+            program,
+            &task.log,
+            &header,
+            self.log_cap,
+            None,
+            secrets.redactor(),
+        )
+        .await?;
+        // The secret files go now, not when the outcome has been recorded.
+        drop(secrets);
         Ok(match ended {
             Ended::NotStarted(error) => ExecOutcome::failure(
                 FailureKind::Spawn,

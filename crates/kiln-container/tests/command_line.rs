@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::{container_step, paper_task, plan_mut, wasm_step};
@@ -57,7 +58,7 @@ fn podman_command_line() {
         "podman --runtime runc {COMMON} --device nvidia.com/gpu=all {COMMAND}"
     ));
     assert_eq!(
-        command_line(ContainerEngine::Podman, &training_task()).unwrap(),
+        command_line(ContainerEngine::Podman, &training_task(), &BTreeMap::new()).unwrap(),
         expected
     );
 }
@@ -66,7 +67,7 @@ fn podman_command_line() {
 fn docker_command_line() {
     let expected = words(&format!("docker {COMMON} --gpus 1 {COMMAND}"));
     assert_eq!(
-        command_line(ContainerEngine::Docker, &training_task()).unwrap(),
+        command_line(ContainerEngine::Docker, &training_task(), &BTreeMap::new()).unwrap(),
         expected
     );
 }
@@ -78,7 +79,7 @@ fn without_a_command_the_image_entrypoint_runs_with_the_args() {
     task.inputs.clear();
     task.outputs.clear();
     assert_eq!(
-        command_line(ContainerEngine::Podman, &task).unwrap(),
+        command_line(ContainerEngine::Podman, &task, &BTreeMap::new()).unwrap(),
         words(
             "podman --runtime runc run --rm --pull never --network none \
              --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 --name kiln-r1-serve-2 \
@@ -87,7 +88,7 @@ fn without_a_command_the_image_entrypoint_runs_with_the_args() {
              localhost/app:2 --port 80"
         )
     );
-    let docker = command_line(ContainerEngine::Docker, &task).unwrap();
+    let docker = command_line(ContainerEngine::Docker, &task, &BTreeMap::new()).unwrap();
     assert_eq!(docker[0], "docker");
     assert!(!docker.contains(&"--entrypoint".to_owned()));
     assert!(!docker.contains(&"--gpus".to_owned()));
@@ -104,7 +105,7 @@ fn an_output_outside_the_outputs_folder_gets_its_own_mount() {
     task.inputs.clear();
     task.outputs
         .insert("report".into(), PathBuf::from("/elsewhere/report.txt"));
-    let argv = command_line(ContainerEngine::Podman, &task).unwrap();
+    let argv = command_line(ContainerEngine::Podman, &task, &BTreeMap::new()).unwrap();
     let mounts: Vec<&str> = argv
         .windows(2)
         .filter(|w| w[0] == "--mount")
@@ -141,7 +142,7 @@ fn a_comma_in_a_path_is_refused() {
     task.inputs
         .insert("odd".into(), PathBuf::from("/s/work/in/a,b"));
     assert_eq!(
-        command_line(ContainerEngine::Podman, &task)
+        command_line(ContainerEngine::Podman, &task, &BTreeMap::new())
             .unwrap_err()
             .to_string(),
         "path `/s/work/in/a,b` contains a comma or a double quote, which a container engine's `--mount` cannot express"
@@ -152,7 +153,7 @@ fn a_comma_in_a_path_is_refused() {
 fn a_wasm_step_has_no_command_line() {
     let task = paper_task(wasm_step("prep"));
     assert_eq!(
-        command_line(ContainerEngine::Docker, &task)
+        command_line(ContainerEngine::Docker, &task, &BTreeMap::new())
             .unwrap_err()
             .to_string(),
         "step `prep` is not a container step"
@@ -163,7 +164,7 @@ fn a_wasm_step_has_no_command_line() {
 /// installed without a daemon (as here), the command line must get as far as "cannot connect".
 #[test]
 fn the_docker_client_accepts_the_command_line() {
-    let argv = command_line(ContainerEngine::Docker, &training_task()).unwrap();
+    let argv = command_line(ContainerEngine::Docker, &training_task(), &BTreeMap::new()).unwrap();
     let output = match std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .output()

@@ -354,6 +354,7 @@ mod tests {
                 command: vec!["sh".into()],
                 args: vec![],
                 env: BTreeMap::new(),
+                secrets: BTreeMap::new(),
             }),
             params: BTreeMap::new(),
             inputs: vec![],

@@ -13,7 +13,7 @@ use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
     DETERMINISTIC_KINDS, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep,
-    Policy, RETRYABLE_KINDS, RetryPlan, StepId, StepKind,
+    Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -254,6 +254,7 @@ impl<'a> Checker<'a> {
             (Some(wasm), None) => self.check_component(name, wasm),
             (None, Some(_)) => {}
         }
+        self.check_secrets(name, step);
         if step.container.is_some()
             && let Some(limits) = &step.limits
         {
@@ -403,6 +404,49 @@ impl<'a> Checker<'a> {
 
         if let Some(condition) = &step.when {
             self.check_when(i, name, condition, in_fan_out, params);
+        }
+    }
+
+    /// `secrets` belong to container steps, and a variable is either a secret or plain `env`.
+    fn check_secrets(&mut self, name: &Located<kiln_spec::StepName>, step: &Located<Step>) {
+        let Some((first, _)) = step.secrets.first() else {
+            return;
+        };
+        let Some(container) = &step.container else {
+            let d = self.error(
+                "kiln::plan::secrets-on-wasm",
+                format!("step `{name}` is a wasm step; `secrets` reach container steps only"),
+                first.span,
+            );
+            d.label = Some("secrets start here".into());
+            d.help = Some(
+                "a wasm step's result is cached and replayed from its inputs alone, and a secret is not one; read the secret in a container step"
+                    .into(),
+            );
+            return;
+        };
+        for var in step.secrets.keys() {
+            let var_name = &var.0;
+            if container.env.contains_key(var) {
+                let d = self.error(
+                    "kiln::plan::secret-env-clash",
+                    format!(
+                        "step `{name}` sets `{var_name}` both in `container.env` and in `secrets`"
+                    ),
+                    var.span,
+                );
+                d.label = Some("the secret".into());
+                d.help = Some(format!(
+                    "remove `{var_name}` from `container.env`, or read the secret in another variable"
+                ));
+            }
+            if var_name.starts_with("KILN_") {
+                self.error(
+                    "kiln::plan::reserved-env",
+                    format!("step `{name}` puts a secret in `{var_name}`; variables starting with `KILN_` are kiln's"),
+                    var.span,
+                );
+            }
         }
     }
 
@@ -1520,12 +1564,26 @@ impl<'a> Checker<'a> {
                     gpu: resources
                         .and_then(|r| r.gpu.as_ref())
                         .map_or(0, |g| g.value),
+                    secrets: step
+                        .secrets
+                        .iter()
+                        .map(|(var, secret)| {
+                            (
+                                var.value.0.clone(),
+                                SecretRef {
+                                    name: secret.name().to_string(),
+                                    file: secret.form() == kiln_spec::SecretAs::File,
+                                },
+                            )
+                        })
+                        .collect(),
                 };
                 let key = ContainerKey {
                     image: plan.image.clone(),
                     command: plan.command.clone(),
                     args: plan.args.clone(),
                     env: plan.env.clone(),
+                    secrets: plan.secrets.clone(),
                 };
                 (StepKind::Container(plan), Some(key))
             }

@@ -234,6 +234,20 @@ pub struct ContainerPlan {
     /// GPUs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gpu: u32,
+    /// Secrets by environment variable: names only, resolved where the step runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// One secret a container step reads: its name and how it is handed over. The value is
+/// never in a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The secret's name.
+    pub name: String,
+    /// `true`: the variable holds the path of a file with the value; `false`: the value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub file: bool,
 }
 
 fn is_on_success(run: &kiln_spec::RunWhen) -> bool {
@@ -395,6 +409,10 @@ pub struct ContainerKey {
     pub args: Vec<String>,
     /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Which secrets the step reads and how (names, never values); absent when none, so
+    /// that keys without secrets stay as they were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
 }
 
 /// Reads, parses and plans a pipeline file; the source is returned for rendering diagnostics.

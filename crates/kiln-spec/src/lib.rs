@@ -24,12 +24,12 @@ mod yaml_error;
 pub use diag::{Diagnostic, LineCol, Severity, SourceFile};
 pub use located::{Located, Span};
 pub use names::{
-    ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, StepName,
+    ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
 };
 pub use pipeline::{
     API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EnvName, ForEach, InputRef, OutputFile,
-    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, Step, WasmLimits,
-    WasmRef,
+    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse,
+    Step, WasmLimits, WasmRef,
 };
 pub use quantity::{Cpu, HumanDuration, Memory};
 pub use step_id::StepId;

@@ -172,6 +172,15 @@ name_type!(
 );
 
 name_type!(
+    /// The name of a secret: what the user supplies a value for (`KILN_SECRET_<NAME>` or a
+    /// `--secrets` file), never the value itself.
+    SecretName,
+    "secret",
+    |s| check_kebab("secret", s),
+    "^[a-z][a-z0-9_-]*$"
+);
+
+name_type!(
     /// The name of a pipeline or step param (an identifier in templates and CEL).
     ParamName,
     "param",

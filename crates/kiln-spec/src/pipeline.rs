@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::located::Located;
-use crate::names::{ArtifactName, ParamName, PipelineName, StepName};
+use crate::names::{ArtifactName, ParamName, PipelineName, SecretName, StepName};
 use crate::quantity::{Cpu, HumanDuration, Memory};
 use crate::value::{ParamType, Value};
 
@@ -112,6 +112,13 @@ pub struct Step {
     /// log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<Located<String>>,
+    /// Secrets a container step reads, by environment variable: `{WANDB_API_KEY: wandb}` puts
+    /// secret `wandb`'s value in `WANDB_API_KEY`; `{HF_TOKEN_FILE: {name: hf, as: file}}`
+    /// puts it in a file and that file's path in the variable. Values come from
+    /// `KILN_SECRET_<NAME>` or a `--secrets` file when the step runs, and never reach the
+    /// plan, the records, the cache key or a bundle; logs show them redacted.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub secrets: IndexMap<Located<EnvName>, Located<SecretUse>>,
     /// Named inputs: `STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`.
     #[serde(default)]
     pub inputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,
@@ -425,6 +432,88 @@ pub struct RetryPolicy {
     /// `spawn`... (default: every failure that may pass on a second try).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<Located<String>>,
+}
+
+/// How a step reads one secret: `wandb`, or `{name: wandb, as: file}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SecretUse {
+    /// The secret's value in the variable.
+    Name(SecretName),
+    /// The secret, handed over as the form says.
+    Form {
+        /// The secret's name.
+        name: Located<SecretName>,
+        /// `env` (the value in the variable, the default) or `file` (the path of a file
+        /// holding the value, readable by the step only, removed when it ends).
+        #[serde(default, rename = "as")]
+        form: SecretAs,
+    },
+}
+
+impl SecretUse {
+    /// The secret's name.
+    pub fn name(&self) -> &SecretName {
+        match self {
+            SecretUse::Name(name) => name,
+            SecretUse::Form { name, .. } => name,
+        }
+    }
+
+    /// How the step gets it.
+    pub fn form(&self) -> SecretAs {
+        match self {
+            SecretUse::Name(_) => SecretAs::Env,
+            SecretUse::Form { form, .. } => *form,
+        }
+    }
+}
+
+/// How a secret reaches a step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretAs {
+    /// The value itself, in the environment variable.
+    #[default]
+    Env,
+    /// A file holding the value; the variable holds the file's path.
+    File,
+}
+
+impl<'de> Deserialize<'de> for SecretUse {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Form {
+            name: Located<SecretName>,
+            #[serde(default, rename = "as")]
+            form: SecretAs,
+        }
+
+        impl<'de> Visitor<'de> for SecretVisitor {
+            type Value = SecretUse;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a secret name, or a map such as `{name: hf, as: file}`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretUse, E> {
+                SecretName::new(v).map(SecretUse::Name).map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretUse, A::Error> {
+                let form = Form::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretUse::Form {
+                    name: form.name,
+                    form: form.form,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(SecretVisitor)
+    }
 }
 
 /// A container step.

@@ -73,6 +73,21 @@ fn classify(err: &Error, text: &str, span: Option<Span>) -> Diagnostic {
         Error::SerdeUnknownField {
             field, expected, ..
         } => unknown_field(field, expected),
+        Error::SerdeUnknownVariant {
+            variant, expected, ..
+        } => {
+            let hint = crate::suggest::did_you_mean(variant, expected.iter().copied());
+            let list = expected
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Diagnostic::error(
+                "kiln::spec::invalid-value",
+                format!("unknown value `{variant}`{hint}"),
+            )
+            .help(format!("expected one of: {list}"))
+        }
         Error::SerdeMissingField { field, .. } => {
             if matches!(*field, "apiVersion" | "name" | "steps") {
                 missing_top_level_field(field, text)
@@ -174,6 +189,7 @@ pub(crate) fn can_read_past(err: &Error) -> bool {
         innermost(err),
         Error::Message { .. }
             | Error::SerdeUnknownField { .. }
+            | Error::SerdeUnknownVariant { .. }
             | Error::SerdeMissingField { .. }
             | Error::InvalidScalar { .. }
             | Error::InvalidBooleanStrict { .. }

@@ -46,6 +46,10 @@ pub struct Args {
     /// How re-run container steps run: process, podman or docker
     #[arg(long, value_name = "BACKEND", default_value = "process")]
     containers: kiln_container::Backend,
+    /// Secrets for container steps' `secrets:`: a YAML file of `name: value`, or a folder
+    /// with one file per secret [default: only `KILN_SECRET_<NAME>` variables]
+    #[arg(long, value_name = "FILE|DIR")]
+    secrets: Option<PathBuf>,
     /// Keep the replay's logs, scratch and (for a bundle) imported store in DIR [default: a
     /// temporary folder, removed at the end]
     #[arg(long, value_name = "DIR")]
@@ -123,10 +127,13 @@ fn replay(
     work: &Path,
 ) -> anyhow::Result<ExitCode> {
     let jobs = 1;
-    let executors = Executors {
-        wasm: crate::wasm_executor_at(wasm_cache, jobs)?,
-        container: Some(args.containers.executor()),
-    };
+    let executors =
+        Executors {
+            wasm: crate::wasm_executor_at(wasm_cache, jobs)?,
+            container: Some(args.containers.executor_with(std::sync::Arc::new(
+                crate::load_secrets(args.secrets.as_deref())?,
+            ))),
+        };
     let options = ReplayOptions {
         rerun_containers: args.rerun_containers,
         replace: args

@@ -54,6 +54,10 @@ pub struct Args {
     /// How container steps run: process (on the host, image unused), podman or docker
     #[arg(long, value_name = "BACKEND", default_value = "process")]
     containers: kiln_container::Backend,
+    /// Secrets for container steps' `secrets:`: a YAML file of `name: value`, or a folder
+    /// with one file per secret [default: only `KILN_SECRET_<NAME>` variables]
+    #[arg(long, value_name = "FILE|DIR")]
+    secrets: Option<PathBuf>,
     /// Stream each step's output as it runs, and log what kiln does (unless `RUST_LOG` says
     /// otherwise)
     #[arg(short, long)]
@@ -103,14 +107,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .steps
         .iter()
         .any(|s| matches!(s.kind, kiln_plan::StepKind::Wasm { .. }));
-    let executors = Executors {
-        wasm: if has_wasm {
-            crate::wasm_executor(&state, config.jobs)?
-        } else {
-            None
-        },
-        container: Some(args.containers.executor()),
-    };
+    let executors =
+        Executors {
+            wasm: if has_wasm {
+                crate::wasm_executor(&state, config.jobs)?
+            } else {
+                None
+            },
+            container: Some(args.containers.executor_with(std::sync::Arc::new(
+                crate::load_secrets(args.secrets.as_deref())?,
+            ))),
+        };
     let engine = Engine::new(state.clone(), executors, config);
     let labels: Labels = std::sync::Arc::new(
         plan.steps

@@ -22,6 +22,7 @@ pub fn container_step(id: &str, image: &str, command: &[&str], args: &[&str]) ->
             cpu_millis: None,
             memory_bytes: None,
             gpu: 0,
+            secrets: BTreeMap::new(),
         }),
     )
 }
