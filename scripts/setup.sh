@@ -24,6 +24,11 @@ if ! python3 -c 'import numpy, jsonschema, yaml' 2>/dev/null || ! command -v com
     "wasm step, jsonschema and pyyaml for tests)"
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
+# The S3 tests start a real S3-compatible server on 127.0.0.1: moto's, with boto3.
+if [ "$(python3 -c 'import boto3, moto.server; print(moto.__version__)' 2>/dev/null)" != "5.2.5" ]; then
+  log "installing moto[server] (the S3-compatible server of the S3 tests)"
+  python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-s3.txt
+fi
 # Container steps: podman with runc and a tiny local busybox image for the podman tests.
 scripts/setup-containers.sh
 # `kiln report`'s test opens the page it writes in a headless browser: Debian's chromium.

@@ -1,6 +1,7 @@
 //! What kiln's tests and benchmarks share, so that no crate keeps its own copy: building
-//! guest components from the sources in this repository for `wasm32-wasip2`, and deciding
-//! whether a test that needs podman can run (or must say why it skips).
+//! guest components from the sources in this repository for `wasm32-wasip2`, deciding
+//! whether a test that needs podman can run (or must say why it skips), and starting a real
+//! S3-compatible server on 127.0.0.1 ([`s3`]).
 //!
 //! It is a dev-dependency only; nothing here is part of kiln.
 
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+pub mod s3;
 
 /// The repository's root.
 pub fn repo_dir() -> PathBuf {
