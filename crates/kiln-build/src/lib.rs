@@ -13,6 +13,7 @@
 
 mod build;
 mod declared;
+pub mod external;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,10 +39,15 @@ pub trait Resolver: Send {
     /// The digest of a workspace file or folder (`path` as the plan gives it, relative to the
     /// pipeline's folder), stored.
     async fn workspace_input(&mut self, path: &str) -> Result<Digest, String>;
+
+    /// The digest of the object at `url` (`s3://...`, `https://...`), fetched and stored.
+    async fn external_input(&mut self, url: &str) -> Result<Digest, String>;
 }
 
 /// Called with `(step, command)` when a component starts building from source.
 type OnBuild<'a> = Box<dyn FnMut(&str, &str) + Send + Sync + 'a>;
+/// Called as external inputs are fetched.
+type OnFetch<'a> = Box<dyn FnMut(external::FetchProgress) + Send + Sync + 'a>;
 
 /// Resolves references the way a laptop can: files relative to the pipeline's folder, source
 /// folders built here, digests already in the store.
@@ -50,6 +56,8 @@ pub struct LocalResolver<'a> {
     store: Arc<dyn BlobStore>,
     builder: ComponentBuilder,
     on_build: OnBuild<'a>,
+    on_fetch: OnFetch<'a>,
+    fetcher: external::Fetcher,
     /// Component files already kept, by path: a fan-out of a thousand steps of one
     /// component hashes it once.
     kept: std::collections::HashMap<PathBuf, Digest>,
@@ -63,8 +71,10 @@ impl<'a> LocalResolver<'a> {
         Self {
             builder: ComponentBuilder::for_plan(state.clone(), &base_dir, plan),
             base_dir,
+            fetcher: external::Fetcher::new(state.root().join("external"), store.clone()),
             store,
             on_build: Box::new(|_, _| {}),
+            on_fetch: Box::new(|_| {}),
             kept: std::collections::HashMap::new(),
         }
     }
@@ -72,6 +82,15 @@ impl<'a> LocalResolver<'a> {
     /// Calls `f(step, command)` when a component starts building from source.
     pub fn on_build(&mut self, f: impl FnMut(&str, &str) + Send + Sync + 'a) -> &mut Self {
         self.on_build = Box::new(f);
+        self
+    }
+
+    /// Calls `f` as external inputs are fetched (or found unchanged).
+    pub fn on_fetch(
+        &mut self,
+        f: impl FnMut(external::FetchProgress) + Send + Sync + 'a,
+    ) -> &mut Self {
+        self.on_fetch = Box::new(f);
         self
     }
 
@@ -157,9 +176,17 @@ impl Resolver for LocalResolver<'_> {
             )
         })
     }
+
+    async fn external_input(&mut self, url: &str) -> Result<Digest, String> {
+        let on_fetch = &mut self.on_fetch;
+        let mut progress = |p| on_fetch(p);
+        self.fetcher.fetch(url, &mut progress).await
+    }
 }
 
 /// What a plan names by place, as digests: what the engine is given.
+///
+/// External inputs are in `workspace` too, by URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pinned {
     /// Every wasm step's component, by step name (fan-out instances share one).
@@ -182,13 +209,21 @@ pub async fn pin(plan: &Plan, resolver: &mut dyn Resolver) -> Result<Pinned, Vec
     let mut workspace = BTreeMap::new();
     for step in &plan.steps {
         for source in step.inputs.values() {
-            let kiln_plan::InputSource::Workspace { path } = source else {
-                continue;
+            let (place, external) = match source {
+                kiln_plan::InputSource::Workspace { path } => (path, false),
+                kiln_plan::InputSource::External { url } => (url, true),
+                _ => continue,
             };
-            if workspace.contains_key(path) {
+            if workspace.contains_key(place) {
                 continue;
             }
-            match resolver.workspace_input(path).await {
+            let resolved = if external {
+                resolver.external_input(place).await
+            } else {
+                resolver.workspace_input(place).await
+            };
+            let path = place;
+            match resolved {
                 Ok(digest) => {
                     workspace.insert(path.clone(), digest);
                 }

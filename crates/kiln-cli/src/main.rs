@@ -101,6 +101,42 @@ pub fn load_secrets(file: Option<&std::path::Path>) -> anyhow::Result<kiln_conta
     Ok(kiln_container::Secrets::load(file)?)
 }
 
+/// What `kiln run` and `kiln validate` show while external inputs are fetched: a line per
+/// object, and for a big one on a terminal, a progress bar.
+pub fn fetch_reporter() -> impl FnMut(kiln_build::external::FetchProgress) + Send + Sync {
+    use kiln_build::external::FetchProgress;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let mut bar: Option<ProgressBar> = None;
+    move |progress| match progress {
+        FetchProgress::Unchanged { url, size } => eprintln_above_bar(&format!(
+            "{url}: unchanged since it was fetched ({:.1} MiB), not downloaded again",
+            mib(size)
+        )),
+        FetchProgress::Downloading { url, done, total } => {
+            if bar.is_none() && total >= 16 << 20 && std::io::stderr().is_terminal() {
+                let new = ProgressBar::new(total).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                new.set_message(format!("fetching {url}"));
+                bar = Some(new);
+            }
+            if let Some(bar) = &bar {
+                bar.set_position(done);
+            }
+        }
+        FetchProgress::Fetched { url, size } => {
+            if let Some(bar) = bar.take() {
+                bar.finish_and_clear();
+            }
+            eprintln_above_bar(&format!("{url}: fetched ({:.1} MiB)", mib(size)));
+        }
+    }
+}
+
 /// The executor for wasm steps: one wasmtime engine, precompiled components kept once per
 /// machine ([`compiled_cache_or`], else in the state folder), an instance pool sized to the
 /// run's parallelism.

@@ -75,8 +75,9 @@ pub struct RunInput {
     /// The component of every wasm step, by step name, pinned to a digest in the store
     /// before the run (`kiln_build::pin`): the engine builds and resolves nothing itself.
     pub components: BTreeMap<String, Digest>,
-    /// Every workspace input, by its path as the plan gives it, pinned to a digest in the
-    /// store before the run: the engine reads no workspace file itself.
+    /// Every workspace input, by its path as the plan gives it, and every external input, by
+    /// its URL, pinned to a digest in the store before the run: the engine reads no workspace
+    /// file and fetches nothing itself.
     pub workspace: BTreeMap<String, Digest>,
     /// The pipeline file as the user named it (for the record).
     pub pipeline_file: String,
@@ -1498,6 +1499,9 @@ async fn resolve_inputs(
             }
             InputSource::Workspace { path } => *shared.workspace.get(path).ok_or_else(|| {
                 format!("input `{name}`: workspace input {path} was not pinned before the run")
+            })?,
+            InputSource::External { url } => *shared.workspace.get(url).ok_or_else(|| {
+                format!("input `{name}`: external input {url} was not fetched before the run")
             })?,
             InputSource::RunStatus => {
                 let text = run_status(shared);

@@ -876,6 +876,7 @@ impl Ctx<'_> {
                         .map_err(|e| ("kiln::replay::executor", format!("input `{name}`: {e}")))?
                 }
                 InputSource::Workspace { .. }
+                | InputSource::External { .. }
                 | InputSource::Param { .. }
                 | InputSource::RunStatus => *recorded.get(name).ok_or_else(|| {
                     (
@@ -899,6 +900,7 @@ impl Ctx<'_> {
                 InputSource::Step { step, .. } => std::slice::from_ref(step),
                 InputSource::Collect { instances, .. } => instances.as_slice(),
                 InputSource::Workspace { .. }
+                | InputSource::External { .. }
                 | InputSource::Param { .. }
                 | InputSource::RunStatus => &[],
             })

@@ -989,6 +989,8 @@ impl<'a> Checker<'a> {
                     .help = Some("paths are relative to the folder of the pipeline file".into());
                 }
             }
+            // Fetched when the run is pinned: whether it exists is not known before.
+            InputRef::External(_) => {}
         }
     }
 
@@ -1469,6 +1471,7 @@ impl<'a> Checker<'a> {
                     path: normalise(p).expect("checked"),
                 },
                 InputRef::RunStatus => InputSource::RunStatus,
+                InputRef::External(url) => InputSource::External { url: url.clone() },
             };
             inputs.insert(input_name.to_string(), source);
         }

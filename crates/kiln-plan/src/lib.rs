@@ -294,6 +294,12 @@ pub enum InputSource {
     /// The run's outcome so far, as JSON (`run.status`), for steps that run after the others:
     /// `{"status": "succeeded"|"failed", "failed": [ids], "steps": {id: status}}`.
     RunStatus,
+    /// One object outside the workspace (`s3://bucket/key`, `https://...`), fetched and kept
+    /// by content when the run is pinned.
+    External {
+        /// The URL as the pipeline gives it.
+        url: String,
+    },
 }
 
 /// Retries, timeout and caching of a step.

@@ -27,9 +27,9 @@ pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
 };
 pub use pipeline::{
-    API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EnvName, ForEach, InputRef, OutputFile,
-    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse,
-    Step, WasmLimits, WasmRef,
+    API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EXTERNAL_SCHEMES, EnvName, ForEach,
+    InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen,
+    SecretAs, SecretUse, Step, WasmLimits, WasmRef,
 };
 pub use quantity::{Cpu, HumanDuration, Memory};
 pub use step_id::StepId;

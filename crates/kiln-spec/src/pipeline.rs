@@ -736,6 +736,66 @@ pub enum InputRef {
     Path(String),
     /// The run so far, as JSON (`run.status`): for `run: always` and `run: on-failure` steps.
     RunStatus,
+    /// One object outside the workspace, fetched when the run is pinned and kept by content:
+    /// `s3://bucket/key`, `gs://bucket/key`, `az://container/key`, `https://host/path` (or
+    /// `http://`).
+    External(String),
+}
+
+/// The URL schemes an external input may use, with what each names.
+pub const EXTERNAL_SCHEMES: &[(&str, &str)] = &[
+    ("s3", "s3://BUCKET/KEY"),
+    ("gs", "gs://BUCKET/KEY"),
+    ("az", "az://CONTAINER/KEY"),
+    ("https", "https://HOST/PATH"),
+    ("http", "http://HOST/PATH"),
+];
+
+/// Checks an external input's URL: a known scheme, a bucket (or host), and one object.
+fn external(t: &str) -> Result<InputRef, String> {
+    let (scheme, rest) = t.split_once("://").expect("called on `SCHEME://...`");
+    let supported = || {
+        EXTERNAL_SCHEMES
+            .iter()
+            .map(|(_, form)| format!("`{form}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !EXTERNAL_SCHEMES.iter().any(|(s, _)| *s == scheme) {
+        return Err(format!(
+            "kiln cannot fetch `{scheme}://` inputs; it reads {}, and workspace paths such as `./data/x.csv`",
+            supported()
+        ));
+    }
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let what = if scheme.starts_with("http") {
+        "host"
+    } else {
+        "bucket"
+    };
+    if bucket.is_empty() {
+        return Err(format!(
+            "input `{t}` names no {what}: write `{}`",
+            form_of(scheme)
+        ));
+    }
+    if key.is_empty() || key.ends_with('/') {
+        return Err(format!(
+            "input `{t}` names no object: write `{}`; a whole prefix (a folder) cannot be an input yet, so name one object (an archive, a manifest)",
+            form_of(scheme)
+        ));
+    }
+    if t.chars().any(char::is_whitespace) {
+        return Err(format!("input `{t}` contains a space; write it as `%20`"));
+    }
+    Ok(InputRef::External(t.to_owned()))
+}
+
+fn form_of(scheme: &str) -> &'static str {
+    EXTERNAL_SCHEMES
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map_or("", |(_, form)| form)
 }
 
 impl fmt::Display for InputRef {
@@ -745,6 +805,7 @@ impl fmt::Display for InputRef {
             InputRef::Param(name) => write!(f, "params.{name}"),
             InputRef::Path(path) => f.write_str(path),
             InputRef::RunStatus => f.write_str("run.status"),
+            InputRef::External(url) => f.write_str(url),
         }
     }
 }
@@ -760,6 +821,14 @@ impl std::str::FromStr for InputRef {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        if let Some((scheme, _)) = t.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return external(t);
+        }
         if t.starts_with('/') {
             return Err(format!(
                 "input path `{t}` is absolute: write it relative to the pipeline file, like `./data/x.csv`"
@@ -805,7 +874,7 @@ impl JsonSchema for InputRef {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "`STEP.OUTPUT`, `params.NAME`, or a workspace path such as `./data/train.csv`."
+            "description": "`STEP.OUTPUT`, `params.NAME`, `run.status`, a workspace path such as `./data/train.csv`, or one external object: `s3://BUCKET/KEY`, `gs://BUCKET/KEY`, `az://CONTAINER/KEY`, `https://HOST/PATH`."
         })
     }
 }

@@ -470,6 +470,9 @@ fn input_causes(
         Some(InputSource::Workspace { path }) => causes.push(Cause::Other(format!(
             "workspace `{path}` changed (input `{input}`): {digests}"
         ))),
+        Some(InputSource::External { url }) => causes.push(Cause::Other(format!(
+            "the object at `{url}` changed (input `{input}`): {digests}"
+        ))),
         Some(InputSource::Param { name, .. }) => match params.iter().find(|p| &p.name == name) {
             Some(param) => causes.param(param, &format!("input `{input}`")),
             None => causes.push(Cause::Other(format!(

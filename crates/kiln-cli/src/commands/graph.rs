@@ -131,14 +131,15 @@ impl StepGraph {
                 }
             })
             .collect();
-        // Workspace files become nodes after the steps.
+        // Workspace files and external objects become nodes after the steps.
         let mut files: Vec<&str> = Vec::new();
         for step in &plan.steps {
             for source in step.inputs.values() {
-                if let InputSource::Workspace { path } = source
-                    && !files.contains(&path.as_str())
+                if let InputSource::Workspace { path: file } | InputSource::External { url: file } =
+                    source
+                    && !files.contains(&file.as_str())
                 {
-                    files.push(path);
+                    files.push(file);
                 }
             }
         }
@@ -180,7 +181,7 @@ impl StepGraph {
                             format!("{output} (all {})", instances.len()),
                         ));
                     }
-                    InputSource::Workspace { path } => {
+                    InputSource::Workspace { path } | InputSource::External { url: path } => {
                         let file = base + files.iter().position(|f| f == path).expect("listed");
                         edges.insert((file, to, EdgeKind::Data, input.clone()));
                     }

@@ -317,6 +317,7 @@ impl Dag {
                         from_ids.extend(instances.iter().map(|i| i.as_str()))
                     }
                     InputSource::Workspace { .. }
+                    | InputSource::External { .. }
                     | InputSource::Param { .. }
                     | InputSource::RunStatus => {}
                 }

@@ -162,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 command: command.to_owned(),
             });
         });
+        resolver.on_fetch(crate::fetch_reporter());
         let result = match kiln_build::pin(&input.plan, &mut resolver).await {
             Ok(pinned) => {
                 drop(resolver);
