@@ -1,0 +1,105 @@
+//! The ported Kubeflow Pipelines / Argo samples in `examples/from-kubeflow/` run, each in a copy
+//! of its folder, and do what their README says.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::{kiln, repo, text};
+
+/// A copy of `examples/from-kubeflow/NAME` in a temporary folder.
+fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let from = repo().join("examples/from-kubeflow").join(name);
+    let to = dir.path().join(name);
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    (dir, to)
+}
+
+fn kiln_in(dir: &Path, args: &[&str], env: &[(String, String)]) -> Output {
+    kiln()
+        .args(args)
+        .envs(env.iter().cloned())
+        .current_dir(dir)
+        .output()
+        .expect("kiln runs")
+}
+
+fn artifact(dir: &Path, step: &str, output: &str) -> String {
+    let out = kiln_in(
+        dir,
+        &["artifact", "get", "latest", step, output, "-o", "-"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn the_exit_handler_posts_a_summary_whatever_happened() {
+    let (_keep, dir) = copy_of("exit-handler");
+    let out = kiln_in(&dir, &["run", "pipeline.yaml", "-p", "fail=true"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        artifact(&dir, "post-summary", "message"),
+        "pipeline exit-handler failed; failed: train\n"
+    );
+    let out = kiln_in(&dir, &["run", "pipeline.yaml"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        artifact(&dir, "post-summary", "message"),
+        "pipeline exit-handler succeeded; failed: nothing\n"
+    );
+}
+
+#[test]
+fn the_secrets_reach_the_step_and_the_log_shows_them_redacted() {
+    let (_keep, dir) = copy_of("secrets");
+    let env = [
+        (
+            "KILN_SECRET_API_TOKEN".to_owned(),
+            "t0ps3cret-port".to_owned(),
+        ),
+        ("KILN_SECRET_HF_TOKEN".to_owned(), "hf-abc-port".to_owned()),
+    ];
+    let out = kiln_in(&dir, &["run", "pipeline.yaml"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        artifact(&dir, "login", "session"),
+        "token of 14 characters; token file of 11 bytes\n"
+    );
+    let log = kiln_in(&dir, &["logs", "latest", "login"], &[]);
+    assert!(
+        text(&log.stdout).contains("authenticating with [secret:api-token]"),
+        "{}",
+        text(&log.stdout)
+    );
+}
+
+#[test]
+fn the_s3_input_is_fetched_once_while_unchanged() {
+    let Some(server) = kiln_test_support::s3::s3_server_or_skip("the s3-input example") else {
+        return;
+    };
+    server.create_bucket("kiln-examples").unwrap();
+    server
+        .put_object(
+            "kiln-examples",
+            "sales/2026-11.csv",
+            b"region,amount\nnorth,120\nsouth,80\n",
+        )
+        .unwrap();
+    let (_keep, dir) = copy_of("s3-input");
+    let out = kiln_in(&dir, &["run", "pipeline.yaml"], &server.env());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(artifact(&dir, "count", "total"), "200\n");
+    let out = kiln_in(&dir, &["run", "pipeline.yaml"], &server.env());
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not downloaded again"), "{stderr}");
+}
