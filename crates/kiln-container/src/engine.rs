@@ -343,7 +343,9 @@ fn cpus(millis: u64) -> String {
 ///   --env SECRET_VAR...                          (per secret, value from the client's env)
 ///   --mount type=bind,src=<file>,dst=/kiln/secrets/<name>,ro=true --env VAR=/kiln/secrets/<name>
 ///                                                (per file secret, `secret_files` by variable)
-///   [--cpus 1.5] [--memory <bytes>] [--device nvidia.com/gpu=all]
+///   [--cpus 1.5] [--memory <bytes>]                              (limits)
+///   [--cpu-shares <request × 1024>] [--memory-reservation <bytes>] (requests)
+///   [--device nvidia.com/gpu=all]
 ///   [--entrypoint <command[0]>] <image> <command[1..]> <args>
 /// ```
 ///
@@ -447,6 +449,17 @@ pub fn command_line(
     }
     if let Some(bytes) = plan.memory_bytes {
         argv.extend(["--memory".into(), bytes.to_string()]);
+    }
+    // Requests: a relative CPU weight (as Kubernetes turns a request into cgroup shares) and a
+    // soft memory reservation.
+    if let Some(millis) = plan.cpu_request_millis {
+        argv.extend([
+            "--cpu-shares".into(),
+            (millis * 1024 / 1000).max(2).to_string(),
+        ]);
+    }
+    if let Some(bytes) = plan.memory_request_bytes {
+        argv.extend(["--memory-reservation".into(), bytes.to_string()]);
     }
     if plan.gpu > 0 {
         match engine {

@@ -476,8 +476,11 @@ mod tests {
             args: vec![],
             env: BTreeMap::new(),
             cpu_millis: None,
+            cpu_request_millis: None,
             memory_bytes: None,
+            memory_request_bytes: None,
             gpu: 0,
+            gpu_kind: None,
             secrets: BTreeMap::from([(
                 "HF_TOKEN_FILE".to_owned(),
                 SecretRef {

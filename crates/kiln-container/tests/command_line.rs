@@ -186,3 +186,41 @@ fn the_docker_client_accepts_the_command_line() {
     }
     panic!("docker did not accept the command line: {stderr}");
 }
+
+#[test]
+fn requests_become_shares_and_a_reservation_and_secrets_never_appear_with_values() {
+    let mut step = container_step("train", "img", &["python3", "train.py"], &[]);
+    let plan = plan_mut(&mut step);
+    plan.cpu_millis = Some(4000);
+    plan.cpu_request_millis = Some(1500);
+    plan.memory_bytes = Some(8 << 30);
+    plan.memory_request_bytes = Some(2 << 30);
+    plan.secrets.insert(
+        "API_TOKEN".into(),
+        kiln_plan::SecretRef {
+            name: "api".into(),
+            file: false,
+        },
+    );
+    plan.secrets.insert(
+        "HF_TOKEN_FILE".into(),
+        kiln_plan::SecretRef {
+            name: "hf".into(),
+            file: true,
+        },
+    );
+    let task = paper_task(step);
+    let files = BTreeMap::from([("HF_TOKEN_FILE".to_owned(), PathBuf::from("/private/hf"))]);
+    let argv = command_line(ContainerEngine::Podman, &task, &files).unwrap();
+    let line = argv.join(" ");
+    for flag in [
+        "--cpus 4",
+        "--memory 8589934592",
+        "--cpu-shares 1536",
+        "--memory-reservation 2147483648",
+        "--env API_TOKEN --mount",
+        "--mount type=bind,src=/private/hf,dst=/kiln/secrets/hf,ro=true --env HF_TOKEN_FILE=/kiln/secrets/hf",
+    ] {
+        assert!(line.contains(flag), "{flag} not in {line}");
+    }
+}

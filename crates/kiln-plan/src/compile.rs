@@ -255,6 +255,7 @@ impl<'a> Checker<'a> {
             (None, Some(_)) => {}
         }
         self.check_secrets(name, step);
+        self.check_quantities(i, name, step, params);
         if step.container.is_some()
             && let Some(limits) = &step.limits
         {
@@ -405,6 +406,179 @@ impl<'a> Checker<'a> {
         if let Some(condition) = &step.when {
             self.check_when(i, name, condition, in_fan_out, params);
         }
+    }
+
+    /// Resources and the timeout: templates name known params (and `item` only in a
+    /// fan-out), and every value they give, for every fan-out item, is a valid quantity; a
+    /// request is at most its limit.
+    fn check_quantities(
+        &mut self,
+        i: usize,
+        name: &Located<kiln_spec::StepName>,
+        step: &Located<Step>,
+        params: &BTreeMap<String, Value>,
+    ) {
+        let items: Vec<Option<Value>> = match &self.fan_out[i] {
+            Some(items) => items.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let in_fan_out = step.for_each.is_some();
+        let resources = step.container.as_ref().and_then(|c| c.resources.as_ref());
+        if let Some(cpu) = resources.and_then(|r| r.cpu.as_ref()) {
+            self.check_amount(name, "cpu", cpu, &items, in_fan_out, params, |c| c.millis);
+        }
+        if let Some(memory) = resources.and_then(|r| r.memory.as_ref()) {
+            self.check_amount(name, "memory", memory, &items, in_fan_out, params, |m| {
+                m.bytes
+            });
+        }
+        if let Some(timeout) = &step.timeout {
+            self.check_templated(
+                name,
+                "timeout",
+                timeout,
+                timeout.span,
+                &items,
+                in_fan_out,
+                params,
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_amount<Q: Clone + std::str::FromStr<Err = String> + std::fmt::Display>(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        field: &str,
+        amount: &Located<kiln_spec::Amount<Q>>,
+        items: &[Option<Value>],
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+        size: impl Fn(&Q) -> u64,
+    ) {
+        match &amount.value {
+            kiln_spec::Amount::One(one) => {
+                self.check_templated(name, field, one, amount.span, items, in_fan_out, params);
+            }
+            kiln_spec::Amount::Range { request, limit } => {
+                let mut ok = true;
+                for (which, part) in [("request", request), ("limit", limit)] {
+                    if let Some(part) = part {
+                        ok &= self.check_templated(
+                            name,
+                            &format!("{field}.{which}"),
+                            part,
+                            part.span,
+                            items,
+                            in_fan_out,
+                            params,
+                        );
+                    }
+                }
+                let (Some(request), Some(limit), true) = (request, limit, ok) else {
+                    return;
+                };
+                for item in items {
+                    let fill = |t: &str| substitute(t, params, item.as_ref());
+                    let (Ok(r), Ok(l)) = (request.resolve(fill), limit.resolve(fill)) else {
+                        continue;
+                    };
+                    if size(&r) > size(&l) {
+                        let d = self.error(
+                            "kiln::plan::request-above-limit",
+                            format!("step `{name}` requests {field} {r}, more than its limit {l}"),
+                            request.span,
+                        );
+                        d.help = Some(
+                            "a request is what the step is guaranteed and a limit the most it may use: the request must not exceed the limit"
+                                .into(),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks one templated quantity; whether it is good for every item.
+    #[allow(clippy::too_many_arguments)]
+    fn check_templated<Q: Clone + std::str::FromStr<Err = String>>(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        field: &str,
+        value: &kiln_spec::Templated<Q>,
+        span: Span,
+        items: &[Option<Value>],
+        in_fan_out: bool,
+        params: &BTreeMap<String, Value>,
+    ) -> bool {
+        let kiln_spec::Templated::Template(text) = value else {
+            return true;
+        };
+        let segments = match template::parse(text) {
+            Ok(segments) => segments,
+            Err(e) => {
+                self.error(
+                    "kiln::plan::bad-template",
+                    format!(
+                        "step `{name}`: `{field}` is not a valid template: {}",
+                        e.message
+                    ),
+                    span,
+                );
+                return false;
+            }
+        };
+        let mut ok = true;
+        for segment in &segments {
+            let Segment::Ref { target, .. } = segment else {
+                continue;
+            };
+            match target {
+                TemplateRef::Param(p) if params.contains_key(p) => {}
+                TemplateRef::Param(p) => {
+                    let hint = did_you_mean(p, self.param_names());
+                    self.error(
+                        "kiln::plan::unknown-param",
+                        format!(
+                            "step `{name}`: `{field}` uses param `{p}`, which is not declared{hint}"
+                        ),
+                        span,
+                    );
+                    ok = false;
+                }
+                TemplateRef::Item if in_fan_out => {}
+                other => {
+                    self.error(
+                        "kiln::plan::bad-template",
+                        format!(
+                            "step `{name}`: `{field}` can use `{{{{params.NAME}}}}`{}, not `{{{{{other}}}}}`",
+                            if in_fan_out { " and `{{item}}`" } else { "" }
+                        ),
+                        span,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            return false;
+        }
+        for item in items {
+            if let Err(e) = value.resolve(|t| substitute(t, params, item.as_ref())) {
+                let of_item = match item {
+                    Some(item) => format!(" (item `{}`)", item.to_template_string()),
+                    None => String::new(),
+                };
+                self.error(
+                    "kiln::plan::bad-quantity",
+                    format!("step `{name}`: `{field}`{of_item}: {e}"),
+                    span,
+                );
+                return false;
+            }
+        }
+        true
     }
 
     /// `secrets` belong to container steps, and a variable is either a secret or plain `env`.
@@ -1553,6 +1727,13 @@ impl<'a> Checker<'a> {
             (None, Some(c)) => {
                 let text = |s: &str| substitute(s, params, item);
                 let resources = c.resources.as_ref();
+                let fill = |t: &str| substitute(t, params, item);
+                let cpu = resources
+                    .and_then(|r| r.cpu.as_ref())
+                    .map_or((None, None), |a| resolve_amount(a, fill));
+                let memory = resources
+                    .and_then(|r| r.memory.as_ref())
+                    .map_or((None, None), |a| resolve_amount(a, fill));
                 let plan = ContainerPlan {
                     image: text(&c.image),
                     command: c.command.iter().map(|s| text(s)).collect(),
@@ -1562,11 +1743,16 @@ impl<'a> Checker<'a> {
                         .iter()
                         .map(|(k, v)| (k.value.0.clone(), text(v)))
                         .collect(),
-                    cpu_millis: resources.and_then(|r| r.cpu.as_ref()).map(|c| c.millis),
-                    memory_bytes: resources.and_then(|r| r.memory.as_ref()).map(|m| m.bytes),
+                    cpu_millis: cpu.1.map(|c| c.millis),
+                    cpu_request_millis: cpu.0.map(|c| c.millis),
+                    memory_bytes: memory.1.map(|m| m.bytes),
+                    memory_request_bytes: memory.0.map(|m| m.bytes),
                     gpu: resources
                         .and_then(|r| r.gpu.as_ref())
-                        .map_or(0, |g| g.value),
+                        .map_or(0, |g| g.count()),
+                    gpu_kind: resources
+                        .and_then(|r| r.gpu.as_ref())
+                        .and_then(|g| g.kind().map(str::to_owned)),
                     secrets: step
                         .secrets
                         .iter()
@@ -1612,6 +1798,12 @@ impl<'a> Checker<'a> {
             metrics: metrics.clone(),
             command: (step.wasm.is_some() && !command_line.is_default()).then_some(command_line),
         };
+        let timeout_ms = step.timeout.as_ref().map(|t| {
+            let d = t
+                .resolve(|text| substitute(text, params, item))
+                .expect("checked");
+            d.0.as_millis().min(u64::MAX as u128) as u64
+        });
         PlannedStep {
             id,
             step: name.to_owned(),
@@ -1642,14 +1834,27 @@ impl<'a> Checker<'a> {
                     },
                     _ => RetryPlan::default(),
                 },
-                timeout_ms: step
-                    .timeout
-                    .as_ref()
-                    .map(|t| t.value.0.as_millis().min(u64::MAX as u128) as u64),
+                timeout_ms,
                 cache: step.cache.as_ref().is_none_or(|c| c.value),
             },
             cache_key,
         }
+    }
+}
+
+/// An amount's `(request, limit)`, templates filled in (checked before): one value is the
+/// limit, and the request is then the same (`None`).
+fn resolve_amount<Q: Clone + std::str::FromStr<Err = String>>(
+    amount: &kiln_spec::Amount<Q>,
+    fill: impl Fn(&str) -> String,
+) -> (Option<Q>, Option<Q>) {
+    let resolve = |t: &kiln_spec::Templated<Q>| t.resolve(&fill).expect("checked");
+    match amount {
+        kiln_spec::Amount::One(one) => (None, Some(resolve(one))),
+        kiln_spec::Amount::Range { request, limit } => (
+            request.as_ref().map(|r| resolve(r)),
+            limit.as_ref().map(|l| resolve(l)),
+        ),
     }
 }
 

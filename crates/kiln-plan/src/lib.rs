@@ -225,15 +225,24 @@ pub struct ContainerPlan {
     pub args: Vec<String>,
     /// Environment, sorted; values may keep `{{inputs.X}}` and `{{outputs.X}}`.
     pub env: BTreeMap<String, String>,
-    /// CPU in millicores.
+    /// The CPU limit in millicores (with one value, also the request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
-    /// Memory in bytes.
+    /// The CPU request in millicores, when it differs from the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_request_millis: Option<u64>,
+    /// The memory limit in bytes (with one value, also the request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// The memory request in bytes, when it differs from the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request_bytes: Option<u64>,
     /// GPUs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gpu: u32,
+    /// The GPU kind asked for (`a100`): for a cluster profile; a local run does not check it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_kind: Option<String>,
     /// Secrets by environment variable: names only, resolved where the step runs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, SecretRef>,

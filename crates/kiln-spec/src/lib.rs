@@ -28,10 +28,10 @@ pub use names::{
 };
 pub use pipeline::{
     API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EXTERNAL_SCHEMES, EnvName, ForEach,
-    InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen,
-    SecretAs, SecretUse, Step, WasmLimits, WasmRef,
+    GpuRequest, InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries,
+    RetryPolicy, RunWhen, SecretAs, SecretUse, Step, WasmLimits, WasmRef,
 };
-pub use quantity::{Cpu, HumanDuration, Memory};
+pub use quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 pub use step_id::StepId;
 pub use value::{PARAM_TYPES, ParamType, ScalarType, Value};
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::located::Located;
 use crate::names::{ArtifactName, ParamName, PipelineName, SecretName, StepName};
-use crate::quantity::{Cpu, HumanDuration, Memory};
+use crate::quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 use crate::value::{ParamType, Value};
 
 /// The only `apiVersion` this kiln reads.
@@ -159,9 +159,10 @@ pub struct Step {
     /// (`{limit: 3, backoff: 10s, factor: 2, max_backoff: 5m, on: [exit, timeout]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Located<Retries>>,
-    /// Wall-clock limit per attempt, such as `30s` or `2h`.
+    /// Wall-clock limit per attempt, such as `30s` or `2h`, or a template such as
+    /// `"{{params.budget}}"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Located<HumanDuration>>,
+    pub timeout: Option<Located<Templated<HumanDuration>>>,
     /// `false` runs the step every time instead of reusing a cached result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<Located<bool>>,
@@ -540,15 +541,121 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// CPU cores: `2`, `0.5` or `500m`.
+    /// CPU cores: `2`, `0.5` or `500m`; or `{request: 1, limit: 4}`; values may be templates
+    /// such as `"{{params.cpus}}"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<Located<Cpu>>,
-    /// Memory: `16Gi`, `512Mi`, `1G`.
+    pub cpu: Option<Located<Amount<Cpu>>>,
+    /// Memory: `16Gi`, `512Mi`, `1G`; or `{request: 2Gi, limit: 8Gi}`; values may be templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<Located<Memory>>,
-    /// Number of GPUs.
+    pub memory: Option<Located<Amount<Memory>>>,
+    /// GPUs: a number, or `{count: 1, kind: a100}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpu: Option<Located<u32>>,
+    pub gpu: Option<Located<GpuRequest>>,
+}
+
+/// GPUs a step needs: how many, and optionally which kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GpuRequest {
+    /// This many GPUs of any kind.
+    Count(u32),
+    /// A count and a kind.
+    Kind {
+        /// How many (default 1).
+        #[serde(default = "one")]
+        count: u32,
+        /// The accelerator kind, such as `a100` or `nvidia-l4`: a cluster profile maps it to
+        /// its nodes; a local run does not check it.
+        kind: Located<String>,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl GpuRequest {
+    /// How many GPUs.
+    pub fn count(&self) -> u32 {
+        match self {
+            GpuRequest::Count(n) | GpuRequest::Kind { count: n, .. } => *n,
+        }
+    }
+
+    /// The kind asked for, if any.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            GpuRequest::Count(_) => None,
+            GpuRequest::Kind { kind, .. } => Some(kind.as_str()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GpuVisitor;
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Kind {
+            #[serde(default = "one")]
+            count: u32,
+            kind: Located<String>,
+        }
+
+        impl<'de> Visitor<'de> for GpuVisitor {
+            type Value = GpuRequest;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of GPUs, or a map such as `{count: 1, kind: a100}`")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<GpuRequest, E> {
+                u32::try_from(v)
+                    .map(GpuRequest::Count)
+                    .map_err(|_| E::custom(format!("{v} GPUs is too many")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<GpuRequest, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "expected a number of GPUs, 0 or more, found `{v}`"
+                    )));
+                }
+                self.visit_u64(v as u64)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<GpuRequest, E> {
+                Err(E::custom(format!(
+                    "expected a number of GPUs or `{{count: 1, kind: {v}}}`, found `{v}`"
+                )))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<GpuRequest, A::Error> {
+                let k = Kind::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let ok = k
+                    .kind
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric())
+                    && k.kind
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+                if !ok {
+                    return Err(de::Error::custom(format!(
+                        "invalid GPU kind `{}`: use lowercase letters, digits, `-`, `_` and `.`, such as `a100` or `nvidia-l4`",
+                        k.kind.as_str()
+                    )));
+                }
+                Ok(GpuRequest::Kind {
+                    count: k.count,
+                    kind: k.kind,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(GpuVisitor)
+    }
 }
 
 /// The name of an environment variable.

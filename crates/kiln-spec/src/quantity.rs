@@ -250,6 +250,159 @@ quantity_serde!(HumanDuration, "a duration such as 30s or 10m", {
     "type": "string"
 });
 
+/// A quantity written as itself (`16Gi`) or as a template over params and the fan-out item
+/// (`"{{params.mem}}"`), read once those are known: when the pipeline is planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Templated<Q> {
+    /// The quantity itself.
+    Value(Q),
+    /// A template, such as `"{{params.mem}}"`.
+    Template(String),
+}
+
+impl<Q: std::str::FromStr<Err = String>> Templated<Q> {
+    fn from_text(text: String) -> Result<Self, String> {
+        if text.contains("{{") {
+            Ok(Templated::Template(text))
+        } else {
+            text.parse().map(Templated::Value)
+        }
+    }
+
+    /// The quantity, given how to fill in a template.
+    pub fn resolve(&self, fill: impl FnOnce(&str) -> String) -> Result<Q, String>
+    where
+        Q: Clone,
+    {
+        match self {
+            Templated::Value(q) => Ok(q.clone()),
+            Templated::Template(text) => {
+                let filled = fill(text);
+                filled
+                    .parse()
+                    .map_err(|e: String| format!("`{text}` is `{filled}`: {e}"))
+            }
+        }
+    }
+}
+
+impl<'de, Q: std::str::FromStr<Err = String>> Deserialize<'de> for Templated<Q> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = number_or_text(
+            deserializer,
+            "a quantity, or a template such as \"{{params.mem}}\"",
+        )?;
+        Templated::from_text(text).map_err(de::Error::custom)
+    }
+}
+
+impl<Q: fmt::Display> Serialize for Templated<Q> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Templated::Value(q) => serializer.collect_str(q),
+            Templated::Template(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+impl<Q: JsonSchema> JsonSchema for Templated<Q> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Templated{}", Q::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let value = generator.subschema_for::<Q>();
+        schemars::json_schema!({
+            "anyOf": [value, {"type": "string", "pattern": "\\{\\{", "description": "A template over params and the fan-out item, such as `{{params.mem}}`."}]
+        })
+    }
+}
+
+/// A resource amount: one value (`memory: 4Gi`, the limit, and the request too), or a request
+/// and a limit (`cpu: {request: 1, limit: 4}`), each a quantity or a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged, bound(serialize = "Q: fmt::Display"))]
+pub enum Amount<Q> {
+    /// One value: the request and the limit.
+    One(Templated<Q>),
+    /// A request (what the step is guaranteed, what a scheduler places it by) and a limit
+    /// (the most it may use).
+    Range {
+        /// What the step is guaranteed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<crate::Located<Templated<Q>>>,
+        /// The most it may use.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<crate::Located<Templated<Q>>>,
+    },
+}
+
+impl<'de, Q: std::str::FromStr<Err = String>> Deserialize<'de> for Amount<Q> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AmountVisitor<Q>(std::marker::PhantomData<Q>);
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, bound = "Q: std::str::FromStr<Err = String>")]
+        struct Range<Q> {
+            #[serde(default = "none")]
+            request: Option<crate::Located<Templated<Q>>>,
+            #[serde(default = "none")]
+            limit: Option<crate::Located<Templated<Q>>>,
+        }
+
+        fn none<T>() -> Option<T> {
+            None
+        }
+
+        impl<'de, Q: std::str::FromStr<Err = String>> Visitor<'de> for AmountVisitor<Q> {
+            type Value = Amount<Q>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quantity, or a map such as `{request: 1, limit: 4}`")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount<Q>, E> {
+                Templated::from_text(v.to_string())
+                    .map(Amount::One)
+                    .map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Amount<Q>, E> {
+                Templated::from_text(v.to_string())
+                    .map(Amount::One)
+                    .map_err(E::custom)
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Amount<Q>, E> {
+                Templated::from_text(v.to_string())
+                    .map(Amount::One)
+                    .map_err(E::custom)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount<Q>, E> {
+                Templated::from_text(v.to_owned())
+                    .map(Amount::One)
+                    .map_err(E::custom)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Amount<Q>, A::Error> {
+                let range = Range::<Q>::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if range.request.is_none() && range.limit.is_none() {
+                    return Err(de::Error::custom(
+                        "give a `request`, a `limit` or both, such as `{request: 1, limit: 4}`",
+                    ));
+                }
+                Ok(Amount::Range {
+                    request: range.request,
+                    limit: range.limit,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(AmountVisitor(std::marker::PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,11 @@ pub fn container_step(id: &str, image: &str, command: &[&str], args: &[&str]) ->
             args: args.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             cpu_millis: None,
+            cpu_request_millis: None,
             memory_bytes: None,
+            memory_request_bytes: None,
             gpu: 0,
+            gpu_kind: None,
             secrets: BTreeMap::new(),
         }),
     )
