@@ -21,7 +21,7 @@ pub mod template;
 mod value;
 mod yaml_error;
 
-pub use diag::{Diagnostic, LineCol, Severity, SourceFile};
+pub use diag::{Diagnostic, Inclusion, LineCol, Severity, SourceFile};
 pub use located::{Located, Span};
 pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
