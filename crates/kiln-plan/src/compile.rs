@@ -138,7 +138,7 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> Sc
     diagnostics.sort_by(|a, b| {
         let key = |d: &Diagnostic| {
             (
-                d.file.as_ref().map(|f| f.name.clone()),
+                d.origin.as_ref().map(|o| o.file.name.clone()),
                 d.span.map_or(0, |s| s.offset),
             )
         };
@@ -2245,37 +2245,6 @@ fn run_when(step: &Step) -> kiln_spec::RunWhen {
     step.run.as_ref().map(|r| r.value).unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(normalise("./data/x.csv").as_deref(), Some("data/x.csv"));
-        assert_eq!(normalise("data/../x.csv").as_deref(), Some("x.csv"));
-        assert_eq!(normalise("../x.csv"), None);
-        assert_eq!(normalise("/etc/passwd"), None);
-    }
-
-    #[test]
-    fn substitutes_params_and_items() {
-        let mut params = BTreeMap::new();
-        params.insert("epochs".to_owned(), Value::Int(5));
-        assert_eq!(
-            substitute(
-                "--epochs={{params.epochs}} --lr {{item}} {{inputs.data}}",
-                &params,
-                Some(&Value::Float(0.1))
-            ),
-            "--epochs=5 --lr 0.1 {{inputs.data}}"
-        );
-        assert_eq!(
-            substitute_value(&Value::String("{{ params.epochs }}".into()), &params, None),
-            Value::Int(5)
-        );
-    }
-}
-
 /// Fields that a `pipeline:` step cannot have: what runs, and how, is the sub-pipeline's.
 const NOT_ON_INCLUDE: &[&str] = &[
     "args",
@@ -2770,7 +2739,7 @@ impl<'a> Checker<'a> {
                 .is_some_and(|s| s.for_each.is_some() || s.pipeline.is_some()),
             _ => false,
         };
-        if collected && self.fan_out[j].is_some() && !self.paired(i, j) {
+        if collected && self.pipeline.steps[j].for_each.is_some() && !self.paired(i, j) {
             self.error(
                 "kiln::plan::nested-collect",
                 format!("step `{name}` reads `{producer}.{output}` of every instance of `{producer}`, but each instance's `{output}` is itself a fan-out or sub-pipeline output"),
@@ -2781,5 +2750,36 @@ impl<'a> Checker<'a> {
         }
         self.graph.add_edge(j, i);
         self.consumers[j] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalise("./data/x.csv").as_deref(), Some("data/x.csv"));
+        assert_eq!(normalise("data/../x.csv").as_deref(), Some("x.csv"));
+        assert_eq!(normalise("../x.csv"), None);
+        assert_eq!(normalise("/etc/passwd"), None);
+    }
+
+    #[test]
+    fn substitutes_params_and_items() {
+        let mut params = BTreeMap::new();
+        params.insert("epochs".to_owned(), Value::Int(5));
+        assert_eq!(
+            substitute(
+                "--epochs={{params.epochs}} --lr {{item}} {{inputs.data}}",
+                &params,
+                Some(&Value::Float(0.1))
+            ),
+            "--epochs=5 --lr 0.1 {{inputs.data}}"
+        );
+        assert_eq!(
+            substitute_value(&Value::String("{{ params.epochs }}".into()), &params, None),
+            Value::Int(5)
+        );
     }
 }

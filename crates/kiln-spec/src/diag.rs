@@ -33,11 +33,18 @@ pub struct Diagnostic {
     pub label: Option<String>,
     /// What to do about it, when known.
     pub help: Option<String>,
-    /// The file the span points into when it is not the pipeline being checked: a
-    /// sub-pipeline it includes, named relative to the including pipeline's folder.
-    pub file: Option<Arc<SourceFile>>,
-    /// Where the file of the diagnostic was included, innermost first: each a `pipeline:`
-    /// step of the file that includes it.
+    /// Where the span points when it is not the pipeline being checked; `None` for the
+    /// pipeline itself (boxed: most diagnostics have none).
+    pub origin: Option<Box<Origin>>,
+}
+
+/// A sub-pipeline a diagnostic was found in, and how it was included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The sub-pipeline, named relative to the checked pipeline's folder.
+    pub file: Arc<SourceFile>,
+    /// Where it was included, innermost first: each a `pipeline:` step of the file that
+    /// includes it.
     pub included_from: Vec<Inclusion>,
 }
 
@@ -63,8 +70,7 @@ impl Diagnostic {
             span: None,
             label: None,
             help: None,
-            file: None,
-            included_from: Vec::new(),
+            origin: None,
         }
     }
 
@@ -105,22 +111,29 @@ impl Diagnostic {
     /// including pipeline's folder), was included by `step` at `span` of the including
     /// pipeline.
     pub fn included(mut self, file: &Arc<SourceFile>, span: Span, step: &str) -> Self {
-        match &self.file {
-            // Already located in a deeper file: its name gains the sub-pipeline's folder.
-            Some(inner) => self.file = Some(Arc::new(file.nested(inner))),
-            None => self.file = Some(file.clone()),
-        }
-        for inclusion in &mut self.included_from {
-            inclusion.file = Some(match &inclusion.file {
-                Some(inner) => Arc::new(file.nested(inner)),
-                None => file.clone(),
-            });
-        }
-        self.included_from.push(Inclusion {
+        let mut origin = match self.origin.take() {
+            // Already located in a deeper file: names gain the sub-pipeline's folder.
+            Some(mut origin) => {
+                origin.file = Arc::new(file.nested(&origin.file));
+                for inclusion in &mut origin.included_from {
+                    inclusion.file = Some(match &inclusion.file {
+                        Some(inner) => Arc::new(file.nested(inner)),
+                        None => file.clone(),
+                    });
+                }
+                origin
+            }
+            None => Box::new(Origin {
+                file: file.clone(),
+                included_from: Vec::new(),
+            }),
+        };
+        origin.included_from.push(Inclusion {
             file: None,
             span,
             step: step.to_owned(),
         });
+        self.origin = Some(origin);
         self
     }
 }
@@ -182,11 +195,11 @@ impl SourceFile {
         let own = Arc::new(NamedSource::new(self.name.clone(), self.text.clone()));
         let mut out = String::new();
         for diagnostic in diagnostics {
-            let (name, source) = match &diagnostic.file {
+            let (name, source) = match &diagnostic.origin {
                 None => (self.name.clone(), own.clone()),
-                Some(file) => {
-                    let name = self.beside(&file.name);
-                    let source = Arc::new(NamedSource::new(name.clone(), file.text.clone()));
+                Some(origin) => {
+                    let name = self.beside(&origin.file.name);
+                    let source = Arc::new(NamedSource::new(name.clone(), origin.file.text.clone()));
                     (name, source)
                 }
             };
@@ -213,7 +226,10 @@ impl SourceFile {
 
     /// `included from pipeline.yaml:12:5 (step `train-small`)`, innermost first.
     fn inclusion_notes(&self, diagnostic: &Diagnostic) -> Vec<String> {
-        diagnostic
+        let Some(origin) = &diagnostic.origin else {
+            return Vec::new();
+        };
+        origin
             .included_from
             .iter()
             .map(|inclusion| {
@@ -253,11 +269,11 @@ impl SourceFile {
         diagnostics
             .iter()
             .map(|d| {
-                let (name, lc) = match &d.file {
+                let (name, lc) = match &d.origin {
                     None => (self.name.clone(), d.span.map(|s| self.line_col(s.offset))),
-                    Some(file) => (
-                        self.beside(&file.name),
-                        d.span.map(|s| file.line_col(s.offset)),
+                    Some(origin) => (
+                        self.beside(&origin.file.name),
+                        d.span.map(|s| origin.file.line_col(s.offset)),
                     ),
                 };
                 let notes = self.inclusion_notes(d);
