@@ -261,3 +261,40 @@ fn a_run_that_cannot_start_leaves_no_run() {
         .unwrap();
     assert!(!show.status.success(), "`latest` found a run");
 }
+
+/// `examples/sub-pipelines` runs with the process backend: one sub-pipeline reused with
+/// different params and in a fan-out, its steps under namespaced ids.
+#[test]
+fn runs_the_sub_pipelines_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = repo().join("examples/sub-pipelines");
+    for file in ["pipeline.yaml", "train.yaml", "data/points.csv"] {
+        let to = dir.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(example.join(file), to).unwrap();
+    }
+    let out = support::run_in(
+        dir.path(),
+        &[
+            "run",
+            "pipeline.yaml",
+            "--state",
+            ".kiln",
+            "--output",
+            "json",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for id in ["quick/fit", "long/evaluate", "sweep[1]/evaluate", "compare"] {
+        assert!(stdout.contains(&format!("\"{id}\"")), "{id} in {stdout}");
+    }
+    // A sub-pipeline with inputs is refused on its own, located in its file.
+    let alone = support::run_in(dir.path(), &["validate", "train.yaml"]);
+    assert!(!alone.status.success());
+    assert!(
+        text(&alone.stderr).contains("kiln::plan::sub-pipeline-only"),
+        "{}",
+        text(&alone.stderr)
+    );
+}

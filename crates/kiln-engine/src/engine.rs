@@ -1593,23 +1593,32 @@ pub(crate) async fn condition_holds(
 ) -> Result<bool, String> {
     let mut steps: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
     let mut lists: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    // A condition written in a sub-pipeline reads that file's params, and its steps by the
+    // names the file gives them.
+    let namespace = step
+        .when_scope
+        .as_ref()
+        .map_or("", |s| s.namespace.as_str());
     for id in &step.depends_on {
         let Some(outputs) = produced.get(id) else {
             continue;
         };
         let producer = plan.step(id).expect("planned dependency");
+        let Some(producer_name) = producer.step.strip_prefix(namespace) else {
+            continue;
+        };
         for (output, digest) in outputs {
             let Some(value) = small_json(store, digest).await else {
                 continue;
             };
             if producer.instance.is_some() {
                 lists
-                    .entry((producer.step.clone(), output.clone()))
+                    .entry((producer_name.to_owned(), output.clone()))
                     .or_default()
                     .push(value);
             } else {
                 steps
-                    .entry(producer.step.clone())
+                    .entry(producer_name.to_owned())
                     .or_default()
                     .insert(output.clone(), value);
             }
@@ -1623,7 +1632,12 @@ pub(crate) async fn condition_holds(
     }
     let item = step.instance.as_ref().map(|i| &i.item);
     // The evaluator thread answers in microseconds, but it is a wait: not on a worker.
-    let (when, params, item) = (when.to_owned(), plan.params.clone(), item.cloned());
+    let params = step
+        .when_scope
+        .as_ref()
+        .map_or(&plan.params, |s| &s.params)
+        .clone();
+    let (when, item) = (when.to_owned(), item.cloned());
     tokio::task::spawn_blocking(move || {
         kiln_plan::when::evaluate(&when, &params, &steps, item.as_ref())
     })

@@ -655,7 +655,7 @@ impl Ctx<'_> {
         progress(ReplayProgress::Started {
             step: planned.id.clone(),
         });
-        let log = self.logs.join(format!("{}.log", planned.id));
+        let log = self.logs.join(format!("{}.log", planned.id.file_stem()));
         let _ = std::fs::remove_file(&log);
         let place = AttemptPlace {
             run_id: &self.replay_id,

@@ -77,7 +77,7 @@ fn failed(kind: FailureKind, message: String) -> ExecOutcome {
 pub async fn stage(task: &StepTask, area: &StagingArea) -> Result<Staged, ExecOutcome> {
     let workdir = area
         .scratch
-        .join(format!("{}.{}", task.step.id, task.attempt));
+        .join(format!("{}.{}", task.step.id.file_stem(), task.attempt));
     let guard = ScratchGuard(workdir.clone());
     let in_dir = workdir.join("in");
     let out_dir = workdir.join("out");

@@ -1,11 +1,13 @@
 //! The checks and the expansion from spec to plan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_spec::template::{self, Segment, TemplateRef};
 use kiln_spec::{
-    Diagnostic, ForEach, InputRef, Located, ParamType, Pipeline, Span, Step, Value, WasmRef,
+    Diagnostic, ForEach, InputRef, Located, ParamType, Pipeline, SourceFile, Span, Step, Value,
+    WasmRef,
 };
 
 use crate::graph::StepGraph;
@@ -13,7 +15,7 @@ use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
     DETERMINISTIC_KINDS, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep,
-    Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind,
+    Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind, WhenScope,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -28,13 +30,86 @@ const MAX_FAN_OUT: usize = 100_000;
 /// The work runs on one thread with a large stack: CEL's parser and deep step graphs
 /// recurse more than a default thread allows.
 pub fn compile(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
-    when::on_big_stack(|| compile_here(pipeline, options))
+    when::on_big_stack(|| compile_here(pipeline, options, &Scope::default()).0)
 }
 
-fn compile_here(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
+/// [`compile`] for a pipeline read from `path`, so that an include cycle back to it is seen
+/// one include earlier.
+pub(crate) fn compile_file(pipeline: &Pipeline, options: &PlanOptions, path: &Path) -> Compiled {
+    let scope = Scope {
+        chain: vec![path.canonicalize().unwrap_or_else(|_| path.to_path_buf())],
+        ..Scope::default()
+    };
+    when::on_big_stack(|| compile_here(pipeline, options, &scope).0)
+}
+
+/// Where a compile sits in a tree of sub-pipelines: the root pipeline, or a file a
+/// `pipeline:` step includes.
+#[derive(Default)]
+struct Scope {
+    /// The files from the root to this one, to refuse an include cycle.
+    chain: Vec<PathBuf>,
+    /// What the ids of this file's steps start with: `train-small/` (empty at the root).
+    namespace: String,
+    /// This file's folder, relative to the root pipeline's folder (empty at the root):
+    /// workspace paths in the plan are relative to the root.
+    prefix: String,
+    /// The params as the including step sets them (checked there); `None` at the root.
+    values: Option<BTreeMap<String, Value>>,
+    /// The including step's bindings of this file's `inputs`: what each reads and the ids it
+    /// depends on. `None` while only checking.
+    bindings: Option<BTreeMap<String, (InputSource, BTreeSet<StepId>)>>,
+}
+
+impl Scope {
+    fn is_sub(&self) -> bool {
+        self.values.is_some()
+    }
+
+    /// A workspace path of this file, relative to the root pipeline's folder.
+    fn rebase(&self, path: String) -> String {
+        match (self.prefix.as_str(), path.as_str()) {
+            ("", _) => path,
+            (prefix, ".") => prefix.to_owned(),
+            (prefix, _) => format!("{prefix}/{path}"),
+        }
+    }
+}
+
+/// One instance of a sub-pipeline step, planned.
+struct Inlined {
+    /// The ids of its steps.
+    ids: Vec<StepId>,
+    /// Its steps (taken when they join the plan).
+    steps: Vec<PlannedStep>,
+    /// Where each of its declared outputs comes from.
+    outputs: BTreeMap<String, InputSource>,
+    /// Its named limits, under its namespace.
+    concurrency: BTreeMap<String, u32>,
+}
+
+/// A sub-pipeline file a `pipeline:` step includes, read and parsed.
+struct Sub {
+    /// Its text, named by its path relative to the including file's folder.
+    file: Arc<SourceFile>,
+    /// Its path on disk, for cycle checks.
+    path: PathBuf,
+    /// Its folder relative to the including file's folder (`.` for the same folder).
+    dir: String,
+    pipeline: Pipeline,
+}
+
+/// What a compile hands back: the result, and, for a sub-pipeline, where each declared
+/// output comes from.
+type ScopedCompile = (Compiled, BTreeMap<String, InputSource>);
+
+fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> ScopedCompile {
     let mut cx = Checker {
         pipeline,
         options,
+        scope,
+        subs: (0..pipeline.steps.len()).map(|_| None).collect(),
+        sub_cache: HashMap::new(),
         diagnostics: Vec::new(),
         index: pipeline
             .steps
@@ -50,6 +125,8 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
         step_hints: HashMap::new(),
     };
     let params = cx.resolve_params();
+    cx.check_declarations();
+    cx.load_subs();
     for (i, (name, step)) in pipeline.steps.iter().enumerate() {
         cx.check_step(i, name, step, &params);
     }
@@ -57,30 +134,47 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions) -> Compiled {
     cx.warn_unused();
     cx.check_limits();
     let mut diagnostics = std::mem::take(&mut cx.diagnostics);
+    // This file's own diagnostics first, by position; then each included file's.
     diagnostics.sort_by(|a, b| {
-        let key = |d: &Diagnostic| d.span.map_or(0, |s| s.offset);
+        let key = |d: &Diagnostic| {
+            (
+                d.origin.as_ref().map(|o| o.file.name.clone()),
+                d.span.map_or(0, |s| s.offset),
+            )
+        };
         key(a)
             .cmp(&key(b))
             .then(a.severity.cmp(&b.severity))
             .then(a.message.cmp(&b.message))
     });
     diagnostics.dedup();
-    if diagnostics.iter().any(Diagnostic::is_error) {
-        return Compiled {
-            plan: None,
+    if diagnostics.iter().any(Diagnostic::is_error) || scope.is_sub() && scope.bindings.is_none() {
+        return (
+            Compiled {
+                plan: None,
+                diagnostics,
+            },
+            BTreeMap::new(),
+        );
+    }
+    let (plan, outputs) = cx.expand(params);
+    (
+        Compiled {
+            plan: Some(plan),
             diagnostics,
-        };
-    }
-    let plan = cx.expand(params);
-    Compiled {
-        plan: Some(plan),
-        diagnostics,
-    }
+        },
+        outputs,
+    )
 }
 
 struct Checker<'a> {
     pipeline: &'a Pipeline,
     options: &'a PlanOptions,
+    scope: &'a Scope,
+    /// The sub-pipeline each `pipeline:` step includes, once read without errors.
+    subs: Vec<Option<Arc<Sub>>>,
+    /// Sub-pipeline files read so far, by path: a file included twice is read once.
+    sub_cache: HashMap<PathBuf, Option<Arc<Sub>>>,
     diagnostics: Vec<Diagnostic>,
     index: HashMap<&'a str, usize>,
     graph: StepGraph,
@@ -179,7 +273,14 @@ impl<'a> Checker<'a> {
                     with_article(ty)
                 ));
             }
-            let value = if let Some(text) = overrides.get(name.as_str()) {
+            let value = if let Some(values) = &self.scope.values {
+                // A sub-pipeline's params come from the including step, which checked them
+                // (and reported a missing one where it can be set).
+                match values.get(name.as_str()) {
+                    Some(v) => Some(v.clone()),
+                    None => decl.default.as_ref().and_then(|d| ty.check(&d.value).ok()),
+                }
+            } else if let Some(text) = overrides.get(name.as_str()) {
                 match ty.parse_text(text) {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -228,15 +329,19 @@ impl<'a> Checker<'a> {
         let in_fan_out = step.for_each.is_some();
         self.fan_out[i] = fan_out;
 
+        if let Some(path) = &step.pipeline {
+            self.check_include(i, name, step, path, params);
+        }
         match (&step.wasm, &step.container) {
+            (None, None) if step.pipeline.is_some() => {}
             (None, None) => {
                 self.error(
                     "kiln::plan::step-kind",
-                    format!("step `{name}` has neither `wasm` nor `container`"),
+                    format!("step `{name}` has neither `wasm`, `container` nor `pipeline`"),
                     name.span,
                 )
                 .help = Some(
-                    "give the step exactly one of `wasm: <component>` or `container: {image: ...}`"
+                    "give the step exactly one of `wasm: <component>`, `container: {image: ...}` or `pipeline: ./FILE.yaml`"
                         .into(),
                 );
             }
@@ -1091,6 +1196,10 @@ impl<'a> Checker<'a> {
                     return;
                 };
                 let producer = &self.pipeline.steps[j];
+                if producer.pipeline.is_some() {
+                    self.check_sub_output(i, name, j, step, output, input.span);
+                    return;
+                }
                 if !producer.outputs.iter().any(|o| o.as_str() == output) {
                     let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
                     let mut outputs: Vec<&str> = Vec::new();
@@ -1128,6 +1237,30 @@ impl<'a> Checker<'a> {
                 self.graph.add_edge(j, i);
                 self.consumers[j] += 1;
                 self.consumed.insert((j, output.clone()));
+            }
+            InputRef::Input(declared) => {
+                if !self
+                    .pipeline
+                    .inputs
+                    .iter()
+                    .any(|n| n.as_str() == declared.as_str())
+                {
+                    let hint =
+                        did_you_mean(declared, self.pipeline.inputs.iter().map(|n| n.as_str()));
+                    self.error(
+                        "kiln::plan::unknown-input",
+                        format!("step `{name}` reads `inputs.{declared}`, but the pipeline declares no input `{declared}`{hint}"),
+                        input.span,
+                    )
+                    .help = Some(if self.pipeline.inputs.is_empty() {
+                        format!("a sub-pipeline declares what it reads at its top level: `inputs: [{declared}]`")
+                    } else {
+                        format!(
+                            "declared inputs: {}",
+                            self.pipeline.inputs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    });
+                }
             }
             InputRef::RunStatus => {
                 let step = &self.pipeline.steps[i];
@@ -1426,6 +1559,20 @@ impl<'a> Checker<'a> {
                 continue;
             };
             let producer = &self.pipeline.steps[j];
+            if producer.pipeline.is_some() {
+                ok = false;
+                self.error(
+                    "kiln::plan::when-reads-sub-pipeline",
+                    format!(
+                        "step `{name}`'s `when` reads `steps.{s}.{o}`, but `{s}` is a sub-pipeline"
+                    ),
+                    condition.span,
+                )
+                .help = Some(format!(
+                    "a condition reads the outputs of plain steps; in the sub-pipeline, give the step that writes `{o}` the condition instead"
+                ));
+                continue;
+            }
             if !producer.outputs.iter().any(|x| x.as_str() == o) {
                 ok = false;
                 let hint = did_you_mean(o, producer.outputs.iter().map(|x| x.as_str()));
@@ -1451,7 +1598,9 @@ impl<'a> Checker<'a> {
                 "`item` is the current item of a fan-out step: add `for_each` or remove it".into(),
             );
         }
-        if ok && refs.steps.is_empty() && !refs.uses_item {
+        // A param without a value (a required one not set) was reported where it is set.
+        let valued = refs.params.iter().all(|p| params.contains_key(p.as_str()));
+        if ok && valued && refs.steps.is_empty() && !refs.uses_item {
             match when::evaluate_static(condition, params) {
                 Ok(Some(false)) => {
                     self.warn(
@@ -1513,7 +1662,7 @@ impl<'a> Checker<'a> {
                 )
                 .help = Some("if that is on purpose, ignore this; otherwise read one of its outputs or add `after`".into());
             }
-            if self.consumers[i] == 0 {
+            if self.consumers[i] == 0 || step.pipeline.is_some() {
                 continue;
             }
             for output in &step.outputs {
@@ -1528,51 +1677,280 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn expand(&self, params: BTreeMap<String, Value>) -> Plan {
+    fn expand(&self, params: BTreeMap<String, Value>) -> (Plan, BTreeMap<String, InputSource>) {
         let order = self.graph.topological_order();
-        let ids: Vec<Vec<StepId>> = self
+        let ns = &self.scope.namespace;
+        let mut ids: Vec<Vec<StepId>> = self
             .pipeline
             .steps
             .keys()
             .enumerate()
             .map(|(i, name)| match &self.fan_out[i] {
                 Some(items) => (0..items.len())
-                    .map(|k| StepId::instance(name.as_str(), k))
+                    .map(|k| StepId::new(format!("{ns}{}", StepId::instance(name.as_str(), k))))
                     .collect(),
-                None => vec![StepId::new(name.as_str())],
+                None => vec![StepId::new(format!("{ns}{name}"))],
             })
             .collect();
+        let mut inlined: Vec<Vec<Inlined>> = (0..ids.len()).map(|_| Vec::new()).collect();
+        let mut concurrency: BTreeMap<String, u32> = self
+            .pipeline
+            .concurrency
+            .iter()
+            .map(|(k, v)| (format!("{ns}{k}"), v.value))
+            .collect();
+        // Sub-pipelines first, in topological order: a step reads what their steps write,
+        // and an exit handler waits for all of them.
+        for &i in &order {
+            if self.subs[i].is_none() {
+                continue;
+            }
+            for (k, id) in ids[i].clone().iter().enumerate() {
+                let inl = self.expand_include(i, k, id, &ids, &inlined, &params);
+                concurrency.extend(inl.concurrency.clone());
+                inlined[i].push(inl);
+            }
+            ids[i] = inlined[i]
+                .iter()
+                .flat_map(|inl| inl.ids.iter().cloned())
+                .collect();
+        }
         let mut steps = Vec::with_capacity(ids.iter().map(Vec::len).sum());
         for i in order {
             let (name, step) = self.pipeline.steps.get_index(i).expect("index from graph");
+            if self.subs[i].is_some() {
+                for inl in &mut inlined[i] {
+                    steps.append(&mut inl.steps);
+                }
+                continue;
+            }
             let instances: Vec<Option<(usize, Value)>> = match &self.fan_out[i] {
                 Some(items) => items.iter().cloned().enumerate().map(Some).collect(),
                 None => vec![None],
             };
             let labels = match &self.fan_out[i] {
-                Some(items) => fan_out_labels(name.as_str(), self.fan_out_var(step), items),
+                Some(items) => {
+                    fan_out_labels(&format!("{ns}{name}"), self.fan_out_var(step), items)
+                }
                 None => Vec::new(),
             };
             for instance in instances {
                 let label = instance.as_ref().and_then(|(k, _)| labels.get(*k).cloned());
-                let mut planned = self.plan_step(i, name.as_str(), step, instance, &ids, &params);
+                let mut planned =
+                    self.plan_step(i, name.as_str(), step, instance, &ids, &inlined, &params);
                 if let Some(instance) = &mut planned.instance {
                     instance.label = label;
                 }
                 steps.push(planned);
             }
         }
-        Plan {
+        let mut outputs = BTreeMap::new();
+        for (name, target) in &self.pipeline.outputs {
+            let mut ignored = BTreeSet::new();
+            let source =
+                self.resolve_input(None, &target.value, &ids, &inlined, &params, &mut ignored);
+            outputs.insert(name.to_string(), source);
+        }
+        let plan = Plan {
             plan_version: PLAN_VERSION,
             pipeline: self.pipeline.name.to_string(),
             params,
             steps,
-            concurrency: self
-                .pipeline
-                .concurrency
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.value))
-                .collect(),
+            concurrency,
+        };
+        (plan, outputs)
+    }
+
+    /// Instance `k` (id `id`) of sub-pipeline step `i`, planned: its sub-pipeline compiled
+    /// with its params and inputs, each step's id under `id/`.
+    fn expand_include(
+        &self,
+        i: usize,
+        k: usize,
+        id: &StepId,
+        ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
+        params: &BTreeMap<String, Value>,
+    ) -> Inlined {
+        let sub = self.subs[i].as_ref().expect("a sub-pipeline step");
+        let (name, step) = self.pipeline.steps.get_index(i).expect("index");
+        let item = self.fan_out[i].as_ref().map(|items| &items[k]);
+        let instance = item.map(|_| k);
+        let (values, _) = self.sub_values(name, step, sub, params, item);
+        let mut bindings = BTreeMap::new();
+        for (input_name, input) in &step.inputs {
+            let mut deps = BTreeSet::new();
+            let source = self.resolve_input(
+                Some((i, instance)),
+                &input.value,
+                ids,
+                inlined,
+                params,
+                &mut deps,
+            );
+            bindings.insert(input_name.to_string(), (source, deps));
+        }
+        let mut extra = BTreeSet::new();
+        self.after_deps(i, instance, step, ids, inlined, &mut extra);
+        if let Some(refs) = &self.when_refs[i] {
+            for (s, o) in &refs.steps {
+                let r = InputRef::StepOutput {
+                    step: s.clone(),
+                    output: o.clone(),
+                };
+                self.resolve_input(Some((i, instance)), &r, ids, inlined, params, &mut extra);
+            }
+        }
+        let scope = self.sub_scope(sub, values, format!("{id}/"), Some(bindings));
+        let options = PlanOptions {
+            base_dir: self.options.base_dir.join(&sub.dir),
+            overrides: Vec::new(),
+        };
+        let (compiled, outputs) = compile_here(&sub.pipeline, &options, &scope);
+        debug_assert!(compiled.plan.is_some(), "a sub-pipeline that checked plans");
+        let plan = compiled.plan.unwrap_or_else(|| Plan {
+            plan_version: PLAN_VERSION,
+            pipeline: String::new(),
+            params: BTreeMap::new(),
+            steps: Vec::new(),
+            concurrency: BTreeMap::new(),
+        });
+        let mut steps = plan.steps;
+        for planned in &mut steps {
+            planned.depends_on.extend(extra.iter().cloned());
+            planned.depends_on.sort();
+            planned.depends_on.dedup();
+            if let Some(condition) = &step.when {
+                planned.when = Some(condition.to_string());
+                planned.when_scope = self.scope.is_sub().then(|| WhenScope {
+                    namespace: self.scope.namespace.clone(),
+                    params: params.clone(),
+                });
+            }
+        }
+        Inlined {
+            ids: steps.iter().map(|s| s.id.clone()).collect(),
+            steps,
+            outputs,
+            concurrency: plan.concurrency,
+        }
+    }
+
+    /// Where input `input` of consumer `consumer` (a step and its instance; `None` for a
+    /// sub-pipeline's declared output) comes from; the ids it waits for go to `depends_on`.
+    fn resolve_input(
+        &self,
+        consumer: Option<(usize, Option<usize>)>,
+        input: &InputRef,
+        ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
+        params: &BTreeMap<String, Value>,
+        depends_on: &mut BTreeSet<StepId>,
+    ) -> InputSource {
+        let ns = &self.scope.namespace;
+        match input {
+            InputRef::StepOutput { step, output } => {
+                let j = self.index[step.as_str()];
+                let paired_instance = consumer
+                    .filter(|(c, _)| self.paired(*c, j))
+                    .and_then(|(_, k)| k);
+                if self.subs[j].is_some() {
+                    let of = |k: usize| inlined[j][k].outputs[output.as_str()].clone();
+                    let source = match (&self.fan_out[j], paired_instance) {
+                        (None, _) => of(0),
+                        (Some(_), Some(k)) => of(k),
+                        (Some(_), None) => {
+                            let mut inner = String::new();
+                            let instances = (0..inlined[j].len())
+                                .filter_map(|k| match of(k) {
+                                    InputSource::Step { step, output } => {
+                                        inner = output;
+                                        Some(step)
+                                    }
+                                    _ => None,
+                                })
+                                .collect();
+                            InputSource::Collect {
+                                step: format!("{ns}{step}"),
+                                output: inner,
+                                instances,
+                            }
+                        }
+                    };
+                    match &source {
+                        InputSource::Step { step, .. } => {
+                            depends_on.insert(step.clone());
+                        }
+                        InputSource::Collect { instances, .. } => {
+                            depends_on.extend(instances.iter().cloned());
+                        }
+                        _ => {}
+                    }
+                    return source;
+                }
+                if self.fan_out[j].is_none() {
+                    depends_on.insert(ids[j][0].clone());
+                    InputSource::Step {
+                        step: ids[j][0].clone(),
+                        output: output.to_owned(),
+                    }
+                } else if let Some(k) = paired_instance {
+                    depends_on.insert(ids[j][k].clone());
+                    InputSource::Step {
+                        step: ids[j][k].clone(),
+                        output: output.to_owned(),
+                    }
+                } else {
+                    depends_on.extend(ids[j].iter().cloned());
+                    InputSource::Collect {
+                        step: format!("{ns}{step}"),
+                        output: output.to_owned(),
+                        instances: ids[j].clone(),
+                    }
+                }
+            }
+            InputRef::Param(p) => InputSource::Param {
+                name: p.clone(),
+                value: params[p.as_str()].clone(),
+            },
+            InputRef::Path(p) => InputSource::Workspace {
+                path: self.scope.rebase(normalise(p).expect("checked")),
+            },
+            InputRef::RunStatus => InputSource::RunStatus,
+            InputRef::External(url) => InputSource::External { url: url.clone() },
+            InputRef::Input(name) => {
+                let (source, deps) = &self
+                    .scope
+                    .bindings
+                    .as_ref()
+                    .expect("a sub-pipeline is expanded with its bindings")[name.as_str()];
+                depends_on.extend(deps.iter().cloned());
+                source.clone()
+            }
+        }
+    }
+
+    /// The ids step `i` (instance `instance`) waits for through `after`.
+    fn after_deps(
+        &self,
+        i: usize,
+        instance: Option<usize>,
+        step: &Step,
+        ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
+        depends_on: &mut BTreeSet<StepId>,
+    ) {
+        for after in &step.after {
+            let j = self.index[after.as_str()];
+            match instance.filter(|_| self.paired(i, j)) {
+                Some(k) if self.subs[j].is_some() => {
+                    depends_on.extend(inlined[j][k].ids.iter().cloned());
+                }
+                Some(k) => {
+                    depends_on.insert(ids[j][k].clone());
+                }
+                None => depends_on.extend(ids[j].iter().cloned()),
+            }
         }
     }
 
@@ -1593,6 +1971,7 @@ impl<'a> Checker<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_step(
         &self,
         i: usize,
@@ -1600,53 +1979,23 @@ impl<'a> Checker<'a> {
         step: &Step,
         instance: Option<(usize, Value)>,
         ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
         params: &BTreeMap<String, Value>,
     ) -> PlannedStep {
         let item = instance.as_ref().map(|(_, v)| v);
-        let id = match &instance {
-            Some((k, _)) => StepId::instance(name, *k),
-            None => StepId::new(name),
-        };
+        let k = instance.as_ref().map(|(k, _)| *k);
+        let id = ids[i][k.unwrap_or(0)].clone();
         let mut depends_on = BTreeSet::new();
-        let source_of = |j: usize, output: &str, depends_on: &mut BTreeSet<StepId>| {
-            let producer = self.pipeline.steps.get_index(j).expect("checked").0;
-            if self.fan_out[j].is_none() {
-                depends_on.insert(ids[j][0].clone());
-                InputSource::Step {
-                    step: ids[j][0].clone(),
-                    output: output.to_owned(),
-                }
-            } else if let (true, Some((k, _))) = (self.paired(i, j), &instance) {
-                depends_on.insert(ids[j][*k].clone());
-                InputSource::Step {
-                    step: ids[j][*k].clone(),
-                    output: output.to_owned(),
-                }
-            } else {
-                depends_on.extend(ids[j].iter().cloned());
-                InputSource::Collect {
-                    step: producer.to_string(),
-                    output: output.to_owned(),
-                    instances: ids[j].clone(),
-                }
-            }
-        };
         let mut inputs = BTreeMap::new();
         for (input_name, input) in &step.inputs {
-            let source = match &input.value {
-                InputRef::StepOutput { step: s, output } => {
-                    source_of(self.index[s.as_str()], output, &mut depends_on)
-                }
-                InputRef::Param(p) => InputSource::Param {
-                    name: p.clone(),
-                    value: params[p.as_str()].clone(),
-                },
-                InputRef::Path(p) => InputSource::Workspace {
-                    path: normalise(p).expect("checked"),
-                },
-                InputRef::RunStatus => InputSource::RunStatus,
-                InputRef::External(url) => InputSource::External { url: url.clone() },
-            };
+            let source = self.resolve_input(
+                Some((i, k)),
+                &input.value,
+                ids,
+                inlined,
+                params,
+                &mut depends_on,
+            );
             inputs.insert(input_name.to_string(), source);
         }
         // An exit handler waits for every step that is not one.
@@ -1657,19 +2006,14 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        for after in &step.after {
-            let j = self.index[after.as_str()];
-            if self.paired(i, j)
-                && let Some((k, _)) = &instance
-            {
-                depends_on.insert(ids[j][*k].clone());
-            } else {
-                depends_on.extend(ids[j].iter().cloned());
-            }
-        }
+        self.after_deps(i, k, step, ids, inlined, &mut depends_on);
         if let Some(refs) = &self.when_refs[i] {
             for (s, o) in &refs.steps {
-                source_of(self.index[s.as_str()], o, &mut depends_on);
+                let r = InputRef::StepOutput {
+                    step: s.clone(),
+                    output: o.clone(),
+                };
+                self.resolve_input(Some((i, k)), &r, ids, inlined, params, &mut depends_on);
             }
         }
 
@@ -1709,7 +2053,7 @@ impl<'a> Checker<'a> {
         let (kind, container_key) = match (&step.wasm, &step.container) {
             (Some(wasm), _) => (
                 StepKind::Wasm {
-                    component: component_source(&wasm.value),
+                    component: component_source(&wasm.value, self.scope),
                     memory_bytes: step
                         .limits
                         .as_ref()
@@ -1806,7 +2150,7 @@ impl<'a> Checker<'a> {
         });
         PlannedStep {
             id,
-            step: name.to_owned(),
+            step: format!("{}{name}", self.scope.namespace),
             instance: instance.map(|(index, item)| FanOutInstance {
                 index,
                 item,
@@ -1820,11 +2164,18 @@ impl<'a> Checker<'a> {
             params: with,
             depends_on: depends_on.into_iter().collect(),
             when: step.when.as_ref().map(|w| w.to_string()),
+            when_scope: (self.scope.is_sub() && step.when.is_some()).then(|| WhenScope {
+                namespace: self.scope.namespace.clone(),
+                params: params.clone(),
+            }),
             policy: Policy {
                 retries: step.retries.as_ref().map_or(0, |r| r.limit()),
                 run: run_when(step),
                 parallelism: step.parallelism.as_ref().map(|p| p.value),
-                concurrency: step.concurrency.as_ref().map(|c| c.to_string()),
+                concurrency: step
+                    .concurrency
+                    .as_ref()
+                    .map(|c| format!("{}{c}", self.scope.namespace)),
                 retry: match step.retries.as_ref().map(|r| &r.value) {
                     Some(kiln_spec::Retries::Policy(p)) => RetryPlan {
                         backoff_ms: p.backoff.as_ref().map(|d| d.0.as_millis() as u64),
@@ -1858,10 +2209,10 @@ fn resolve_amount<Q: Clone + std::str::FromStr<Err = String>>(
     }
 }
 
-fn component_source(wasm: &WasmRef) -> ComponentSource {
+fn component_source(wasm: &WasmRef, scope: &Scope) -> ComponentSource {
     match wasm {
         WasmRef::Path(p) => ComponentSource::Path {
-            path: normalise(p).unwrap_or_else(|| p.clone()),
+            path: scope.rebase(normalise(p).unwrap_or_else(|| p.clone())),
         },
         WasmRef::Registry { name, version } => ComponentSource::Registry {
             name: name.clone(),
@@ -1869,7 +2220,7 @@ fn component_source(wasm: &WasmRef) -> ComponentSource {
         },
         WasmRef::Digest(d) => ComponentSource::Digest { digest: d.clone() },
         WasmRef::Build(b) => ComponentSource::Build {
-            source: normalise(&b.source).unwrap_or_else(|| b.source.value.clone()),
+            source: scope.rebase(normalise(&b.source).unwrap_or_else(|| b.source.value.clone())),
             command: b.command.value.clone(),
             artifact: b.artifact.value.clone(),
             watch: b.watch.iter().map(|w| w.value.clone()).collect(),
@@ -2100,6 +2451,514 @@ fn fan_out_labels(name: &str, var: Option<String>, items: &[Value]) -> Vec<Strin
 /// When `step` runs (`run:`), `on-success` when it does not say.
 fn run_when(step: &Step) -> kiln_spec::RunWhen {
     step.run.as_ref().map(|r| r.value).unwrap_or_default()
+}
+
+/// Fields that a `pipeline:` step cannot have: what runs, and how, is the sub-pipeline's.
+const NOT_ON_INCLUDE: &[&str] = &[
+    "args",
+    "env",
+    "stdin",
+    "stdout",
+    "secrets",
+    "outputs",
+    "metrics",
+    "parallelism",
+    "concurrency",
+    "run",
+    "retries",
+    "timeout",
+    "cache",
+    "limits",
+];
+
+impl<'a> Checker<'a> {
+    /// A sub-pipeline's top-level `inputs` and `outputs`: outputs name steps' outputs, and a
+    /// pipeline with inputs runs only as a sub-pipeline.
+    fn check_declarations(&mut self) {
+        if !self.scope.is_sub()
+            && let Some(first) = self.pipeline.inputs.first()
+        {
+            self.error(
+                "kiln::plan::sub-pipeline-only",
+                format!(
+                    "pipeline `{}` declares inputs, so it runs only as a sub-pipeline",
+                    self.pipeline.name
+                ),
+                first.span,
+            )
+            .help = Some("run a pipeline that includes it with `pipeline: ./FILE.yaml` and binds its `inputs`".into());
+        }
+        let mut seen = BTreeSet::new();
+        for input in &self.pipeline.inputs {
+            if !seen.insert(input.as_str()) {
+                self.error(
+                    "kiln::plan::duplicate-input",
+                    format!("input `{input}` is declared twice"),
+                    input.span,
+                );
+            }
+        }
+        for (name, target) in &self.pipeline.outputs {
+            let InputRef::StepOutput { step, output } = &target.value else {
+                self.error(
+                    "kiln::plan::bad-sub-output",
+                    format!("output `{name}` is `{}`; a pipeline's output is `STEP.OUTPUT`, an output of one of its steps", target.value),
+                    target.span,
+                );
+                continue;
+            };
+            let Some(j) = self.pipeline.steps.get_index_of(step.as_str()) else {
+                let hint = did_you_mean(step, self.step_names());
+                self.error(
+                    "kiln::plan::unknown-step",
+                    format!(
+                        "output `{name}` is `{step}.{output}`, but there is no step `{step}`{hint}"
+                    ),
+                    target.span,
+                );
+                continue;
+            };
+            let producer = &self.pipeline.steps[j];
+            if producer.pipeline.is_some() {
+                // Checked with the sub-pipeline it includes, once that is read.
+                self.consumers[j] += 1;
+                continue;
+            }
+            if !producer.outputs.iter().any(|o| o.as_str() == output) {
+                let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
+                self.error(
+                    "kiln::plan::unknown-output",
+                    format!("output `{name}` is `{step}.{output}`, but `{step}` has no output `{output}`{hint}"),
+                    target.span,
+                );
+                continue;
+            }
+            self.consumers[j] += 1;
+            self.consumed.insert((j, output.clone()));
+        }
+    }
+
+    /// Reads every sub-pipeline the steps include, before any step is checked: a step may
+    /// read the outputs of one written below it.
+    fn load_subs(&mut self) {
+        for (i, (name, step)) in self.pipeline.steps.iter().enumerate() {
+            if let Some(path) = &step.pipeline {
+                self.subs[i] = self.load_sub(name, path);
+            }
+        }
+        // A sub-pipeline's output that is another sub-pipeline's output: check it now.
+        for (name, target) in &self.pipeline.outputs {
+            let InputRef::StepOutput { step, output } = &target.value else {
+                continue;
+            };
+            let Some(j) = self.pipeline.steps.get_index_of(step.as_str()) else {
+                continue;
+            };
+            let Some(sub) = self.subs[j].clone() else {
+                continue;
+            };
+            if !sub.pipeline.outputs.contains_key(output.as_str()) {
+                let hint = did_you_mean(output, sub.pipeline.outputs.keys().map(|k| k.as_str()));
+                self.error(
+                    "kiln::plan::unknown-output",
+                    format!("output `{name}` is `{step}.{output}`, but sub-pipeline `{step}` has no output `{output}`{hint}"),
+                    target.span,
+                );
+            }
+        }
+    }
+
+    fn load_sub(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        path: &Located<String>,
+    ) -> Option<Arc<Sub>> {
+        let written = path.trim();
+        if Path::new(written).is_absolute() {
+            self.error(
+                "kiln::plan::path-escapes",
+                format!("step `{name}` includes `{written}`, an absolute path"),
+                path.span,
+            )
+            .help = Some("write it relative to this pipeline file, like `./train.yaml`".into());
+            return None;
+        }
+        let rel = self.workspace_path(name, written, path.span)?;
+        let full = self.options.base_dir.join(&rel);
+        if !full.is_file() {
+            let hint = self.near_path(written, &rel, |p| p.is_file());
+            self.error(
+                "kiln::plan::missing-pipeline",
+                format!("step `{name}` includes `{written}`, which does not exist{hint}"),
+                path.span,
+            )
+            .help = Some("the path is relative to the folder of this pipeline file".into());
+            return None;
+        }
+        let canonical = full.canonicalize().unwrap_or_else(|_| full.clone());
+        if let Some(at) = self.scope.chain.iter().position(|p| *p == canonical) {
+            let mut chain: Vec<String> = self.scope.chain[at..]
+                .iter()
+                .map(|p| {
+                    p.file_name().map_or_else(
+                        || p.display().to_string(),
+                        |f| f.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect();
+            chain.push(chain[0].clone());
+            let message = if chain.len() == 2 {
+                format!("step `{name}` includes `{written}`, the file it is in")
+            } else {
+                format!(
+                    "step `{name}` includes `{written}`, which includes this file again: include cycle {}",
+                    chain.join(" -> ")
+                )
+            };
+            self.error("kiln::plan::include-cycle", message, path.span).help = Some(
+                "sub-pipelines form a tree: a file cannot include itself, directly or through others"
+                    .into(),
+            );
+            return None;
+        }
+        if let Some(cached) = self.sub_cache.get(&canonical) {
+            return cached.clone();
+        }
+        let text = match std::fs::read_to_string(&full) {
+            Ok(text) if text.len() <= kiln_spec::MAX_SOURCE_BYTES => text,
+            Ok(_) => {
+                self.error(
+                    "kiln::plan::missing-pipeline",
+                    format!("step `{name}` includes `{written}`, which is larger than 16 MiB"),
+                    path.span,
+                );
+                return None;
+            }
+            Err(e) => {
+                self.error(
+                    "kiln::plan::missing-pipeline",
+                    format!("step `{name}` includes `{written}`, which cannot be read: {e}"),
+                    path.span,
+                );
+                return None;
+            }
+        };
+        let file = Arc::new(SourceFile::new(rel.clone(), text));
+        let dir = Path::new(&rel)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| ".".to_owned());
+        let sub = match kiln_spec::parse_all(&file.text) {
+            Ok(pipeline) => Some(Arc::new(Sub {
+                file: file.clone(),
+                path: canonical.clone(),
+                dir,
+                pipeline,
+            })),
+            Err(diagnostics) => {
+                for d in diagnostics {
+                    let d = d.included(&file, path.span, name.as_str());
+                    self.diagnostics.push(d);
+                }
+                None
+            }
+        };
+        self.sub_cache.insert(canonical, sub.clone());
+        sub
+    }
+
+    /// A `pipeline:` step: no fields of a step that runs something, `with:` setting the
+    /// sub-pipeline's params with the right types, `inputs:` binding exactly its inputs; and
+    /// the sub-pipeline itself checked with those params, its errors in its own file.
+    fn check_include(
+        &mut self,
+        i: usize,
+        name: &'a Located<kiln_spec::StepName>,
+        step: &'a Located<Step>,
+        path: &Located<String>,
+        params: &BTreeMap<String, Value>,
+    ) {
+        if step.wasm.is_some() || step.container.is_some() {
+            let other = if step.wasm.is_some() {
+                "wasm"
+            } else {
+                "container"
+            };
+            self.error(
+                "kiln::plan::step-kind",
+                format!("step `{name}` has both `pipeline` and `{other}`"),
+                path.span,
+            )
+            .help =
+                Some("a step runs one thing: keep one of them, or split it into two steps".into());
+        }
+        let present = [
+            ("args", step.args.as_ref().map(|a| a.span)),
+            ("env", step.env.keys().next().map(|k| k.span)),
+            ("stdin", step.stdin.as_ref().map(|s| s.span)),
+            ("stdout", step.stdout.as_ref().map(|s| s.span)),
+            ("secrets", step.secrets.keys().next().map(|k| k.span)),
+            ("outputs", step.outputs.first().map(|o| o.span)),
+            ("metrics", step.metrics.as_ref().map(|m| m.span)),
+            ("parallelism", step.parallelism.as_ref().map(|p| p.span)),
+            ("concurrency", step.concurrency.as_ref().map(|c| c.span)),
+            ("run", step.run.as_ref().map(|r| r.span)),
+            ("retries", step.retries.as_ref().map(|r| r.span)),
+            ("timeout", step.timeout.as_ref().map(|t| t.span)),
+            ("cache", step.cache.as_ref().map(|c| c.span)),
+            ("limits", step.limits.as_ref().map(|l| l.span)),
+        ];
+        debug_assert_eq!(present.len(), NOT_ON_INCLUDE.len());
+        for (field, span) in present {
+            let Some(span) = span else { continue };
+            let help = if field == "outputs" {
+                "a sub-pipeline's outputs are declared in its file (`outputs: {NAME: STEP.OUTPUT}`) and read here as `STEP.NAME`".to_owned()
+            } else {
+                format!("write `{field}` on the steps of the sub-pipeline")
+            };
+            self.error(
+                "kiln::plan::field-on-sub-pipeline",
+                format!("step `{name}` includes a sub-pipeline; `{field}` does not apply to it"),
+                span,
+            )
+            .help = Some(help);
+        }
+        let Some(sub) = self.subs[i].clone() else {
+            return;
+        };
+        let decls = &sub.pipeline.params;
+        for key in step.with.keys() {
+            if !decls.contains_key(key.as_str()) {
+                let hint = did_you_mean(key.as_str(), decls.keys().map(|k| k.as_str()));
+                let known: Vec<&str> = decls.keys().map(|k| k.as_str()).collect();
+                self.error(
+                    "kiln::plan::unknown-param",
+                    format!(
+                        "step `{name}` sets `{key}`, which is not a param of `{}`{hint}",
+                        path.trim()
+                    ),
+                    key.span,
+                )
+                .help = Some(if known.is_empty() {
+                    "the sub-pipeline declares no params".to_owned()
+                } else {
+                    format!("its params: {}", known.join(", "))
+                });
+            }
+        }
+        for (param, decl) in decls {
+            if decl.default.is_none() && !step.with.contains_key(param.as_str()) {
+                self.error(
+                    "kiln::plan::missing-param",
+                    format!(
+                        "step `{name}` does not set `{param}`, a param of `{}` without a default",
+                        path.trim()
+                    ),
+                    path.span,
+                )
+                .help = Some(format!(
+                    "set it under `with:`, like `with: {{{param}: ...}}`"
+                ));
+            }
+        }
+        let declared: Vec<&str> = sub.pipeline.inputs.iter().map(|n| n.as_str()).collect();
+        for key in step.inputs.keys() {
+            if !declared.contains(&key.as_str()) {
+                let hint = did_you_mean(key.as_str(), declared.iter().copied());
+                self.error(
+                    "kiln::plan::unknown-input",
+                    format!(
+                        "step `{name}` binds input `{key}`, which `{}` does not declare{hint}",
+                        path.trim()
+                    ),
+                    key.span,
+                )
+                .help = Some(if declared.is_empty() {
+                    "the sub-pipeline declares no inputs".to_owned()
+                } else {
+                    format!("its inputs: {}", declared.join(", "))
+                });
+            }
+        }
+        for input in &declared {
+            if !step.inputs.contains_key(*input) {
+                self.error(
+                    "kiln::plan::missing-input",
+                    format!(
+                        "step `{name}` does not bind `{input}`, an input of `{}`",
+                        path.trim()
+                    ),
+                    path.span,
+                )
+                .help = Some(format!(
+                    "bind it under `inputs:`, like `inputs: {{{input}: STEP.OUTPUT}}`"
+                ));
+            }
+        }
+        if let Some(condition) = &step.when {
+            if let Some(inner) = sub.pipeline.steps.iter().find(|(_, s)| s.when.is_some()) {
+                self.error(
+                    "kiln::plan::when-on-sub-pipeline",
+                    format!("step `{name}` has a `when`, and step `{}` of its sub-pipeline has one too", inner.0),
+                    condition.span,
+                )
+                .help = Some("give the condition to the steps of the sub-pipeline instead (a param set in `with:` can carry it)".into());
+            } else if when::analyze(condition).is_ok_and(|r| r.uses_item) {
+                self.error(
+                    "kiln::plan::when-on-sub-pipeline",
+                    format!("step `{name}`'s `when` reads `item`, which a sub-pipeline's condition cannot read"),
+                    condition.span,
+                )
+                .help = Some("pass the item in `with:` and give the steps of the sub-pipeline the condition".into());
+            }
+        }
+        // Check the sub-pipeline once per instance (the params may differ), stopping at the
+        // first instance with errors: the others would say the same again.
+        let instances: Vec<Option<&Value>> = match &self.fan_out[i] {
+            Some(items) => items.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        for item in instances {
+            // With a wrong value, the sub-pipeline is still checked (without it): its own
+            // mistakes are reported too.
+            let (values, errors) = self.sub_values(name, step, &sub, params, item);
+            let mut failed = !errors.is_empty();
+            self.diagnostics.extend(errors);
+            let scope = self.sub_scope(&sub, values, String::new(), None);
+            let options = PlanOptions {
+                base_dir: self.options.base_dir.join(&sub.dir),
+                overrides: Vec::new(),
+            };
+            let (compiled, _) = compile_here(&sub.pipeline, &options, &scope);
+            failed |= compiled.diagnostics.iter().any(Diagnostic::is_error);
+            for d in compiled.diagnostics {
+                let d = d.included(&sub.file, path.span, name.as_str());
+                self.diagnostics.push(d);
+            }
+            if failed {
+                break;
+            }
+        }
+    }
+
+    /// The values of a sub-pipeline's params for one instance of the including step, after
+    /// templating, each of the declared type; and an error for each that is not.
+    fn sub_values(
+        &self,
+        name: &Located<kiln_spec::StepName>,
+        step: &Step,
+        sub: &Sub,
+        params: &BTreeMap<String, Value>,
+        item: Option<&Value>,
+    ) -> (BTreeMap<String, Value>, Vec<Diagnostic>) {
+        let mut values = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (key, value) in &step.with {
+            let Some(decl) = sub.pipeline.params.get(key.as_str()) else {
+                continue; // reported as an unknown param
+            };
+            let v = substitute_value(&value.value, params, item);
+            match decl.ty.check(&v) {
+                Ok(v) => {
+                    values.insert(key.to_string(), v);
+                }
+                Err(e) => {
+                    let ty = decl.ty.value;
+                    errors.push(
+                        Diagnostic::error(
+                            "kiln::plan::type-mismatch",
+                            format!(
+                                "step `{name}` sets `{key}` to `{v}`, but it is {}: {e}",
+                                with_article(ty)
+                            ),
+                        )
+                        .at(value.span)
+                        .help(format!(
+                            "`{key}` is declared in `{}` as `type: {ty}`",
+                            sub.file.name
+                        )),
+                    );
+                }
+            }
+        }
+        (values, errors)
+    }
+
+    fn sub_scope(
+        &self,
+        sub: &Sub,
+        values: BTreeMap<String, Value>,
+        namespace: String,
+        bindings: Option<BTreeMap<String, (InputSource, BTreeSet<StepId>)>>,
+    ) -> Scope {
+        let mut chain = self.scope.chain.clone();
+        chain.push(sub.path.clone());
+        let prefix = match sub.dir.as_str() {
+            "." => self.scope.prefix.clone(),
+            dir => self.scope.rebase(dir.to_owned()),
+        };
+        Scope {
+            chain,
+            namespace,
+            prefix,
+            values: Some(values),
+            bindings,
+        }
+    }
+
+    /// Step `name` reads output `output` of sub-pipeline step `j`: it must be declared, and
+    /// a fan-out's outputs that are themselves collected cannot be collected again.
+    fn check_sub_output(
+        &mut self,
+        i: usize,
+        name: &Located<kiln_spec::StepName>,
+        j: usize,
+        producer: &str,
+        output: &str,
+        span: Span,
+    ) {
+        let Some(sub) = self.subs[j].clone() else {
+            // Not read: its own error says why.
+            self.graph.add_edge(j, i);
+            self.consumers[j] += 1;
+            return;
+        };
+        let Some(target) = sub.pipeline.outputs.get(output) else {
+            let hint = did_you_mean(output, sub.pipeline.outputs.keys().map(|k| k.as_str()));
+            let declared: Vec<&str> = sub.pipeline.outputs.keys().map(|k| k.as_str()).collect();
+            self.error(
+                "kiln::plan::unknown-output",
+                format!("step `{name}` reads `{producer}.{output}`, but sub-pipeline `{producer}` has no output `{output}`{hint}"),
+                span,
+            )
+            .help = Some(if declared.is_empty() {
+                format!("`{}` declares no outputs; add `outputs: {{{output}: STEP.OUTPUT}}` at its top level", sub.file.name)
+            } else {
+                format!("`{}` declares: {}", sub.file.name, declared.join(", "))
+            });
+            return;
+        };
+        let collected = match &target.value {
+            InputRef::StepOutput { step, .. } => sub
+                .pipeline
+                .steps
+                .get(step.as_str())
+                .is_some_and(|s| s.for_each.is_some() || s.pipeline.is_some()),
+            _ => false,
+        };
+        if collected && self.pipeline.steps[j].for_each.is_some() && !self.paired(i, j) {
+            self.error(
+                "kiln::plan::nested-collect",
+                format!("step `{name}` reads `{producer}.{output}` of every instance of `{producer}`, but each instance's `{output}` is itself a fan-out or sub-pipeline output"),
+                span,
+            )
+            .help = Some(format!("fan `{name}` out over the same list as `{producer}`, so that each instance reads one"));
+            return;
+        }
+        self.graph.add_edge(j, i);
+        self.consumers[j] += 1;
+    }
 }
 
 #[cfg(test)]

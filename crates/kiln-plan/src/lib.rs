@@ -69,7 +69,8 @@ impl Plan {
 /// One schedulable unit: a step, or one instance of a fan-out step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedStep {
-    /// Unique id: the step's name, or `name[i]` for fan-out instance `i`.
+    /// Unique id: the step's name, or `name[i]` for fan-out instance `i`; a step inlined
+    /// from a sub-pipeline has the including step's id before it: `train-small/fit`.
     pub id: StepId,
     /// The step's name as written.
     pub step: String,
@@ -95,10 +96,24 @@ pub struct PlannedStep {
     /// A CEL condition checked when the step is ready; the step is skipped when false.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
+    /// What `when` reads when it was written in a sub-pipeline: that file's params, and its
+    /// steps by the names it gives them. `None`: the plan's params and steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_scope: Option<WhenScope>,
     /// Retries, timeout, caching.
     pub policy: Policy,
     /// What the cache key is built from, apart from the digests pinned at run time.
     pub cache_key: CacheKeyMaterial,
+}
+
+/// The scope a sub-pipeline's `when` is evaluated in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhenScope {
+    /// The prefix of the ids of the sub-pipeline's steps, such as `train-small/`:
+    /// `steps.fit.report` reads step `train-small/fit`.
+    pub namespace: String,
+    /// The sub-pipeline's params, as the including step set them.
+    pub params: BTreeMap<String, Value>,
 }
 
 /// The item a fan-out instance works on.
@@ -448,12 +463,13 @@ pub fn plan_file(
         })
         .unwrap_or_else(|| PathBuf::from("."));
     let compiled = match kiln_spec::parse_all(&source.text) {
-        Ok(pipeline) => compile(
+        Ok(pipeline) => compile::compile_file(
             &pipeline,
             &PlanOptions {
                 base_dir,
                 overrides: overrides.to_vec(),
             },
+            path,
         ),
         Err(diagnostics) => Compiled {
             plan: None,

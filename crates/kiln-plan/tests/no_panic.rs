@@ -84,14 +84,21 @@ fn check_text(text: &str, base_dir: &Path, overrides: &[(String, String)]) {
                 }
                 None => assert!(errors, "no plan and no error: {:?}", compiled.diagnostics),
             }
-            let offsets: Vec<usize> = compiled
+            // The pipeline's own diagnostics first, then each included file's; by position
+            // within a file.
+            let offsets: Vec<(Option<String>, usize)> = compiled
                 .diagnostics
                 .iter()
-                .map(|d| d.span.map_or(0, |s| s.offset))
+                .map(|d| {
+                    (
+                        d.origin.as_ref().map(|o| o.file.name.clone()),
+                        d.span.map_or(0, |s| s.offset),
+                    )
+                })
                 .collect();
             assert!(
                 offsets.windows(2).all(|w| w[0] <= w[1]),
-                "diagnostics are not sorted by position: {offsets:?}"
+                "diagnostics are not sorted by file and position: {offsets:?}"
             );
             compiled.diagnostics
         }

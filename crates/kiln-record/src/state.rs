@@ -59,11 +59,11 @@ impl StateDir {
         self.run_dir(run_id).join("record.jsonl")
     }
 
-    /// A step's log in a run.
+    /// A step's log in a run (a sub-pipeline step's `a/b` is the file `a~b.log`).
     pub fn log_path(&self, run_id: &str, step_id: &str) -> PathBuf {
         self.run_dir(run_id)
             .join("logs")
-            .join(format!("{step_id}.log"))
+            .join(format!("{}.log", step_id.replace('/', "~")))
     }
 
     /// Scratch space of all runs (and their locks, `<run>.lock`).

@@ -33,6 +33,31 @@ pub struct Diagnostic {
     pub label: Option<String>,
     /// What to do about it, when known.
     pub help: Option<String>,
+    /// Where the span points when it is not the pipeline being checked; `None` for the
+    /// pipeline itself (boxed: most diagnostics have none).
+    pub origin: Option<Box<Origin>>,
+}
+
+/// A sub-pipeline a diagnostic was found in, and how it was included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The sub-pipeline, named relative to the checked pipeline's folder.
+    pub file: Arc<SourceFile>,
+    /// Where it was included, innermost first: each a `pipeline:` step of the file that
+    /// includes it.
+    pub included_from: Vec<Inclusion>,
+}
+
+/// A `pipeline:` step that includes a sub-pipeline, as a diagnostic found in the sub-pipeline
+/// names it: "included from pipeline.yaml:12:5 (step `train-small`)".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inclusion {
+    /// The including file; `None` is the pipeline being checked.
+    pub file: Option<Arc<SourceFile>>,
+    /// Where the `pipeline:` step is in it.
+    pub span: Span,
+    /// The including step's name.
+    pub step: String,
 }
 
 impl Diagnostic {
@@ -45,6 +70,7 @@ impl Diagnostic {
             span: None,
             label: None,
             help: None,
+            origin: None,
         }
     }
 
@@ -80,6 +106,36 @@ impl Diagnostic {
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
+
+    /// Says that this diagnostic, found in sub-pipeline `file` (named relative to the
+    /// including pipeline's folder), was included by `step` at `span` of the including
+    /// pipeline.
+    pub fn included(mut self, file: &Arc<SourceFile>, span: Span, step: &str) -> Self {
+        let mut origin = match self.origin.take() {
+            // Already located in a deeper file: names gain the sub-pipeline's folder.
+            Some(mut origin) => {
+                origin.file = Arc::new(file.nested(&origin.file));
+                for inclusion in &mut origin.included_from {
+                    inclusion.file = Some(match &inclusion.file {
+                        Some(inner) => Arc::new(file.nested(inner)),
+                        None => file.clone(),
+                    });
+                }
+                origin
+            }
+            None => Box::new(Origin {
+                file: file.clone(),
+                included_from: Vec::new(),
+            }),
+        };
+        origin.included_from.push(Inclusion {
+            file: None,
+            span,
+            step: step.to_owned(),
+        });
+        self.origin = Some(origin);
+        self
+    }
 }
 
 impl fmt::Display for Diagnostic {
@@ -89,7 +145,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// A pipeline file's name and text, used to show diagnostics with line, column and snippet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     /// The name shown to users (the path as they gave it).
     pub name: String,
@@ -136,13 +192,21 @@ impl SourceFile {
         let handler = GraphicalReportHandler::new_themed(theme)
             .with_width(100)
             .with_links(false);
-        let source = Arc::new(NamedSource::new(self.name.clone(), self.text.clone()));
+        let own = Arc::new(NamedSource::new(self.name.clone(), self.text.clone()));
         let mut out = String::new();
         for diagnostic in diagnostics {
+            let (name, source) = match &diagnostic.origin {
+                None => (self.name.clone(), own.clone()),
+                Some(origin) => {
+                    let name = self.beside(&origin.file.name);
+                    let source = Arc::new(NamedSource::new(name.clone(), origin.file.text.clone()));
+                    (name, source)
+                }
+            };
             let report = Report {
                 diagnostic,
-                name: &self.name,
-                source: source.clone(),
+                name: &name,
+                source,
             };
             let before = out.len();
             if handler.render_report(&mut out, &report).is_err() {
@@ -150,11 +214,54 @@ impl SourceFile {
                 out.truncate(before);
                 out.push_str(&format!(
                     "{}: {}: {}\n",
-                    self.name, diagnostic.code, diagnostic.message
+                    name, diagnostic.code, diagnostic.message
                 ));
+            }
+            for note in self.inclusion_notes(diagnostic) {
+                out.push_str(&format!("  note: {note}\n"));
             }
         }
         out
+    }
+
+    /// `included from pipeline.yaml:12:5 (step `train-small`)`, innermost first.
+    fn inclusion_notes(&self, diagnostic: &Diagnostic) -> Vec<String> {
+        let Some(origin) = &diagnostic.origin else {
+            return Vec::new();
+        };
+        origin
+            .included_from
+            .iter()
+            .map(|inclusion| {
+                let (name, lc) = match &inclusion.file {
+                    None => (self.name.clone(), self.line_col(inclusion.span.offset)),
+                    Some(file) => (
+                        self.beside(&file.name),
+                        file.line_col(inclusion.span.offset),
+                    ),
+                };
+                format!(
+                    "included from {name}:{}:{} (step `{}`)",
+                    lc.line, lc.column, inclusion.step
+                )
+            })
+            .collect()
+    }
+
+    /// The name of a file given relative to this file's folder, as this file's name shows it.
+    fn beside(&self, relative: &str) -> String {
+        match std::path::Path::new(&self.name).parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(relative).display().to_string(),
+            _ => relative.to_owned(),
+        }
+    }
+
+    /// `inner`, named relative to this file's folder instead of its own including file's.
+    fn nested(&self, inner: &SourceFile) -> SourceFile {
+        SourceFile {
+            name: normalise_name(&self.beside(&inner.name)),
+            text: inner.text.clone(),
+        }
     }
 
     /// The diagnostics as JSON objects with file, line and column, for tools and editors.
@@ -162,19 +269,45 @@ impl SourceFile {
         diagnostics
             .iter()
             .map(|d| {
-                let lc = d.span.map(|s| self.line_col(s.offset));
-                serde_json::json!({
-                    "file": self.name,
+                let (name, lc) = match &d.origin {
+                    None => (self.name.clone(), d.span.map(|s| self.line_col(s.offset))),
+                    Some(origin) => (
+                        self.beside(&origin.file.name),
+                        d.span.map(|s| origin.file.line_col(s.offset)),
+                    ),
+                };
+                let notes = self.inclusion_notes(d);
+                let mut json = serde_json::json!({
+                    "file": name,
                     "line": lc.map(|l| l.line),
                     "column": lc.map(|l| l.column),
                     "severity": d.severity,
                     "code": d.code,
                     "message": d.message,
                     "help": d.help,
-                })
+                });
+                if !notes.is_empty() {
+                    json["included_from"] = notes.into();
+                }
+                json
             })
             .collect()
     }
+}
+
+/// `a/./b/../c.yaml` as `a/c.yaml` (names only; nothing is read).
+fn normalise_name(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "." | "" => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

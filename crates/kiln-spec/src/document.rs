@@ -41,6 +41,8 @@ pub(crate) const TOP_LEVEL_FIELDS: &[&str] = &[
     "params",
     "steps",
     "concurrency",
+    "inputs",
+    "outputs",
 ];
 
 /// The most units whose errors are collected (each costs a pass); what comes after the last
@@ -158,6 +160,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut params = None;
         let mut steps = None;
         let mut concurrency = None;
+        let mut inputs = None;
+        let mut outputs = None;
         let mut seen = HashSet::new();
         // Whether a unit was read over: then there is no pipeline to return, though every
         // field is there.
@@ -191,6 +195,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
                 "name" => name = Some(map.next_value::<Located<PipelineName>>()?),
                 "description" => description = map.next_value::<Option<String>>()?,
                 "concurrency" => concurrency = map.next_value()?,
+                "inputs" => inputs = map.next_value()?,
+                "outputs" => outputs = map.next_value()?,
                 "params" => {
                     let entries = map.next_value_seed(Entries::new(pass, Unit::Param))?;
                     incomplete |= entries.is_none();
@@ -224,6 +230,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             params: params.unwrap_or_default(),
             steps,
             concurrency: concurrency.unwrap_or_default(),
+            inputs: inputs.unwrap_or_default(),
+            outputs: outputs.unwrap_or_default(),
         }))
     }
 }

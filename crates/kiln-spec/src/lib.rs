@@ -21,7 +21,7 @@ pub mod template;
 mod value;
 mod yaml_error;
 
-pub use diag::{Diagnostic, LineCol, Severity, SourceFile};
+pub use diag::{Diagnostic, Inclusion, LineCol, Origin, Severity, SourceFile};
 pub use located::{Located, Span};
 pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
@@ -44,6 +44,8 @@ pub const MAX_SOURCE_BYTES: usize = 16 * 1024 * 1024;
 ///
 /// [`parse_all`] reports every problem. Cross-checks (references, cycles, types) are the
 /// planner's.
+// A diagnostic is 128 bytes with its origin; this returns one, once per file read.
+#[allow(clippy::result_large_err)]
 pub fn parse(text: &str) -> Result<Pipeline, Diagnostic> {
     parse_all(text).map_err(|diagnostics| {
         diagnostics.into_iter().next().unwrap_or_else(|| {

@@ -38,6 +38,14 @@ pub struct Pipeline {
     /// the steps naming one run at once.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub concurrency: IndexMap<Located<StepName>, Located<u32>>,
+    /// A sub-pipeline's inputs, by name: the including step binds each (`inputs: {data:
+    /// prep.data}`), and this file's steps read it as `inputs.NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Located<ArtifactName>>,
+    /// A sub-pipeline's outputs: name → `STEP.OUTPUT` of one of its steps. A step of the
+    /// including pipeline reads output `NAME` of the including step `SUB` as `SUB.NAME`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub outputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,
 }
 
 /// The `apiVersion` field; only `kiln/v1` exists so far.
@@ -95,6 +103,11 @@ pub struct Step {
     /// A container: image, command, args, env, resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Located<ContainerSpec>>,
+    /// A sub-pipeline: another pipeline file, relative to this one, inlined at plan time.
+    /// `with:` sets its params, `inputs:` binds its declared inputs, and its declared outputs
+    /// are read as `THIS_STEP.OUTPUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Located<String>>,
     /// A command wasm step's arguments, after the program name, instead of kiln's
     /// `--in`/`--out`/`--param` convention: any `wasm32-wasip2` program, unchanged.
     /// `{{inputs.NAME}}` and `{{outputs.NAME}}` become guest paths; `{{params.NAME}}` and
@@ -847,6 +860,9 @@ pub enum InputRef {
     /// `s3://bucket/key`, `gs://bucket/key`, `az://container/key`, `https://host/path` (or
     /// `http://`).
     External(String),
+    /// An input of the sub-pipeline this file is, bound by the step including it:
+    /// `inputs.NAME`.
+    Input(String),
 }
 
 /// The URL schemes an external input may use, with what each names.
@@ -913,6 +929,7 @@ impl fmt::Display for InputRef {
             InputRef::Path(path) => f.write_str(path),
             InputRef::RunStatus => f.write_str("run.status"),
             InputRef::External(url) => f.write_str(url),
+            InputRef::Input(name) => write!(f, "inputs.{name}"),
         }
     }
 }
@@ -950,6 +967,12 @@ impl std::str::FromStr for InputRef {
         if t == "run.status" {
             return Ok(InputRef::RunStatus);
         }
+        if let Some(name) = t.strip_prefix("inputs.")
+            && !name.is_empty()
+            && !name.contains('.')
+        {
+            return Ok(InputRef::Input(name.to_owned()));
+        }
         if let Some((step, output)) = t.split_once('.')
             && !step.is_empty()
             && !output.is_empty()
@@ -981,7 +1004,7 @@ impl JsonSchema for InputRef {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "`STEP.OUTPUT`, `params.NAME`, `run.status`, a workspace path such as `./data/train.csv`, or one external object: `s3://BUCKET/KEY`, `gs://BUCKET/KEY`, `az://CONTAINER/KEY`, `https://HOST/PATH`."
+            "description": "`STEP.OUTPUT`, `params.NAME`, `inputs.NAME` (in a sub-pipeline), `run.status`, a workspace path such as `./data/train.csv`, or one external object: `s3://BUCKET/KEY`, `gs://BUCKET/KEY`, `az://CONTAINER/KEY`, `https://HOST/PATH`."
         })
     }
 }
@@ -1086,6 +1109,7 @@ mod tests {
             Ok(InputRef::Path("data/x.csv".into()))
         );
         assert_eq!("params.lr".parse(), Ok(InputRef::Param("lr".into())));
+        assert_eq!("inputs.data".parse(), Ok(InputRef::Input("data".into())));
         assert!("/etc/passwd".parse::<InputRef>().is_err());
         assert!("train".parse::<InputRef>().is_err());
     }

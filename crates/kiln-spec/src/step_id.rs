@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct StepId(String);
 
+/// What separates the id of a sub-pipeline step from the ids of the steps it inlines.
+pub const SEPARATOR: char = '/';
+
 impl StepId {
     /// The id of a plain step: its name.
     pub fn new(id: impl Into<String>) -> Self {
@@ -33,15 +36,32 @@ impl StepId {
         &self.0
     }
 
-    /// The step name part: `train` for `train[2]`.
-    pub fn step_name(&self) -> &str {
-        self.0.split_once('[').map_or(&self.0, |(name, _)| name)
+    /// The id of a step inlined from a sub-pipeline: `train-small/fit` for step `fit` of the
+    /// sub-pipeline that step `train-small` includes.
+    pub fn nested(parent: &str, child: &str) -> Self {
+        Self(format!("{parent}{SEPARATOR}{child}"))
     }
 
-    /// The fan-out index part: `Some(2)` for `train[2]`.
+    /// The step name part: `train` for `train[2]`, `train[0]/fit` for `train[0]/fit[2]`.
+    pub fn step_name(&self) -> &str {
+        let start = self.0.rfind(SEPARATOR).map_or(0, |i| i + 1);
+        match self.0[start..].find('[') {
+            Some(i) => &self.0[..start + i],
+            None => &self.0,
+        }
+    }
+
+    /// The fan-out index part: `Some(2)` for `train[2]` and `train[0]/fit[2]`.
     pub fn index(&self) -> Option<usize> {
-        let (_, rest) = self.0.split_once('[')?;
+        let start = self.0.rfind(SEPARATOR).map_or(0, |i| i + 1);
+        let (_, rest) = self.0[start..].split_once('[')?;
         rest.strip_suffix(']')?.parse().ok()
+    }
+
+    /// The id as one file name (for logs and scratch folders): `/` between the ids of a
+    /// sub-pipeline step and its steps becomes `~`, which no step name contains.
+    pub fn file_stem(&self) -> String {
+        self.0.replace(SEPARATOR, "~")
     }
 }
 
@@ -135,6 +155,12 @@ mod tests {
         assert_eq!(id, "train[12]");
         assert_eq!(id.step_name(), "train");
         assert_eq!(id.index(), Some(12));
+        let id = StepId::nested("train[0]", "fit[2]");
+        assert_eq!(id, "train[0]/fit[2]");
+        assert_eq!(id.step_name(), "train[0]/fit");
+        assert_eq!(id.index(), Some(2));
+        assert_eq!(id.file_stem(), "train[0]~fit[2]");
+        assert_eq!(StepId::new("a/b").index(), None);
         let plain = StepId::new("prep");
         assert_eq!(plain.step_name(), "prep");
         assert_eq!(plain.index(), None);

@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         e.file_name()
                             .to_str()?
                             .strip_suffix(".log")
-                            .map(str::to_owned)
+                            .map(|id| id.replace('~', "/"))
                     })
                     .collect()
             })

@@ -165,6 +165,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         params: params.clone(),
         depends_on: Vec::new(),
         when: None,
+        when_scope: None,
         policy: Policy {
             retries: 0,
             run: Default::default(),

@@ -58,6 +58,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         params: BTreeMap::new(),
         depends_on: Vec::new(),
         when: None,
+        when_scope: None,
         policy: Policy {
             retries: 0,
             run: Default::default(),

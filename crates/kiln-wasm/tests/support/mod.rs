@@ -136,6 +136,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         params: spec.params.clone(),
         depends_on: Vec::new(),
         when: None,
+        when_scope: None,
         policy: Policy {
             retries: 0,
             run: Default::default(),
