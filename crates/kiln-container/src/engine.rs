@@ -133,12 +133,7 @@ impl Executor for EngineExecutor {
         if let Err(error) = probe(self.engine).await {
             return Err(vec![error.to_string()]);
         }
-        let mut problems = self
-            .secrets
-            .check(steps.iter().filter_map(|step| match &step.kind {
-                StepKind::Container(plan) => Some((step.id.as_str(), plan)),
-                StepKind::Wasm { .. } => None,
-            }));
+        let mut problems = self.secrets.check(steps);
         for (image, users) in images {
             let users = users
                 .iter()
@@ -184,10 +179,7 @@ impl Executor for EngineExecutor {
 
     async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
         let plan = crate::container_plan(&task.step)?;
-        let secrets = self
-            .secrets
-            .hand_over(plan)
-            .map_err(|problem| ExecutorError::new(format!("step `{}`: {problem}", task.step.id)))?;
+        let secrets = self.secrets.hand_over_for(&task.step, plan)?;
         let files = secrets
             .files
             .iter()

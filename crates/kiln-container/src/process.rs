@@ -112,13 +112,7 @@ impl Executor for ProcessExecutor {
                 ));
             }
         }
-        problems.extend(
-            self.secrets
-                .check(steps.iter().filter_map(|step| match &step.kind {
-                    StepKind::Container(plan) => Some((step.id.as_str(), plan)),
-                    StepKind::Wasm { .. } => None,
-                })),
-        );
+        problems.extend(self.secrets.check(steps));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -181,10 +175,7 @@ impl Executor for ProcessExecutor {
         for (name, value) in &plan.env {
             command.env(name, fill_paths(value, &inputs, &outputs));
         }
-        let secrets = self
-            .secrets
-            .hand_over(plan)
-            .map_err(|problem| ExecutorError::new(format!("step `{}`: {problem}", task.step.id)))?;
+        let secrets = self.secrets.hand_over_for(&task.step, plan)?;
         for (name, value) in &secrets.env {
             command.env(name, value.expose());
         }

@@ -13,7 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use kiln_plan::{ContainerPlan, SecretRef};
+use kiln_engine::ExecutorError;
+use kiln_plan::{ContainerPlan, PlannedStep, SecretRef, StepKind};
 
 /// The prefix of the environment variables secrets are read from: secret `wandb-key` is
 /// `KILN_SECRET_WANDB_KEY`.
@@ -214,14 +215,16 @@ impl Secrets {
         ))
     }
 
-    /// The problems of every step in `steps` whose secrets cannot all be resolved.
-    pub(crate) fn check<'a>(
-        &self,
-        steps: impl IntoIterator<Item = (&'a str, &'a ContainerPlan)>,
-    ) -> Vec<String> {
+    /// The problems of every container step in `steps` whose secrets cannot all be
+    /// resolved (an executor's preflight).
+    pub(crate) fn check(&self, steps: &[&PlannedStep]) -> Vec<String> {
         let mut problems = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for (step, plan) in steps {
+        for step in steps {
+            let StepKind::Container(plan) = &step.kind else {
+                continue;
+            };
+            let step = step.id.as_str();
             for secret in plan.secrets.values() {
                 if !seen.insert(secret.name.as_str()) {
                     continue;
@@ -234,8 +237,19 @@ impl Secrets {
         problems
     }
 
-    /// Resolves the secrets of one attempt: values for variables, files in a private folder.
-    pub(crate) fn hand_over(&self, plan: &ContainerPlan) -> Result<HandedOver, String> {
+    /// Resolves the secrets of one attempt of `step`: values for variables, files in a
+    /// private folder.
+    pub(crate) fn hand_over_for(
+        &self,
+        step: &PlannedStep,
+        plan: &ContainerPlan,
+    ) -> Result<HandedOver, ExecutorError> {
+        self.hand_over(plan)
+            .map_err(|problem| ExecutorError::new(format!("step `{}`: {problem}", step.id)))
+    }
+
+    /// Resolves the secrets of one container plan.
+    fn hand_over(&self, plan: &ContainerPlan) -> Result<HandedOver, String> {
         let mut handed = HandedOver::default();
         for (var, secret) in &plan.secrets {
             let value = self.get(&secret.name)?;
@@ -349,6 +363,14 @@ impl Redactor {
         self.pending.extend_from_slice(bytes);
         // Bytes before `safe` cannot be the start of a value that ends after the chunk.
         let safe = self.pending.len().saturating_sub(self.longest - 1);
+        let (out, cut) = self.redact_before(safe);
+        self.pending.drain(..cut);
+        out
+    }
+
+    /// The pending output up to `safe` (and through any value that starts before it), with
+    /// values replaced; and how many pending bytes that took.
+    fn redact_before(&self, safe: usize) -> (Vec<u8>, usize) {
         let mut out = Vec::with_capacity(self.pending.len());
         let mut at = 0;
         for found in self.finder.find_iter(&self.pending) {
@@ -361,21 +383,13 @@ impl Redactor {
         }
         let cut = at.max(safe);
         out.extend_from_slice(&self.pending[at..cut]);
-        self.pending.drain(..cut);
-        out
+        (out, cut)
     }
 
     /// The rest of the output, at its end.
     pub fn finish(&mut self) -> Vec<u8> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut out = Vec::with_capacity(pending.len());
-        let mut at = 0;
-        for found in self.finder.find_iter(&pending) {
-            out.extend_from_slice(&pending[at..found.start()]);
-            out.extend_from_slice(&self.markers[found.pattern().as_usize()]);
-            at = found.end();
-        }
-        out.extend_from_slice(&pending[at..]);
+        let (out, _) = self.redact_before(self.pending.len());
+        self.pending.clear();
         out
     }
 }
