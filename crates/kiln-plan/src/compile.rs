@@ -14,8 +14,8 @@ use crate::graph::StepGraph;
 use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
-    DETERMINISTIC_KINDS, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions, PlannedStep,
-    Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind, WhenScope,
+    DETERMINISTIC_KINDS, DynamicList, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions,
+    PlannedStep, Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind, WhenScope,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -23,7 +23,9 @@ use kiln_spec::suggest::did_you_mean;
 const MAX_RETRIES: u32 = 100;
 
 /// The most instances one fan-out step may expand to.
-const MAX_FAN_OUT: usize = 100_000;
+/// The most instances a fan-out step may have, whether its list is written in the pipeline or
+/// by a step at run time.
+pub const MAX_FAN_OUT: usize = 100_000;
 
 /// Plans a parsed pipeline: every check runs, and all diagnostics come back sorted.
 ///
@@ -119,6 +121,8 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> Sc
             .collect(),
         graph: StepGraph::new(pipeline.steps.len()),
         fan_out: vec![None; pipeline.steps.len()],
+        dynamic: vec![None; pipeline.steps.len()],
+        in_dynamic: false,
         consumed: BTreeSet::new(),
         consumers: vec![0; pipeline.steps.len()],
         when_refs: vec![None; pipeline.steps.len()],
@@ -180,6 +184,10 @@ struct Checker<'a> {
     graph: StepGraph,
     /// The resolved fan-out list of each step that has one.
     fan_out: Vec<Option<Vec<Value>>>,
+    /// The list each step fanning out over a step's output reads: `(producer, output)`.
+    dynamic: Vec<Option<(usize, String)>>,
+    /// Whether the step being checked fans out over a list a step writes at run time.
+    in_dynamic: bool,
     /// `(step index, output)` pairs that some step reads.
     consumed: BTreeSet<(usize, String)>,
     /// What each step's `when` refers to, analysed once.
@@ -325,9 +333,10 @@ impl<'a> Checker<'a> {
         step: &'a Located<Step>,
         params: &BTreeMap<String, Value>,
     ) {
-        let fan_out = self.check_for_each(name, step, params);
+        let fan_out = self.check_for_each(i, name, step, params);
         let in_fan_out = step.for_each.is_some();
         self.fan_out[i] = fan_out;
+        self.in_dynamic = self.dynamic[i].is_some();
 
         if let Some(path) = &step.pipeline {
             self.check_include(i, name, step, path, params);
@@ -652,6 +661,17 @@ impl<'a> Checker<'a> {
                     );
                     ok = false;
                 }
+                TemplateRef::Item | TemplateRef::ItemField(_) if self.in_dynamic => {
+                    self.error(
+                        "kiln::plan::dynamic-fan-out",
+                        format!(
+                            "step `{name}`: `{field}` comes from the item, but the items are written by a step at run time; resources and timeouts are fixed when the run is planned"
+                        ),
+                        span,
+                    )
+                    .help = Some("use a param (`{{params.NAME}}`) or a fixed value".into());
+                    ok = false;
+                }
                 TemplateRef::Item if in_fan_out => {}
                 other => {
                     self.error(
@@ -967,8 +987,90 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// `for_each: "{{steps.STEP.OUTPUT}}"`: a list one step writes, expanded when it exists.
+    fn check_dynamic_for_each(
+        &mut self,
+        i: usize,
+        name: &Located<kiln_spec::StepName>,
+        step: &Located<Step>,
+        producer: &str,
+        output: &str,
+        span: Span,
+    ) {
+        let what = format!("step `{name}` fans out over `steps.{producer}.{output}`");
+        let Some(&j) = self.index.get(producer) else {
+            let hint = self.step_hint(producer);
+            self.error(
+                "kiln::plan::unknown-step",
+                format!("{what}, but there is no step `{producer}`{hint}"),
+                span,
+            );
+            return;
+        };
+        if j == i {
+            self.error(
+                "kiln::plan::cycle",
+                format!("{what}: a step cannot fan out over its own output"),
+                span,
+            );
+            return;
+        }
+        let producing = &self.pipeline.steps[j];
+        if producing.pipeline.is_some() {
+            self.error(
+                "kiln::plan::dynamic-fan-out",
+                format!("{what}, but `{producer}` is a sub-pipeline; fan out over an output of one of its steps is not supported yet"),
+                span,
+            )
+            .help = Some(format!("give `{producer}`'s sub-pipeline an output written by a plain step, and read the list in a step of this file"));
+            return;
+        }
+        if !producing.outputs.iter().any(|o| o.as_str() == output) {
+            let hint = did_you_mean(output, producing.outputs.iter().map(|o| o.as_str()));
+            self.error(
+                "kiln::plan::unknown-output",
+                format!("{what}, but `{producer}` has no output `{output}`{hint}"),
+                span,
+            )
+            .help = Some(format!(
+                "`{producer}` must declare the output and write a JSON list to it"
+            ));
+            return;
+        }
+        if producing.for_each.is_some() {
+            self.error(
+                "kiln::plan::dynamic-fan-out",
+                format!("{what}, but `{producer}` is itself a fan-out step: fanning out over every instance's list is not supported yet"),
+                span,
+            )
+            .help = Some("collect the lists in one step that writes a single JSON list, and fan out over that step's output".into());
+            return;
+        }
+        if run_when(producing).is_finally() && !run_when(step).is_finally() {
+            self.error(
+                "kiln::plan::reads-finally",
+                format!("{what}, but `{producer}` runs after every other step (`run: always` or `on-failure`)"),
+                span,
+            );
+            return;
+        }
+        if step.pipeline.is_some() {
+            self.error(
+                "kiln::plan::dynamic-fan-out",
+                format!("step `{name}` includes a sub-pipeline for each item of a list written at run time; a sub-pipeline can fan out over a list written in the pipeline or a param, not yet over a step's output"),
+                span,
+            );
+            return;
+        }
+        self.graph.add_edge(j, i);
+        self.consumers[j] += 1;
+        self.consumed.insert((j, output.to_owned()));
+        self.dynamic[i] = Some((j, output.to_owned()));
+    }
+
     fn check_for_each(
         &mut self,
+        i: usize,
         name: &Located<kiln_spec::StepName>,
         step: &Located<Step>,
         params: &BTreeMap<String, Value>,
@@ -1007,13 +1109,20 @@ impl<'a> Checker<'a> {
                         _ => return None,
                     },
                 },
+                Some(TemplateRef::StepOutput {
+                    step: producer,
+                    output,
+                }) => {
+                    self.check_dynamic_for_each(i, name, step, &producer, &output, for_each.span);
+                    return None;
+                }
                 _ => {
                     self.error(
                         "kiln::plan::fan-out-not-list",
                         format!("step `{name}` has `for_each: {text}`, which is not a list"),
                         for_each.span,
                     )
-                    .help = Some("write a list (`[0.1, 0.01]`) or name a list param (`\"{{params.learning_rates}}\"`)".into());
+                    .help = Some("write a list (`[0.1, 0.01]`), name a list param (`\"{{params.learning_rates}}\"`) or a step's output holding a JSON list (`\"{{steps.list_shards.shards}}\"`)".into());
                     return None;
                 }
             },
@@ -1391,6 +1500,32 @@ impl<'a> Checker<'a> {
                         )
                         .help = Some("`{{item}}` is the current item of a fan-out step: add `for_each` or remove it".into());
                     }
+                }
+                TemplateRef::ItemField(field) => {
+                    if !in_fan_out {
+                        self.error(
+                            "kiln::plan::item-outside-fan-out",
+                            format!(
+                                "step `{name}` uses `{{{{item.{field}}}}}` but has no `for_each`"
+                            ),
+                            text.span,
+                        );
+                    } else if !self.in_dynamic {
+                        self.error(
+                            "kiln::plan::item-field",
+                            format!("step `{name}` uses `{{{{item.{field}}}}}`, but its items are single values"),
+                            text.span,
+                        )
+                        .help = Some("`{{item.NAME}}` reads a field of an object in a list a step writes (`for_each: \"{{steps.STEP.OUTPUT}}\"`); here write `{{item}}`".into());
+                    }
+                }
+                TemplateRef::StepOutput { step, output } => {
+                    self.error(
+                        "kiln::plan::step-template",
+                        format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}` in {place}; a step's output is read as a template only in `for_each`"),
+                        text.span,
+                    )
+                    .help = Some(format!("read it as an input instead: `inputs: {{{output}: {step}.{output}}}`"));
                 }
                 TemplateRef::Input(n) | TemplateRef::Output(n) => {
                     let is_input = matches!(target, TemplateRef::Input(_));
@@ -1888,6 +2023,24 @@ impl<'a> Checker<'a> {
                     }
                     return source;
                 }
+                if self.dynamic[j].is_some() {
+                    // Instances exist once the list does: the engine points this input at them.
+                    depends_on.insert(ids[j][0].clone());
+                    let paired = consumer
+                        .is_some_and(|(c, _)| self.dynamic[c].is_some() && self.paired(c, j));
+                    return if paired {
+                        InputSource::Step {
+                            step: ids[j][0].clone(),
+                            output: output.to_owned(),
+                        }
+                    } else {
+                        InputSource::Collect {
+                            step: format!("{ns}{step}"),
+                            output: output.to_owned(),
+                            instances: Vec::new(),
+                        }
+                    };
+                }
                 if self.fan_out[j].is_none() {
                     depends_on.insert(ids[j][0].clone());
                     InputSource::Step {
@@ -2007,6 +2160,13 @@ impl<'a> Checker<'a> {
             }
         }
         self.after_deps(i, k, step, ids, inlined, &mut depends_on);
+        let for_each = self.dynamic[i].as_ref().map(|(j, output)| {
+            depends_on.insert(ids[*j][0].clone());
+            DynamicList {
+                step: ids[*j][0].clone(),
+                output: output.clone(),
+            }
+        });
         if let Some(refs) = &self.when_refs[i] {
             for (s, o) in &refs.steps {
                 let r = InputRef::StepOutput {
@@ -2189,6 +2349,7 @@ impl<'a> Checker<'a> {
                 cache: step.cache.as_ref().is_none_or(|c| c.value),
             },
             cache_key,
+            for_each,
         }
     }
 }

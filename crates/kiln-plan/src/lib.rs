@@ -10,6 +10,7 @@
 
 mod compile;
 pub mod declared;
+pub mod dynamic;
 mod graph;
 pub mod when;
 
@@ -104,6 +105,20 @@ pub struct PlannedStep {
     pub policy: Policy,
     /// What the cache key is built from, apart from the digests pinned at run time.
     pub cache_key: CacheKeyMaterial,
+    /// For a step fanning out over a list a step writes: that output. The step is a template
+    /// (its `{{item}}` references left in place) that the engine expands into instances
+    /// when the list exists ([`dynamic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<DynamicList>,
+}
+
+/// The output a step fanning out at run time reads its list from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicList {
+    /// The planned step that writes it.
+    pub step: StepId,
+    /// The output, a JSON list.
+    pub output: String,
 }
 
 /// The scope a sub-pipeline's `when` is evaluated in.

@@ -568,6 +568,8 @@ impl Scope<'_> {
                 TemplateRef::Item => self.item,
                 TemplateRef::Input(n) => self.paths && self.inputs.contains(&n.as_str()),
                 TemplateRef::Output(n) => self.paths && self.outputs.contains(&n.as_str()),
+                // The generator's fan-outs are over written lists and params.
+                TemplateRef::ItemField(_) | TemplateRef::StepOutput { .. } => false,
             },
         })
     }

@@ -13,6 +13,17 @@ pub enum TemplateRef {
     Output(String),
     /// `{{item}}`: the current fan-out item.
     Item,
+    /// `{{item.NAME}}`: a field of the current item, when the items are objects (a list a
+    /// step wrote at run time).
+    ItemField(String),
+    /// `{{steps.STEP.OUTPUT}}`: an output a step writes, read when the run gets there (a
+    /// fan-out over a list a step produced).
+    StepOutput {
+        /// The step.
+        step: String,
+        /// Its output.
+        output: String,
+    },
 }
 
 impl fmt::Display for TemplateRef {
@@ -22,6 +33,8 @@ impl fmt::Display for TemplateRef {
             TemplateRef::Input(n) => write!(f, "inputs.{n}"),
             TemplateRef::Output(n) => write!(f, "outputs.{n}"),
             TemplateRef::Item => f.write_str("item"),
+            TemplateRef::ItemField(n) => write!(f, "item.{n}"),
+            TemplateRef::StepOutput { step, output } => write!(f, "steps.{step}.{output}"),
         }
     }
 }
@@ -116,18 +129,40 @@ fn parse_ref(inner: &str) -> Result<TemplateRef, String> {
     if inner == "item" {
         return Ok(TemplateRef::Item);
     }
+    if let Some(field) = inner.strip_prefix("item.") {
+        if !is_ident(field) {
+            return Err(format!(
+                "template `{{{{{inner}}}}}` needs a field name after `item.`, like `item.NAME`"
+            ));
+        }
+        return Ok(TemplateRef::ItemField(field.to_owned()));
+    }
+    if let Some(rest) = inner.strip_prefix("steps.") {
+        return match rest.split_once('.') {
+            Some((step, output)) if is_ident(step) && is_ident(output) => {
+                Ok(TemplateRef::StepOutput {
+                    step: step.to_owned(),
+                    output: output.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "template `{{{{{inner}}}}}` names no output: write `steps.STEP.OUTPUT`"
+            )),
+        };
+    }
     let (scope, name) = inner.split_once('.').unwrap_or((inner, ""));
     let known = ["params", "inputs", "outputs"];
     if !known.contains(&scope) {
         let hint = match scope {
             "param" | "parameters" => " (did you mean `params`?)",
             "input" => " (did you mean `inputs`?)",
+            "step" => " (did you mean `steps`?)",
             "output" => " (did you mean `outputs`?)",
             "items" => " (did you mean `item`?)",
             _ => "",
         };
         return Err(format!(
-            "unknown template `{{{{{inner}}}}}`{hint}: templates are `params.NAME`, `inputs.NAME`, `outputs.NAME` or `item`"
+            "unknown template `{{{{{inner}}}}}`{hint}: templates are `params.NAME`, `inputs.NAME`, `outputs.NAME`, `item` (or `item.FIELD`) and, in `for_each`, `steps.STEP.OUTPUT`"
         ));
     }
     if !is_ident(name) {

@@ -190,6 +190,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             metrics: None,
             command: None,
         },
+        for_each: None,
     };
     let plan = Plan {
         plan_version: kiln_plan::PLAN_VERSION,

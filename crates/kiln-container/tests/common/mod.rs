@@ -79,6 +79,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             metrics: None,
             command: None,
         },
+        for_each: None,
     }
 }
 

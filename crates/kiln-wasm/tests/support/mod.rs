@@ -157,5 +157,6 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             metrics: None,
             command: (!spec.command.is_default()).then(|| spec.command.clone()),
         },
+        for_each: None,
     }
 }

@@ -1,0 +1,159 @@
+//! Fan-out over a list a step writes: a planned template expanded with the items the engine
+//! read, as `kiln_plan::dynamic` does it in a run and for a replay.
+
+use std::path::Path;
+
+use kiln_plan::dynamic::{check_items, instantiate};
+use kiln_plan::{InputSource, Plan, PlanOptions, StepKind, compile};
+use kiln_spec::Value;
+use serde_json::json;
+
+/// The golden pipeline `tests/ui/valid/dynamic-fan-out.yaml`, planned.
+fn plan() -> Plan {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/valid");
+    let text = std::fs::read_to_string(dir.join("dynamic-fan-out.yaml")).expect("the golden");
+    let pipeline = kiln_spec::parse(&text).expect("it parses");
+    let compiled = compile(
+        &pipeline,
+        &PlanOptions {
+            base_dir: dir,
+            overrides: Vec::new(),
+        },
+    );
+    compiled.plan.expect("it plans")
+}
+
+fn shards() -> Vec<serde_json::Value> {
+    vec![
+        json!({"path": "a.csv", "rows": 3}),
+        json!({"path": "b.csv", "rows": 40}),
+    ]
+}
+
+#[test]
+fn instances_take_fields_of_the_items_with_their_types() {
+    let mut plan = plan();
+    let ids = plan.expand("work", &shards()).expect("expands");
+    assert_eq!(ids, ["work[0]", "work[1]"]);
+    let order: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        order,
+        ["list", "work", "work[0]", "work[1]", "score", "merge"]
+    );
+    let second = plan.step("work[1]").expect("instance 1");
+    assert_eq!(second.params["shard"], Value::String("b.csv".into()));
+    assert_eq!(second.params["rows"], Value::Int(40));
+    assert_eq!(second.cache_key.params["rows"], Value::Int(40));
+    assert_eq!(second.instance.as_ref().map(|i| i.index), Some(1));
+    assert!(second.for_each.is_none());
+    assert_eq!(second.depends_on, ["list"]);
+    // Instances of the same template differ only by what comes from the item.
+    let first = plan.step("work[0]").expect("instance 0");
+    assert_ne!(first.cache_key, second.cache_key);
+}
+
+#[test]
+fn a_collecting_step_waits_for_and_reads_every_instance() {
+    let mut plan = plan();
+    plan.expand("work", &shards()).expect("expands");
+    let merge = plan.step("merge").expect("merge");
+    match &merge.inputs["parts"] {
+        InputSource::Collect { instances, .. } => assert_eq!(instances, &["work[0]", "work[1]"]),
+        other => panic!("merge reads {other:?}"),
+    }
+    assert!(merge.depends_on.iter().any(|d| d == "work[1]"));
+    // `score` (paired with `work`) still reads the template until it is expanded itself.
+    let score = plan.step("score").expect("score");
+    assert!(matches!(&score.inputs["part"], InputSource::Step { step, .. } if step == "work"));
+}
+
+#[test]
+fn a_paired_template_reads_the_instance_of_its_own_index() {
+    let mut plan = plan();
+    plan.expand("work", &shards()).expect("expands");
+    plan.expand("score", &shards()).expect("expands");
+    let score = plan.step("score[1]").expect("instance 1");
+    assert!(
+        matches!(&score.inputs["part"], InputSource::Step { step, .. } if step == "work[1]"),
+        "{:?}",
+        score.inputs
+    );
+    assert!(score.depends_on.iter().any(|d| d == "work[1]"));
+    assert!(!score.depends_on.iter().any(|d| d == "work[0]"));
+    let StepKind::Container(container) = &score.kind else {
+        panic!("a container step")
+    };
+    assert_eq!(container.args, ["--name=b.csv"]);
+    // Labelled by an item's name where it has one, else by the id.
+    assert_eq!(score.label(), "score[1]");
+    let merge = plan.step("merge").expect("merge");
+    match &merge.inputs["sizes"] {
+        InputSource::Collect { instances, .. } => {
+            assert_eq!(instances, &["score[0]", "score[1]"])
+        }
+        other => panic!("merge reads {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_field_names_the_item_and_its_fields() {
+    let plan = plan();
+    let work = plan.step("work").expect("work");
+    let items = [json!({"path": "a.csv"})];
+    let e = instantiate(work, &items, |id| plan.step(id)).expect_err("no field `rows`");
+    assert!(
+        e.contains("item 0 has no field `rows` (its fields: path)"),
+        "{e}"
+    );
+    let e = instantiate(work, &[json!("a.csv")], |id| plan.step(id)).expect_err("not an object");
+    assert!(
+        e.contains("item 0 is a string (`a.csv`), not an object"),
+        "{e}"
+    );
+}
+
+#[test]
+fn only_lists_of_plain_items_are_fanned_out_over() {
+    assert!(
+        check_items(&json!({"a": 1}))
+            .unwrap_err()
+            .contains("not a JSON list")
+    );
+    assert!(
+        check_items(&json!([1, null]))
+            .unwrap_err()
+            .contains("item 1 is null")
+    );
+    assert!(
+        check_items(&json!([[1]]))
+            .unwrap_err()
+            .contains("item 0 is a list")
+    );
+    assert_eq!(
+        check_items(&json!([1, "a", {"x": [1, 2]}])).unwrap().len(),
+        3
+    );
+}
+
+#[test]
+fn plain_items_label_their_instances() {
+    let mut plan = plan();
+    let named = [
+        json!({"name": "p0", "path": "a", "rows": 1}),
+        json!({"name": "p1", "path": "b", "rows": 2}),
+    ];
+    plan.expand("work", &named).expect("expands");
+    assert_eq!(plan.step("work[1]").expect("instance").label(), "work[p1]");
+    // A paired template over a list of another length cannot pair.
+    let e = plan
+        .expand(
+            "score",
+            &shards()[..1]
+                .iter()
+                .chain(&shards())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .expect_err("three items, two instances");
+    assert!(e.contains("lists of different lengths"), "{e}");
+}
