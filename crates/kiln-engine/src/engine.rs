@@ -26,6 +26,8 @@ use kiln_record::{StateDir, new_run_id};
 
 /// The largest upstream output a `when` condition reads as JSON.
 const MAX_CONDITION_INPUT: u64 = 1024 * 1024;
+/// The largest list a step fans out over (`for_each: "{{steps.X.Y}}"`).
+const MAX_LIST: u64 = 16 * 1024 * 1024;
 
 /// How the engine behaves.
 #[derive(Debug, Clone)]
@@ -119,6 +121,15 @@ pub enum Event {
         delay: Duration,
         /// Why it failed.
         message: String,
+    },
+    /// A step fanning out over a list a step wrote has its instances: they take its place.
+    Expanded {
+        /// The fan-out step.
+        id: StepId,
+        /// Its instances, in order.
+        instances: Vec<StepId>,
+        /// How people read them, where they have labels.
+        labels: BTreeMap<StepId, String>,
     },
     /// A step is done, one way or another.
     StepFinished(StepSummary),
@@ -367,9 +378,39 @@ struct Shared {
     statuses: Mutex<BTreeMap<StepId, &'static str>>,
     /// Digests of workspace inputs, pinned before the run.
     workspace: BTreeMap<String, Digest>,
+    /// The run's steps: the plan's, then the instances of fan-outs over lists steps wrote,
+    /// added when those lists exist. A step keeps its index.
+    steps: std::sync::RwLock<RunSteps>,
+}
+
+/// The steps of a run, by index and by id.
+#[derive(Default)]
+struct RunSteps {
+    list: Vec<Arc<PlannedStep>>,
+    index: HashMap<String, usize>,
+}
+
+impl RunSteps {
+    fn push(&mut self, step: Arc<PlannedStep>) -> usize {
+        let i = self.list.len();
+        self.index.insert(step.id.to_string(), i);
+        self.list.push(step);
+        i
+    }
 }
 
 impl Shared {
+    /// Step `i` of the run.
+    fn step(&self, i: usize) -> Arc<PlannedStep> {
+        self.steps.read().expect("steps lock").list[i].clone()
+    }
+
+    /// The step with id `id`: of the plan, or an instance added in the run.
+    fn find(&self, id: &str) -> Option<Arc<PlannedStep>> {
+        let steps = self.steps.read().expect("steps lock");
+        steps.index.get(id).map(|&i| steps.list[i].clone())
+    }
+
     fn emit(&self, event: Event) {
         let _ = self.events.send(RunEvent {
             run_id: self.event_run_id.clone(),
@@ -565,7 +606,12 @@ impl Engine {
                 .map_err(|e| EngineError::io(&scratch_root, e))?
         };
         let stop = cancel.child_token();
+        let mut steps = RunSteps::default();
+        for step in &input.plan.steps {
+            steps.push(Arc::new(step.clone()));
+        }
         let shared = Arc::new(Shared {
+            steps: std::sync::RwLock::new(steps),
             run_id: run_id.clone(),
             plan: input.plan,
             workspace: input.workspace,
@@ -701,8 +747,8 @@ impl Engine {
 /// The limits on what runs at once besides `-j`: a fan-out step's `parallelism` (its
 /// instances running at once) and the plan's named `concurrency` limits.
 struct Limits<'p> {
-    by_step: HashMap<&'p str, u32>,
-    by_group: HashMap<&'p str, u32>,
+    by_step: HashMap<String, u32>,
+    by_group: HashMap<String, u32>,
     groups: &'p BTreeMap<String, u32>,
 }
 
@@ -716,7 +762,7 @@ impl<'p> Limits<'p> {
     }
 
     /// Counts `step` as running if its limits allow; `false` (nothing counted) if not.
-    fn take(&mut self, step: &'p PlannedStep) -> bool {
+    fn take(&mut self, step: &PlannedStep) -> bool {
         let running = self.by_step.get(step.step.as_str()).copied().unwrap_or(0);
         if step.policy.parallelism.is_some_and(|most| running >= most) {
             return false;
@@ -727,9 +773,9 @@ impl<'p> Limits<'p> {
             if in_group >= most {
                 return false;
             }
-            *self.by_group.entry(group.as_str()).or_default() += 1;
+            *self.by_group.entry(group.clone()).or_default() += 1;
         }
-        *self.by_step.entry(step.step.as_str()).or_default() += 1;
+        *self.by_step.entry(step.step.clone()).or_default() += 1;
         true
     }
 
@@ -758,12 +804,12 @@ async fn schedule(
     stop: CancellationToken,
     cancel: &CancellationToken,
 ) -> (Vec<StepSummary>, bool) {
-    let steps = &shared.plan.steps;
+    let steps: Vec<Arc<PlannedStep>> = shared.steps.read().expect("steps lock").list.clone();
     let n = steps.len();
-    let index: HashMap<&str, usize> = steps
+    let mut index: HashMap<String, usize> = steps
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
+        .map(|(i, s)| (s.id.to_string(), i))
         .collect();
     let mut waiting: Vec<usize> = steps.iter().map(|s| s.depends_on.len()).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -772,7 +818,11 @@ async fn schedule(
             dependents[index[dep.as_str()]].push(i);
         }
     }
+    drop(steps);
     let mut results: Vec<Option<StepSummary>> = vec![None; n];
+    // Fan-out steps over lists steps wrote that got their instances: not in the summary.
+    let mut expanded: Vec<bool> = vec![false; n];
+    let mut instances_of: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut ready: BinaryHeap<Reverse<usize>> =
         (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
     let mut running: JoinSet<(usize, StepSummary)> = JoinSet::new();
@@ -786,9 +836,10 @@ async fn schedule(
     loop {
         while running.len() < jobs && !stop.is_cancelled() {
             let Some(Reverse(i)) = ready.pop() else { break };
+            let step = shared.step(i);
             // A step whose inputs failed or were skipped is skipped, and so are its dependents.
-            if let Some(reason) = upstream_problem(&shared.plan.steps[i], &index, &results) {
-                let summary = skipped(&shared.plan.steps[i].id, reason);
+            if let Some(reason) = upstream_problem(&step, &index, &results) {
+                let summary = skipped(&step.id, reason);
                 finish(
                     &shared,
                     i,
@@ -800,13 +851,82 @@ async fn schedule(
                 );
                 continue;
             }
-            if !limits.take(&shared.plan.steps[i]) {
+            if step.for_each.is_some() {
+                match expand(&shared, &step).await {
+                    Ok(instances) => {
+                        let grown = instances.len();
+                        results.resize(results.len() + grown, None);
+                        expanded.resize(expanded.len() + grown, false);
+                        waiting.resize(waiting.len() + grown, 0);
+                        dependents.resize(dependents.len() + grown, Vec::new());
+                        let consumers = dependents[i].clone();
+                        for &(at, ref deps) in &instances {
+                            index.insert(shared.step(at).id.to_string(), at);
+                            for dep in deps {
+                                let d = index[dep.as_str()];
+                                if results[d].is_none() {
+                                    waiting[at] += 1;
+                                    dependents[d].push(at);
+                                }
+                            }
+                            // What waited for the fan-out step waits for every instance.
+                            for &c in &consumers {
+                                waiting[c] += 1;
+                                dependents[at].push(c);
+                            }
+                            if waiting[at] == 0 {
+                                ready.push(Reverse(at));
+                            }
+                        }
+                        expanded[i] = true;
+                        instances_of.insert(i, instances.iter().map(|(at, _)| *at).collect());
+                        results[i] = Some(StepSummary {
+                            id: step.id.clone(),
+                            status: StepStatus::Succeeded,
+                            attempts: 0,
+                            duration: Duration::ZERO,
+                            outputs: BTreeMap::new(),
+                            metrics: BTreeMap::new(),
+                        });
+                        for &d in &dependents[i] {
+                            waiting[d] -= 1;
+                            if waiting[d] == 0 {
+                                ready.push(Reverse(d));
+                            }
+                        }
+                    }
+                    Err(message) => {
+                        let summary = StepSummary {
+                            id: step.id.clone(),
+                            status: StepStatus::Failed {
+                                kind: FailureKind::Input,
+                                message,
+                            },
+                            attempts: 0,
+                            duration: Duration::ZERO,
+                            outputs: BTreeMap::new(),
+                            metrics: BTreeMap::new(),
+                        };
+                        finish(
+                            &shared,
+                            i,
+                            summary,
+                            &mut results,
+                            &dependents,
+                            &mut waiting,
+                            &mut ready,
+                        );
+                    }
+                }
+                continue;
+            }
+            if !limits.take(&step) {
                 deferred.push(i);
                 continue;
             }
             let task_shared = shared.clone();
             let handle = running.spawn(async move {
-                let summary = run_step(&task_shared, i).await;
+                let summary = run_step(&task_shared, step).await;
                 (i, summary)
             });
             running_ids.insert(handle.id(), i);
@@ -827,7 +947,7 @@ async fn schedule(
                         Err(e) => {
                             let i = running_ids[&e.id()];
                             let summary = StepSummary {
-                                id: shared.plan.steps[i].id.clone(),
+                                id: shared.step(i).id.clone(),
                                 status: StepStatus::Cancelled,
                                 attempts: 1,
                                 duration: Duration::ZERO,
@@ -847,15 +967,16 @@ async fn schedule(
             Some(joined) = running.join_next_with_id() => {
                 let (i, summary) = match joined {
                     Ok((_, result)) => {
-                        limits.give_back(&shared.plan.steps[result.0]);
+                        limits.give_back(&shared.step(result.0));
                         result
                     }
                     Err(e) => {
                         // A panic in a step task is kiln's bug: the step fails, the run goes on.
                         let i = running_ids[&e.id()];
-                        limits.give_back(&shared.plan.steps[i]);
+                        let step = shared.step(i);
+                        limits.give_back(&step);
                         (i, StepSummary {
-                            id: shared.plan.steps[i].id.clone(),
+                            id: step.id.clone(),
                             status: StepStatus::Failed { kind: FailureKind::Internal, message: format!("kiln failed while running this step: {e}") },
                             attempts: 1,
                             duration: Duration::ZERO,
@@ -876,11 +997,12 @@ async fn schedule(
     let run_finally = !cancelled && shared.config.fail_fast;
     // Whatever never started: cancelled (by Ctrl-C or --fail-fast) or skipped.
     for (i, result) in results.iter_mut().enumerate() {
-        if run_finally && shared.plan.steps[i].policy.run.is_finally() {
+        let step = shared.step(i);
+        if run_finally && step.policy.run.is_finally() {
             continue;
         }
         if result.is_none() {
-            let id = shared.plan.steps[i].id.clone();
+            let id = step.id.clone();
             let reason = (!cancelled).then_some(SkipReason::FailFast);
             shared.record(&RecordEvent::StepSkipped {
                 step: id.clone(),
@@ -905,13 +1027,14 @@ async fn schedule(
     }
     if run_finally {
         // One at a time, in plan order (which is a topological order).
-        for i in 0..n {
+        for i in 0..results.len() {
             if results[i].is_some() {
                 continue;
             }
-            let summary = match upstream_problem(&shared.plan.steps[i], &index, &results) {
-                Some(reason) => skipped(&shared.plan.steps[i].id, reason),
-                None => run_step(&shared, i).await,
+            let step = shared.step(i);
+            let summary = match upstream_problem(&step, &index, &results) {
+                Some(reason) => skipped(&step.id, reason),
+                None => run_step(&shared, step).await,
             };
             finish(
                 &shared,
@@ -924,13 +1047,121 @@ async fn schedule(
             );
         }
     }
+    // In plan order, a fan-out's instances where the fan-out step is.
+    let mut order = Vec::with_capacity(results.len());
+    for i in 0..n {
+        push_in_order(i, &expanded, &instances_of, &mut order);
+    }
+    let mut results: Vec<Option<StepSummary>> = results;
     (
-        results
+        order
             .into_iter()
-            .map(|r| r.expect("every step has a result"))
+            .map(|i| results[i].take().expect("every step has a result"))
             .collect(),
         cancelled,
     )
+}
+
+/// Step `i` in summary order: itself, or its instances when it was expanded.
+fn push_in_order(
+    i: usize,
+    expanded: &[bool],
+    instances_of: &HashMap<usize, Vec<usize>>,
+    order: &mut Vec<usize>,
+) {
+    if expanded[i] {
+        for &k in instances_of.get(&i).into_iter().flatten() {
+            push_in_order(k, expanded, instances_of, order);
+        }
+    } else {
+        order.push(i);
+    }
+}
+
+/// Gives a fan-out step over a list a step wrote its instances: reads the list, records the
+/// items, adds the instances to the run and points the steps waiting for it at them. Each
+/// instance's index and the ids it waits for.
+async fn expand(
+    shared: &Shared,
+    template: &PlannedStep,
+) -> Result<Vec<(usize, Vec<StepId>)>, String> {
+    let list = template
+        .for_each
+        .as_ref()
+        .expect("a fan-out over a step's output");
+    let what = format!(
+        "step `{}` fans out over `{}.{}`",
+        template.id, list.step, list.output
+    );
+    let digest = shared
+        .outputs
+        .lock()
+        .expect("outputs lock")
+        .get(&list.step)
+        .and_then(|o| o.get(&list.output).copied())
+        .ok_or_else(|| format!("{what}, which was not produced"))?;
+    let size = shared
+        .store
+        .blob_size(&digest)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?
+        .ok_or_else(|| format!("{what}, which is a folder, not a file holding a JSON list"))?;
+    if size > MAX_LIST {
+        return Err(format!(
+            "{what}, which is {size} bytes; a list to fan out over is at most {MAX_LIST} bytes"
+        ));
+    }
+    let bytes = shared
+        .store
+        .read_verified(&digest)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{what}, which is not JSON: {e}"))?;
+    let items = kiln_plan::dynamic::check_items(&json).map_err(|e| format!("{what}: {e}"))?;
+    let made = {
+        let steps = shared.steps.read().expect("steps lock");
+        kiln_plan::dynamic::instantiate(template, items, |id| {
+            steps.index.get(id).map(|&k| &*steps.list[k])
+        })?
+    };
+    let labels: BTreeMap<StepId, String> = made
+        .iter()
+        .filter(|s| s.label() != s.id.as_str())
+        .map(|s| (s.id.clone(), s.label().to_owned()))
+        .collect();
+    shared.record(&RecordEvent::StepExpanded {
+        step: template.id.clone(),
+        list: digest.to_string(),
+        items: items.to_vec(),
+        labels: labels.clone(),
+    });
+    let ids: Vec<StepId> = made.iter().map(|s| s.id.clone()).collect();
+    info!(run = %shared.run_id, step = %template.id, instances = ids.len(), "fan-out expanded");
+    let mut added = Vec::with_capacity(made.len());
+    {
+        let mut steps = shared.steps.write().expect("steps lock");
+        // The steps waiting for the template wait for, and collect from, every instance.
+        for k in 0..steps.list.len() {
+            if steps.list[k].depends_on.contains(&template.id) {
+                let mut consumer = (*steps.list[k]).clone();
+                if kiln_plan::dynamic::point_at_instances(&mut consumer, template, &ids) {
+                    steps.list[k] = Arc::new(consumer);
+                }
+            }
+        }
+        for instance in made {
+            let deps = instance.depends_on.clone();
+            let at = steps.push(Arc::new(instance));
+            added.push((at, deps));
+        }
+    }
+    shared.emit(Event::Expanded {
+        id: template.id.clone(),
+        instances: ids,
+        labels,
+    });
+    Ok(added)
 }
 
 fn skipped(id: &str, reason: SkipReason) -> StepSummary {
@@ -986,7 +1217,7 @@ fn run_status(shared: &Shared) -> String {
 
 fn upstream_problem(
     step: &PlannedStep,
-    index: &HashMap<&str, usize>,
+    index: &HashMap<String, usize>,
     results: &[Option<StepSummary>],
 ) -> Option<SkipReason> {
     if step.policy.run.is_finally() {
@@ -998,7 +1229,7 @@ fn upstream_problem(
 /// Why a step cannot run because of one of `deps`: the first that did not succeed.
 fn first_problem<'d>(
     deps: impl IntoIterator<Item = &'d StepId>,
-    index: &HashMap<&str, usize>,
+    index: &HashMap<String, usize>,
     results: &[Option<StepSummary>],
 ) -> Option<SkipReason> {
     for dep in deps {
@@ -1023,7 +1254,7 @@ fn first_problem<'d>(
 /// output it reads did not produce it. Every other step it waits for may have ended any way.
 fn finally_problem(
     step: &PlannedStep,
-    index: &HashMap<&str, usize>,
+    index: &HashMap<String, usize>,
     results: &[Option<StepSummary>],
 ) -> Option<SkipReason> {
     if step.policy.run == kiln_spec::RunWhen::OnFailure {
@@ -1078,8 +1309,8 @@ fn finish(
 }
 
 /// A step from start to end: condition, inputs, cache, attempts, outputs.
-async fn run_step(shared: &Shared, i: usize) -> StepSummary {
-    let step = &shared.plan.steps[i];
+async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
+    let step = &*step;
     let started = Instant::now();
     let fail = |kind: FailureKind, message: String, attempts: u32| StepSummary {
         id: step.id.clone(),
@@ -1579,13 +1810,27 @@ async fn evaluate_condition(
             .filter_map(|id| outputs.get(id).map(|o| (id.clone(), o.clone())))
             .collect()
     };
-    condition_holds(&shared.plan, shared.store.as_ref(), &produced, step, when).await
+    let producer = |id: &str| {
+        shared
+            .find(id)
+            .map(|s| (s.step.clone(), s.instance.is_some()))
+    };
+    condition_holds(
+        &shared.plan.params,
+        &producer,
+        shared.store.as_ref(),
+        &produced,
+        step,
+        when,
+    )
+    .await
 }
 
 /// Evaluates `when` with the small JSON outputs of the step's dependencies, read from
 /// `produced` (outputs by step id).
 pub(crate) async fn condition_holds(
-    plan: &Plan,
+    params: &BTreeMap<String, Value>,
+    producer: &(dyn Fn(&str) -> Option<(String, bool)> + Sync),
     store: &dyn BlobStore,
     produced: &HashMap<StepId, BTreeMap<String, Digest>>,
     step: &PlannedStep,
@@ -1603,15 +1848,15 @@ pub(crate) async fn condition_holds(
         let Some(outputs) = produced.get(id) else {
             continue;
         };
-        let producer = plan.step(id).expect("planned dependency");
-        let Some(producer_name) = producer.step.strip_prefix(namespace) else {
+        let (name, is_instance) = producer(id).expect("planned dependency");
+        let Some(producer_name) = name.strip_prefix(namespace) else {
             continue;
         };
         for (output, digest) in outputs {
             let Some(value) = small_json(store, digest).await else {
                 continue;
             };
-            if producer.instance.is_some() {
+            if is_instance {
                 lists
                     .entry((producer_name.to_owned(), output.clone()))
                     .or_default()
@@ -1635,7 +1880,7 @@ pub(crate) async fn condition_holds(
     let params = step
         .when_scope
         .as_ref()
-        .map_or(&plan.params, |s| &s.params)
+        .map_or(params, |s| &s.params)
         .clone();
     let (when, item) = (when.to_owned(), item.cloned());
     tokio::task::spawn_blocking(move || {

@@ -32,7 +32,7 @@ pub use engine::{
 pub use executor::{ExecOutcome, Executor, ExecutorError, StagedTask, StepTask, fill_paths};
 pub use replay::{
     MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
-    StepReplay, Verdict, replay_run,
+    StepReplay, Verdict, plan_as_run, replay_run,
 };
 pub use staging::StagingArea;
 // The metadata types the engine's API speaks in.

@@ -295,6 +295,7 @@ pub async fn replay_run(
                 .map_err(|e| format!("{}: not a plan kiln can read: {e}", plan_path.display()))
         })
         .map_err(ReplayError::Record)?;
+    let plan = plan_as_run(plan, &events).map_err(ReplayError::Record)?;
 
     let replaced = replacements(&plan, &options.replace)?;
     // A replacement runs from the store like any component.
@@ -338,7 +339,8 @@ pub async fn replay_run(
         logs,
     };
     let mut steps = Vec::new();
-    for planned in &plan.steps {
+    // A fan-out over a list a step wrote is replayed as its instances.
+    for planned in plan.steps.iter().filter(|s| s.for_each.is_none()) {
         let result = ctx.step(planned, view.step(&planned.id), progress).await;
         progress(ReplayProgress::Finished(result.clone()));
         steps.push(result);
@@ -355,6 +357,18 @@ pub async fn replay_run(
         steps,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// A run's plan with the instances its fan-outs over lists steps wrote got in the run (the
+/// record's `step_expanded` events), as the engine made them.
+pub fn plan_as_run(mut plan: Plan, events: &[RecordEvent]) -> Result<Plan, String> {
+    for event in events {
+        if let RecordEvent::StepExpanded { step, items, .. } = event {
+            plan.expand(step, items)
+                .map_err(|e| format!("the record's instances of `{step}`: {e}"))?;
+        }
+    }
+    Ok(plan)
 }
 
 /// Resolves `--with STEP=FILE`: every STEP must be a wasm step of the plan.
@@ -444,7 +458,20 @@ impl Ctx<'_> {
                 .iter()
                 .any(|d| self.failed_upstream.contains_key(d))
         {
-            match condition_holds(self.plan, self.store, &self.current, planned, when).await {
+            match condition_holds(
+                &self.plan.params,
+                &|id: &str| {
+                    self.plan
+                        .step(id)
+                        .map(|s| (s.step.clone(), s.instance.is_some()))
+                },
+                self.store,
+                &self.current,
+                planned,
+                when,
+            )
+            .await
+            {
                 Ok(true) if !recorded_ran => {
                     return self.not_produced(
                         planned,

@@ -61,6 +61,19 @@ pub enum RecordEvent {
         /// Why.
         reason: String,
     },
+    /// A step fanning out over a list a step wrote got its instances when the list existed:
+    /// one per item, in list order, `STEP[0]`, `STEP[1]`... A replay makes the same ones.
+    StepExpanded {
+        /// The fan-out step (as planned, without an index).
+        step: StepId,
+        /// The digest of the output holding the list.
+        list: String,
+        /// The items, in order.
+        items: Vec<serde_json::Value>,
+        /// How people read the instances (`work[a.csv]`), where they have labels.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<StepId, String>,
+    },
     /// The run ended.
     RunFinished {
         /// `succeeded`, `failed` or `cancelled`.
@@ -321,6 +334,8 @@ pub struct RunView {
     pub finished: Option<RecordEvent>,
     /// Per step id (in the order they first appear): the last finished attempt.
     pub steps: Vec<(String, StepView)>,
+    /// Labels of the instances of fan-outs over lists steps wrote (`StepExpanded`).
+    pub expanded_labels: BTreeMap<StepId, String>,
 }
 
 /// One step's state in a record.
@@ -351,6 +366,10 @@ impl RunView {
                 RecordEvent::StepSkipped { step, reason } => {
                     view.step_mut(step).skipped = Some(reason.clone());
                 }
+                RecordEvent::StepExpanded { labels, .. } => {
+                    view.expanded_labels
+                        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
             }
         }
         view
@@ -372,6 +391,9 @@ impl RunView {
     /// How people read step `id`: its label (`train[lr=0.1]`) where the run gave one, else
     /// the id itself.
     pub fn label<'a>(&'a self, id: &'a str) -> &'a str {
+        if let Some(label) = self.expanded_labels.get(id) {
+            return label;
+        }
         match &self.started {
             Some(RecordEvent::RunStarted { labels, .. }) => {
                 labels.get(id).map_or(id, String::as_str)
@@ -384,6 +406,9 @@ impl RunView {
     pub fn resolve_step<'a>(&'a self, name: &'a str) -> Option<&'a str> {
         if let Some((id, _)) = self.steps.iter().find(|(s, _)| s == name) {
             return Some(id);
+        }
+        if let Some((id, _)) = self.expanded_labels.iter().find(|(_, l)| *l == name) {
+            return Some(id.as_str());
         }
         match &self.started {
             Some(RecordEvent::RunStarted { labels, .. }) => labels

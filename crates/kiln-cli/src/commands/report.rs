@@ -275,8 +275,11 @@ fn read_plan(state: &StateDir, run_id: &str) -> Result<Plan, String> {
         std::io::ErrorKind::NotFound => "the state folder keeps no plan for this run".to_owned(),
         _ => format!("cannot read {}: {e}", path.display()),
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a plan this kiln reads: {e}", path.display()))
+    let plan = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a plan this kiln reads: {e}", path.display()))?;
+    // With the instances the run gave fan-outs over lists steps wrote.
+    let events = read_record(&state.record_path(run_id)).unwrap_or_default();
+    kiln_engine::plan_as_run(plan, &events)
 }
 
 impl Dag {

@@ -119,12 +119,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ))),
         };
     let engine = Engine::new(state.clone(), executors, config);
-    let labels: Labels = std::sync::Arc::new(
+    let labels: Labels = std::sync::Arc::new(std::sync::Mutex::new(
         plan.steps
             .iter()
             .map(|s| (s.id.clone(), s.label().to_owned()))
             .collect(),
-    );
+    ));
     let input = RunInput {
         plan,
         components: Default::default(),
@@ -229,10 +229,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// How people read each step of the plan (`train[lr=0.1]` for a fan-out instance).
-type Labels = std::sync::Arc<BTreeMap<kiln_plan::StepId, String>>;
+/// How people read the run's steps; fan-outs over lists steps wrote add theirs as they go.
+type Labels = std::sync::Arc<std::sync::Mutex<BTreeMap<kiln_plan::StepId, String>>>;
 
-fn label<'a>(labels: &'a Labels, id: &'a str) -> &'a str {
-    labels.get(id).map_or(id, String::as_str)
+fn label(labels: &Labels, id: &str) -> String {
+    labels
+        .lock()
+        .expect("labels lock")
+        .get(id)
+        .map_or_else(|| id.to_owned(), String::clone)
 }
 
 /// Shows progress: a bar on a terminal, one line per event otherwise.
@@ -349,6 +354,27 @@ async fn report(
                 say(&bar, line);
                 if let Some(b) = &bar {
                     b.set_position(done as u64);
+                }
+            }
+            Event::Expanded {
+                id,
+                instances,
+                labels: named,
+            } => {
+                // The instances take the fan-out step's place in the count.
+                total = total + instances.len() - 1;
+                labels.lock().expect("labels lock").extend(named);
+                say(
+                    &bar,
+                    format!(
+                        "{} fans out to {} instance{}",
+                        label(&labels, &id),
+                        instances.len(),
+                        if instances.len() == 1 { "" } else { "s" }
+                    ),
+                );
+                if let Some(b) = &bar {
+                    b.set_length(total as u64);
                 }
             }
             Event::RunFinished { .. } => {}

@@ -122,9 +122,20 @@ pub fn in_plan_order(state: &StateDir, run_id: &str, view: &mut RunView) {
         return;
     };
     let order: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+    // An instance of a fan-out over a list a step wrote (`count[3]`) is not in the plan: it
+    // goes where its fan-out step is, by index.
+    let key = |id: &str| {
+        if let Some(at) = order.iter().position(|o| *o == id) {
+            return (at, 0);
+        }
+        let instance = id
+            .strip_suffix(']')
+            .and_then(|rest| rest.rsplit_once('['))
+            .and_then(|(base, k)| Some((order.iter().position(|o| *o == base)?, k.parse().ok()?)));
+        instance.map_or((usize::MAX, 0), |(at, k): (usize, usize)| (at, k + 1))
+    };
     // Stable: steps the plan does not name stay in record order, after the others.
-    view.steps
-        .sort_by_key(|(id, _)| order.iter().position(|o| o == id).unwrap_or(usize::MAX));
+    view.steps.sort_by_key(|(id, _)| key(id));
 }
 
 /// How a run ended as `kiln runs` prints it: `succeeded`, `failed`, `cancelled`, or
