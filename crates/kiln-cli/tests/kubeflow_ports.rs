@@ -58,6 +58,49 @@ fn the_exit_handler_posts_a_summary_whatever_happened() {
 }
 
 #[test]
+fn the_dynamic_fan_out_runs_once_per_shard_the_first_step_listed() {
+    let (_keep, dir) = copy_of("dynamic-fan-out");
+    let out = kiln_in(&dir, &["run", "pipeline.yaml", "--output", "json"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("fans out to 4 instances"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        artifact(&dir, "total", "summary"),
+        "1000 rows in 4 shards\n"
+    );
+    assert_eq!(artifact(&dir, "count[part-003]", "rows").trim(), "100");
+    // Shards of 250 rows: a new list, four new instances.
+    let out = kiln_in(
+        &dir,
+        &[
+            "run",
+            "pipeline.yaml",
+            "-p",
+            "shard_size=250",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        artifact(&dir, "total", "summary"),
+        "1000 rows in 4 shards\n"
+    );
+    assert_eq!(artifact(&dir, "count[part-003]", "rows").trim(), "250");
+    // Back to 300: the same list as the first run, every step from the cache.
+    let out = kiln_in(&dir, &["run", "pipeline.yaml", "--output", "json"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = summary["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 6, "{summary}");
+    assert!(steps.iter().all(|s| s["status"] == "cached"), "{summary}");
+}
+
+#[test]
 fn the_secrets_reach_the_step_and_the_log_shows_them_redacted() {
     let (_keep, dir) = copy_of("secrets");
     let env = [
