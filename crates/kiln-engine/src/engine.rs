@@ -1844,19 +1844,38 @@ pub(crate) async fn condition_holds(
         .when_scope
         .as_ref()
         .map_or("", |s| s.namespace.as_str());
-    for id in &step.depends_on {
-        let Some(outputs) = produced.get(id) else {
+    let producers: Vec<(&StepId, String, bool)> = step
+        .depends_on
+        .iter()
+        .filter_map(|id| producer(id).map(|(name, is_instance)| (id, name, is_instance)))
+        .collect();
+    for (id, name, is_instance) in &producers {
+        let Some(outputs) = produced.get(*id) else {
             continue;
         };
-        let (name, is_instance) = producer(id).expect("planned dependency");
         let Some(producer_name) = name.strip_prefix(namespace) else {
             continue;
         };
+        // An instance paired with this one (`evaluate[1]` after `train[1]`) reads the one
+        // value, not a list of one.
+        let paired = *is_instance
+            && step.instance.as_ref().map(|i| i.index) == id.index()
+            && producers.iter().filter(|(_, n, _)| n == name).count() == 1;
         for (output, digest) in outputs {
-            let Some(value) = small_json(store, digest).await else {
-                continue;
+            let value = match small_json(store, digest).await {
+                Ok(value) => value,
+                Err(why) => {
+                    let read = format!("steps.{producer_name}.{output}");
+                    if when.contains(&read) {
+                        return Err(format!(
+                            "step `{}`: `when` reads `{read}`, which cannot be read as JSON: {why}",
+                            step.id
+                        ));
+                    }
+                    continue;
+                }
             };
-            if is_instance {
+            if *is_instance && !paired {
                 lists
                     .entry((producer_name.to_owned(), output.clone()))
                     .or_default()
@@ -1891,13 +1910,29 @@ pub(crate) async fn condition_holds(
     .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 
-async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Option<serde_json::Value> {
-    // A tree has no blob size: `None` here covers both "not a blob" and "not stored".
-    let size = store.blob_size(digest).await.ok()??;
+/// An output as JSON for a condition, or why it cannot be read as such.
+async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Result<serde_json::Value, String> {
+    // A tree has no blob size.
+    let size = store
+        .blob_size(digest)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "it is a folder".to_owned())?;
     if size > MAX_CONDITION_INPUT {
-        return None;
+        return Err(format!(
+            "it is {size} bytes, and a condition reads outputs of at most {MAX_CONDITION_INPUT}"
+        ));
     }
-    serde_json::from_slice(&store.read_verified(digest).await.ok()?).ok()
+    let bytes = store
+        .read_verified(digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+            .trim_end()
+            .to_owned();
+        format!("it is not JSON ({e}); it starts `{start}`")
+    })
 }
 
 /// `1m 30s` style.

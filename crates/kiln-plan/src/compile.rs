@@ -1658,12 +1658,22 @@ impl<'a> Checker<'a> {
                 }
                 Some((s, None)) => {
                     let hint = self.step_hint(s);
+                    // `steps.flip-coin.result` reads as `steps.flip - coin.result`.
+                    let dashed = self
+                        .step_names()
+                        .find(|n| n.strip_prefix(s).is_some_and(|rest| rest.starts_with('-')));
+                    let help = match dashed {
+                        Some(full) => format!(
+                            "in a condition `-` is a subtraction: write `steps[\"{full}\"].OUTPUT` for step `{full}`"
+                        ),
+                        None => "write `steps.STEP.OUTPUT`".to_owned(),
+                    };
                     (
                         "kiln::plan::unknown-step",
                         format!(
                             "step `{name}`'s `when` reads `steps.{s}`, but there is no step `{s}`{hint}"
                         ),
-                        "write `steps.STEP.OUTPUT`".to_owned(),
+                        help,
                     )
                 }
             };

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 use cel::{Context, Program};
 use kiln_spec::Value;
 
@@ -374,6 +374,15 @@ fn qualified(expr: &IdedExpr) -> Option<Vec<&str>> {
         Expr::Select(select) if !select.test => {
             let mut path = qualified(&select.operand)?;
             path.push(select.field.as_str());
+            Some(path)
+        }
+        // `steps["flip-coin"]`: a name that `.` cannot take (`-` reads as a subtraction).
+        Expr::Call(call) if call.func_name == operators::INDEX && call.args.len() == 2 => {
+            let mut path = qualified(&call.args[0])?;
+            match &call.args[1].expr {
+                Expr::Literal(LiteralValue::String(name)) => path.push(name),
+                _ => return None,
+            }
             Some(path)
         }
         _ => None,
