@@ -345,6 +345,35 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_key_of_the_pipeline_is_in_the_key_and_absent_without_one() {
+        let material = |key: Option<&str>| CacheKeyMaterial {
+            version: 1,
+            kind: "wasm".into(),
+            container: None,
+            params: BTreeMap::new(),
+            inputs: vec![],
+            outputs: vec!["out".into()],
+            output_files: BTreeMap::new(),
+            metrics: None,
+            command: None,
+            key: key.map(str::to_owned),
+        };
+        let parts = |key| KeyParts::new(&material(key), None, &BTreeMap::new(), BTreeMap::new());
+        // Without one, the material is what it was before `cache.key` existed.
+        assert_eq!(
+            canonical_json(&parts(None).material),
+            r#"{"inputs":[],"kind":"wasm","outputs":["out"],"params":{},"version":1}"#
+        );
+        assert_ne!(parts(None).digest(), parts(Some("v1")).digest());
+        assert_ne!(parts(Some("v1")).digest(), parts(Some("v2")).digest());
+        let whats: Vec<String> = diff_keys(&parts(Some("v1")), &parts(Some("v2")))
+            .into_iter()
+            .map(|c| format!("{}: {} → {}", c.what, c.before, c.after))
+            .collect();
+        assert_eq!(whats, [r#"key: "v1" → "v2""#]);
+    }
+
+    #[test]
     fn pins_are_in_the_key_and_the_image_reference_is_not() {
         let material = |image: &str| CacheKeyMaterial {
             version: 1,
@@ -362,6 +391,7 @@ mod tests {
             output_files: BTreeMap::new(),
             metrics: None,
             command: None,
+            key: None,
         };
         let pins = |backend: &str, id: Option<&str>| {
             let mut pins = BTreeMap::from([("backend".to_owned(), backend.to_owned())]);

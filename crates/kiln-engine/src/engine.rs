@@ -131,6 +131,13 @@ pub enum Event {
         /// How people read them, where they have labels.
         labels: BTreeMap<StepId, String>,
     },
+    /// A step's cached result was there but too old for its `cache.max_age`: it runs again.
+    CacheExpired {
+        /// Planned step id.
+        id: StepId,
+        /// Why: `cached result is 8d old, older than max_age 7d`.
+        reason: String,
+    },
     /// A step is done, one way or another.
     StepFinished(StepSummary),
     /// The run is over.
@@ -238,6 +245,11 @@ pub enum SkipReason {
     },
     /// `--fail-fast` stopped the run before it started.
     FailFast,
+    /// The run passed its `timeout` before the step started.
+    RunTimeout {
+        /// The run's timeout, as people read it (`2h`).
+        timeout: String,
+    },
     /// A `run: on-failure` step, and no step failed.
     NothingFailed,
 }
@@ -247,7 +259,10 @@ impl SkipReason {
     pub fn is_upstream(&self) -> bool {
         !matches!(
             self,
-            SkipReason::ConditionFalse { .. } | SkipReason::FailFast | SkipReason::NothingFailed
+            SkipReason::ConditionFalse { .. }
+                | SkipReason::FailFast
+                | SkipReason::NothingFailed
+                | SkipReason::RunTimeout { .. }
         )
     }
 }
@@ -265,6 +280,9 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "upstream `{step}` was skipped (its condition was false)")
             }
             SkipReason::FailFast => f.write_str("not started: --fail-fast stopped the run"),
+            SkipReason::RunTimeout { timeout } => {
+                write!(f, "not started: {}", run_timeout_message(timeout))
+            }
             SkipReason::NothingFailed => f.write_str("runs on failure, and no step failed"),
         }
     }
@@ -832,6 +850,22 @@ async fn schedule(
     // Steps running now, by step name (a fan-out's `parallelism`) and by named limit.
     let mut limits = Limits::new(&shared.plan);
     let mut deferred: Vec<usize> = Vec::new();
+    // The run's own `timeout`: when it passes, the run stops as a cancel stops it, but
+    // fails, and its exit handlers still run.
+    let run_timeout = shared.plan.timeout_ms.map(Duration::from_millis);
+    let timeout_text = shared
+        .plan
+        .timeout_ms
+        .map(short_duration)
+        .unwrap_or_default();
+    let deadline = async {
+        match run_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut timed_out = false;
 
     loop {
         while running.len() < jobs && !stop.is_cancelled() {
@@ -936,6 +970,11 @@ async fn schedule(
             break;
         }
         tokio::select! {
+            _ = &mut deadline, if !timed_out => {
+                warn!(run = %shared.run_id, timeout = %timeout_text, "the run passed its timeout: stopping it");
+                timed_out = true;
+                stop.cancel();
+            }
             _ = stop.cancelled() => {
                 cancelled = cancel.is_cancelled();
                 running.abort_all();
@@ -946,9 +985,19 @@ async fn schedule(
                         }
                         Err(e) => {
                             let i = running_ids[&e.id()];
+                            // Past the run's timeout, a step stopped while running failed
+                            // (and so does the run); after a cancel it was cancelled.
+                            let timeout = (timed_out && !cancelled)
+                                .then(|| run_timeout_message(&timeout_text));
                             let summary = StepSummary {
                                 id: shared.step(i).id.clone(),
-                                status: StepStatus::Cancelled,
+                                status: match &timeout {
+                                    Some(message) => StepStatus::Failed {
+                                        kind: FailureKind::Timeout,
+                                        message: format!("stopped while running: {message}"),
+                                    },
+                                    None => StepStatus::Cancelled,
+                                },
                                 attempts: 1,
                                 duration: Duration::ZERO,
                                 outputs: BTreeMap::new(),
@@ -956,7 +1005,10 @@ async fn schedule(
                             };
                             shared.record(&RecordEvent::StepSkipped {
                                 step: summary.id.clone(),
-                                reason: "cancelled while running".into(),
+                                reason: match &timeout {
+                                    Some(message) => format!("stopped while running: {message}"),
+                                    None => "cancelled while running".into(),
+                                },
                             });
                             finish(&shared, i, summary, &mut results, &dependents, &mut waiting, &mut ready);
                         }
@@ -993,8 +1045,9 @@ async fn schedule(
         }
     }
 
-    // Exit handlers still run after `--fail-fast` (not after a cancel): the rest first.
-    let run_finally = !cancelled && shared.config.fail_fast;
+    // Exit handlers still run after `--fail-fast` and the run's timeout (not after a
+    // cancel): the rest first.
+    let run_finally = !cancelled && (shared.config.fail_fast || timed_out);
     // Whatever never started: cancelled (by Ctrl-C or --fail-fast) or skipped.
     for (i, result) in results.iter_mut().enumerate() {
         let step = shared.step(i);
@@ -1003,7 +1056,12 @@ async fn schedule(
         }
         if result.is_none() {
             let id = step.id.clone();
-            let reason = (!cancelled).then_some(SkipReason::FailFast);
+            let reason = (!cancelled).then(|| match timed_out {
+                true => SkipReason::RunTimeout {
+                    timeout: timeout_text.clone(),
+                },
+                false => SkipReason::FailFast,
+            });
             shared.record(&RecordEvent::StepSkipped {
                 step: id.clone(),
                 reason: reason
@@ -1378,11 +1436,24 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
         metrics: BTreeMap::new(),
         details: BTreeMap::new(),
         reused_from: None,
+        cache_miss: None,
     };
 
-    if shared.config.use_cache
-        && step.policy.cache
-        && let Ok(Some(entry)) = shared.meta.cache_entry(&key).await
+    let entry = match shared.config.use_cache && step.policy.cache {
+        true => shared.meta.cache_entry(&key).await.ok().flatten(),
+        false => None,
+    };
+    let cache_miss = entry
+        .as_ref()
+        .and_then(|e| too_old(e, step.policy.max_age_ms, shared.now_ms()));
+    if let Some(reason) = &cache_miss {
+        info!(run = %shared.run_id, step = %step.id, key = %key, "{reason}: running it again");
+        shared.emit(Event::CacheExpired {
+            id: step.id.clone(),
+            reason: reason.clone(),
+        });
+    }
+    if let Some(entry) = entry.filter(|_| cache_miss.is_none())
         && let Some(outputs) = present_outputs(shared.store.as_ref(), &entry, &step.outputs).await
     {
         debug!(run = %shared.run_id, step = %step.id, key = %key, "cache hit");
@@ -1445,6 +1516,7 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
         )
         .await;
         let mut rec = base_record(AttemptStatus::Failed, attempt);
+        rec.cache_miss = cache_miss.clone();
         rec.duration_ms = attempt_started.elapsed().as_millis() as u64;
         match result {
             Ok((outputs, metrics, details)) => {
@@ -1459,7 +1531,9 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
                         run_id: shared.run_id.clone(),
                         step: step.id.clone(),
                         metrics: metrics.clone(),
+                        created_ms: Some(shared.now_ms()),
                     };
+                    // An expired entry is replaced: the key is the same, the result newer.
                     if let Err(e) = shared.meta.put_cache_entry(&key, &entry).await {
                         warn!(step = %step.id, error = %e, "cannot write the cache entry");
                     }
@@ -1935,6 +2009,52 @@ async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Result<serde_json
     })
 }
 
+/// What a run past its `timeout` says: `the run passed its timeout of 2h`.
+fn run_timeout_message(timeout: &str) -> String {
+    format!("the run passed its timeout of {timeout}")
+}
+
+/// Why a cached entry is too old for a step's `max_age`, if it is: an entry without the time
+/// it was made (written by a kiln that did not note it) always is.
+fn too_old(entry: &CacheEntry, max_age_ms: Option<u64>, now_ms: u64) -> Option<String> {
+    let max_age_ms = max_age_ms?;
+    let max_age = short_duration(max_age_ms);
+    let Some(created) = entry.created_ms else {
+        return Some(format!(
+            "cached result has no time of making (an older kiln wrote it), so it counts as older than max_age {max_age}"
+        ));
+    };
+    let age_ms = now_ms.saturating_sub(created);
+    (age_ms > max_age_ms).then(|| {
+        format!(
+            "cached result is {} old, older than max_age {max_age}",
+            short_duration(age_ms)
+        )
+    })
+}
+
+/// An age in its largest whole unit and the next (`8d`, `1d 2h`, `3h 5m`, `2s`).
+fn short_duration(ms: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ];
+    for (k, (unit, size)) in UNITS.iter().enumerate() {
+        if ms >= *size {
+            let whole = ms / size;
+            let rest = UNITS
+                .get(k + 1)
+                .map(|(next, next_size)| (ms % size / next_size, next))
+                .filter(|(n, _)| *n > 0)
+                .map_or(String::new(), |(n, next)| format!(" {n}{next}"));
+            return format!("{whole}{unit}{rest}");
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// `1m 30s` style.
 fn humanize(d: Duration) -> String {
     let secs = d.as_secs();
@@ -1945,5 +2065,45 @@ fn humanize(d: Duration) -> String {
         (0, m, 0, _) => format!("{m}m"),
         (0, m, s, _) => format!("{m}m {s}s"),
         (h, m, _, _) => format!("{h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_in_their_largest_units() {
+        assert_eq!(short_duration(8 * 86_400_000), "8d");
+        assert_eq!(short_duration(86_400_000 + 2 * 3_600_000 + 5), "1d 2h");
+        assert_eq!(short_duration(90 * 60_000), "1h 30m");
+        assert_eq!(short_duration(2_500), "2s");
+        assert_eq!(short_duration(40), "40ms");
+    }
+
+    #[test]
+    fn an_entry_is_too_old_only_past_max_age() {
+        let entry = |created_ms| CacheEntry {
+            key: Digest::of_bytes(b"k"),
+            outputs: BTreeMap::new(),
+            run_id: "r".into(),
+            step: "a".into(),
+            metrics: BTreeMap::new(),
+            created_ms,
+        };
+        let day = 86_400_000;
+        assert_eq!(too_old(&entry(Some(0)), None, 100 * day), None);
+        assert_eq!(too_old(&entry(None), None, 100 * day), None);
+        assert_eq!(too_old(&entry(Some(0)), Some(7 * day), 7 * day), None);
+        assert_eq!(
+            too_old(&entry(Some(0)), Some(7 * day), 8 * day).as_deref(),
+            Some("cached result is 8d old, older than max_age 7d")
+        );
+        assert!(
+            too_old(&entry(None), Some(7 * day), 0)
+                .is_some_and(|r| r.contains("counts as older than max_age 7d"))
+        );
+        // A clock that went back does not make an entry young by wrapping around.
+        assert_eq!(too_old(&entry(Some(5 * day)), Some(day), day), None);
     }
 }

@@ -797,3 +797,193 @@ async fn second_run_is_cached_and_a_changed_byte_reruns_only_its_dependents() {
     assert_eq!(status(&third, "pb"), &StepStatus::Succeeded);
     assert_eq!(status(&third, "join"), &StepStatus::Succeeded);
 }
+
+/// A clock the test sets: the time of day the engine notes in cache entries and compares
+/// with `cache.max_age`.
+struct SetClock(std::sync::atomic::AtomicU64);
+
+impl kiln_engine::Clock for SetClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+/// The `cache_miss` note of step `id`'s attempt in a run's record.
+fn cache_miss(s: &Setup, run_id: &str, id: &str) -> Option<String> {
+    let record = s
+        .dir
+        .path()
+        .join(".kiln/runs")
+        .join(run_id)
+        .join("record.jsonl");
+    read_record(&record)
+        .unwrap()
+        .into_iter()
+        .find_map(|event| match event {
+            RecordEvent::StepFinished(rec) if rec.step == id => Some(rec.cache_miss.clone()),
+            _ => None,
+        })
+        .flatten()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cached_result_older_than_max_age_runs_again_and_replaces_the_entry() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  aged:\n    {C}\n    outputs: [out]\n    cache: {{max_age: 7d}}\n  kept:\n    {C}\n    outputs: [kept]\n"
+    );
+    let fake = Arc::new(Fake::default());
+    let clock = Arc::new(SetClock(1_700_000_000_000.into()));
+    let engine = s.engine(fake.clone(), config(2)).with_clock(clock.clone());
+    let run = || async {
+        engine
+            .run(s.input(&yaml), CancellationToken::new(), None)
+            .await
+            .unwrap()
+    };
+    let first = run().await;
+    assert_eq!(status(&first, "aged"), &StepStatus::Succeeded);
+
+    // Six days on: younger than seven, reused.
+    clock.0.fetch_add(6 * DAY_MS, Ordering::SeqCst);
+    let second = run().await;
+    assert_eq!(status(&second, "aged"), &StepStatus::Cached);
+    assert_eq!(status(&second, "kept"), &StepStatus::Cached);
+
+    // Eight days after it was made: too old, run again, and the run says why.
+    clock.0.fetch_add(2 * DAY_MS, Ordering::SeqCst);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let third = engine
+        .run(s.input(&yaml), CancellationToken::new(), Some(tx))
+        .await
+        .unwrap();
+    assert_eq!(status(&third, "aged"), &StepStatus::Succeeded);
+    assert_eq!(
+        status(&third, "kept"),
+        &StepStatus::Cached,
+        "a step without max_age is reused however old"
+    );
+    let mut expired = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let Event::CacheExpired { id, reason } = event {
+            expired.push((id.to_string(), reason));
+        }
+    }
+    let why = "cached result is 8d old, older than max_age 7d";
+    assert_eq!(expired, vec![("aged".to_owned(), why.to_owned())]);
+    assert_eq!(cache_miss(&s, &third.run_id, "aged").as_deref(), Some(why));
+    assert_eq!(fake.started(), vec!["aged", "kept", "aged"]);
+
+    // The new result replaced the entry: a day later it is young again.
+    clock.0.fetch_add(DAY_MS, Ordering::SeqCst);
+    let fourth = run().await;
+    assert_eq!(status(&fourth, "aged"), &StepStatus::Cached);
+    assert_eq!(fake.started().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_without_its_time_is_too_old_for_max_age() {
+    let s = Setup::new();
+    let yaml = format!(
+        "steps:\n  aged:\n    {C}\n    outputs: [out]\n    cache: {{max_age: 30d}}\n  kept:\n    {C}\n    outputs: [kept]\n"
+    );
+    let fake = Arc::new(Fake::default());
+    let engine = s.engine(fake.clone(), config(2));
+    let first = engine
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(status(&first, "aged"), &StepStatus::Succeeded);
+    // Entries as a kiln that did not note their time wrote them.
+    let mut rewritten = 0;
+    for shard in std::fs::read_dir(s.dir.path().join(".kiln/cache")).unwrap() {
+        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let mut entry: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert!(entry["created_ms"].is_u64(), "a new entry notes its time");
+            entry.as_object_mut().unwrap().remove("created_ms");
+            std::fs::write(&path, serde_json::to_vec(&entry).unwrap()).unwrap();
+            rewritten += 1;
+        }
+    }
+    assert_eq!(rewritten, 2);
+    let second = engine
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(status(&second, "aged"), &StepStatus::Succeeded);
+    assert_eq!(status(&second, "kept"), &StepStatus::Cached);
+    assert_eq!(
+        cache_miss(&s, &second.run_id, "aged").as_deref(),
+        Some(
+            "cached result has no time of making (an older kiln wrote it), so it counts as older than max_age 30d"
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_past_its_timeout_stops_skips_the_rest_and_runs_its_exit_handlers() {
+    let s = Setup::new();
+    let yaml = format!(
+        "timeout: 10s\nsteps:\n  quick:\n    {C}\n    outputs: [out]\n  slow:\n    {C}\n    outputs: [out]\n  later:\n    {C}\n    inputs: {{x: slow.out}}\n    outputs: [out]\n  notify:\n    {C}\n    inputs: {{status: run.status}}\n    outputs: [out]\n    run: always\n"
+    );
+    let fake = Arc::new(
+        Fake::default()
+            .with("quick", secs(1))
+            .with("slow", secs(3600)),
+    );
+    let started = Instant::now();
+    let summary = s
+        .engine(fake.clone(), config(2))
+        .run(s.input(&yaml), CancellationToken::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Failed);
+    assert_eq!(status(&summary, "quick"), &StepStatus::Succeeded);
+    assert!(
+        matches!(
+            status(&summary, "slow"),
+            StepStatus::Failed { kind, message }
+                if *kind == FailureKind::Timeout
+                    && message == "stopped while running: the run passed its timeout of 10s"
+        ),
+        "{:?}",
+        status(&summary, "slow")
+    );
+    assert_eq!(
+        skip_reason(&summary, "later").as_deref(),
+        Some("not started: the run passed its timeout of 10s")
+    );
+    assert_eq!(status(&summary, "notify"), &StepStatus::Succeeded);
+    assert_eq!(fake.started(), vec!["quick", "slow", "notify"]);
+    // Stopped at the timeout, not at the end of the slow step (virtual time).
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The exit handler read how it ended.
+    let seen = fake.inputs_seen.lock().unwrap()["notify"]["status"].clone();
+    assert!(seen.contains(r#""status":"failed""#), "{seen}");
+    // As after `--fail-fast`, a step that never started is not in `run.status`.
+    assert!(!seen.contains("later"), "{seen}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_before_the_run_timeout_is_still_a_cancel() {
+    let s = Setup::new();
+    let yaml = format!("timeout: 1h\nsteps:\n  slow:\n    {C}\n    outputs: [out]\n");
+    let fake = Arc::new(Fake::default().with("slow", secs(7200)));
+    let cancel = CancellationToken::new();
+    let canceller = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        canceller.cancel();
+    });
+    let summary = s
+        .engine(fake.clone(), config(1))
+        .run(s.input(&yaml), cancel, None)
+        .await
+        .unwrap();
+    assert_eq!(summary.status, RunStatus::Cancelled);
+    assert_eq!(status(&summary, "slow"), &StepStatus::Cancelled);
+}

@@ -106,6 +106,8 @@ struct Sub {
 type ScopedCompile = (Compiled, BTreeMap<String, InputSource>);
 
 fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> ScopedCompile {
+    let defaulted = with_defaults(pipeline);
+    let pipeline = defaulted.as_ref().unwrap_or(pipeline);
     let mut cx = Checker {
         pipeline,
         options,
@@ -171,6 +173,43 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> Sc
     )
 }
 
+/// The pipeline with its `defaults:` written into every step that does not set the field
+/// itself (`None` when it has no defaults). A defaulted value keeps the span of `defaults:`,
+/// so that whatever is wrong with it is shown there. Steps that include a sub-pipeline get
+/// none (its own file has its own `defaults`), and a default that does not fit a step's
+/// kind is left out: `image` and `resources` go to container steps, `limits` to wasm steps.
+fn with_defaults(pipeline: &Pipeline) -> Option<Pipeline> {
+    let defaults = &pipeline.defaults.as_ref()?.value;
+    let mut pipeline = pipeline.clone();
+    for step in pipeline.steps.values_mut() {
+        let step = &mut step.value;
+        if step.pipeline.is_some() {
+            continue;
+        }
+        if let Some(container) = &mut step.container {
+            if container.value.image.is_none() {
+                container.value.image.clone_from(&defaults.image);
+            }
+            if container.value.resources.is_none() {
+                container.value.resources.clone_from(&defaults.resources);
+            }
+        }
+        if step.wasm.is_some() && step.limits.is_none() {
+            step.limits.clone_from(&defaults.limits);
+        }
+        if step.retries.is_none() {
+            step.retries.clone_from(&defaults.retries);
+        }
+        if step.timeout.is_none() {
+            step.timeout.clone_from(&defaults.timeout);
+        }
+        if step.cache.is_none() {
+            step.cache.clone_from(&defaults.cache);
+        }
+    }
+    Some(pipeline)
+}
+
 struct Checker<'a> {
     pipeline: &'a Pipeline,
     options: &'a PlanOptions,
@@ -208,6 +247,8 @@ enum TemplateSite {
     Container,
     /// The image: params and item only.
     Image,
+    /// `cache.key`: params and item only.
+    CacheKey,
 }
 
 impl<'a> Checker<'a> {
@@ -480,14 +521,16 @@ impl<'a> Checker<'a> {
         if let Some(container) = &step.container {
             let inputs: BTreeSet<&str> = step.inputs.keys().map(|k| k.as_str()).collect();
             let outputs: BTreeSet<&str> = step.outputs.iter().map(|k| k.as_str()).collect();
-            self.check_template(
-                name,
-                &container.image,
-                TemplateSite::Image,
-                in_fan_out,
-                params,
-                (&inputs, &outputs),
-            );
+            if let Some(image) = &container.image {
+                self.check_template(
+                    name,
+                    image,
+                    TemplateSite::Image,
+                    in_fan_out,
+                    params,
+                    (&inputs, &outputs),
+                );
+            }
             for part in container.command.iter().chain(&container.args) {
                 self.check_template(
                     name,
@@ -508,13 +551,42 @@ impl<'a> Checker<'a> {
                     (&inputs, &outputs),
                 );
             }
-            if container.image.trim().is_empty() {
-                self.error(
-                    "kiln::plan::empty-image",
-                    format!("step `{name}` has an empty `image`"),
-                    container.image.span,
-                );
+            match &container.image {
+                Some(image) if image.trim().is_empty() => {
+                    self.error(
+                        "kiln::plan::empty-image",
+                        format!("step `{name}` has an empty `image`"),
+                        image.span,
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.error(
+                        "kiln::plan::no-image",
+                        format!("step `{name}` has no `image`"),
+                        container.span,
+                    )
+                    .help = Some(
+                        "give it `image: ...` under `container`, or give every container step one with `defaults: {image: ...}`".into(),
+                    );
+                }
             }
+        }
+        if let Some(key) = step
+            .cache
+            .as_ref()
+            .and_then(|c| c.policy())
+            .and_then(|p| p.key.as_ref())
+        {
+            let empty = BTreeSet::new();
+            self.check_template(
+                name,
+                key,
+                TemplateSite::CacheKey,
+                in_fan_out,
+                params,
+                (&empty, &empty),
+            );
         }
 
         if let Some(condition) = &step.when {
@@ -552,6 +624,18 @@ impl<'a> Checker<'a> {
                 "timeout",
                 timeout,
                 timeout.span,
+                &items,
+                in_fan_out,
+                params,
+            );
+        }
+        let policy = step.cache.as_ref().and_then(|c| c.policy());
+        if let Some(max_age) = policy.and_then(|p| p.max_age.as_ref()) {
+            self.check_templated(
+                name,
+                "cache.max_age",
+                max_age,
+                max_age.span,
                 &items,
                 in_fan_out,
                 params,
@@ -1474,6 +1558,7 @@ impl<'a> Checker<'a> {
         let place = match (site, with_key) {
             (TemplateSite::With, Some(key)) => format!("`with.{key}`"),
             (TemplateSite::Image, _) => "the image".to_owned(),
+            (TemplateSite::CacheKey, _) => "`cache.key`".to_owned(),
             _ => "a container field".to_owned(),
         };
         for segment in segments {
@@ -1902,6 +1987,11 @@ impl<'a> Checker<'a> {
             params,
             steps,
             concurrency,
+            timeout_ms: self
+                .pipeline
+                .timeout
+                .as_ref()
+                .map(|t| t.0.as_millis().min(u64::MAX as u128) as u64),
         };
         (plan, outputs)
     }
@@ -1959,6 +2049,7 @@ impl<'a> Checker<'a> {
             params: BTreeMap::new(),
             steps: Vec::new(),
             concurrency: BTreeMap::new(),
+            timeout_ms: None,
         });
         let mut steps = plan.steps;
         for planned in &mut steps {
@@ -2249,7 +2340,7 @@ impl<'a> Checker<'a> {
                     .and_then(|r| r.memory.as_ref())
                     .map_or((None, None), |a| resolve_amount(a, fill));
                 let plan = ContainerPlan {
-                    image: text(&c.image),
+                    image: c.image.as_ref().map(|i| text(i)).unwrap_or_default(),
                     command: c.command.iter().map(|s| text(s)).collect(),
                     args: c.args.iter().map(|s| text(s)).collect(),
                     env: c
@@ -2292,6 +2383,7 @@ impl<'a> Checker<'a> {
             }
             (None, None) => unreachable!("step kind is checked before expansion"),
         };
+        let cache_policy = step.cache.as_ref().and_then(|c| c.policy());
         let cache_key = CacheKeyMaterial {
             version: PLAN_VERSION,
             kind: if container_key.is_some() {
@@ -2311,13 +2403,20 @@ impl<'a> Checker<'a> {
             output_files: output_files.clone(),
             metrics: metrics.clone(),
             command: (step.wasm.is_some() && !command_line.is_default()).then_some(command_line),
+            key: cache_policy
+                .and_then(|p| p.key.as_ref())
+                .map(|k| substitute(k, params, item)),
         };
-        let timeout_ms = step.timeout.as_ref().map(|t| {
+        let millis = |t: &kiln_spec::Templated<kiln_spec::HumanDuration>| {
             let d = t
                 .resolve(|text| substitute(text, params, item))
                 .expect("checked");
             d.0.as_millis().min(u64::MAX as u128) as u64
-        });
+        };
+        let timeout_ms = step.timeout.as_ref().map(|t| millis(t));
+        let max_age_ms = cache_policy
+            .and_then(|p| p.max_age.as_ref())
+            .map(|t| millis(t));
         PlannedStep {
             id,
             step: format!("{}{name}", self.scope.namespace),
@@ -2356,7 +2455,8 @@ impl<'a> Checker<'a> {
                     _ => RetryPlan::default(),
                 },
                 timeout_ms,
-                cache: step.cache.as_ref().is_none_or(|c| c.value),
+                cache: step.cache.as_ref().is_none_or(|c| c.enabled()),
+                max_age_ms,
             },
             cache_key,
             for_each,
@@ -2658,6 +2758,19 @@ impl<'a> Checker<'a> {
                 first.span,
             )
             .help = Some("run a pipeline that includes it with `pipeline: ./FILE.yaml` and binds its `inputs`".into());
+        }
+        if self.scope.is_sub()
+            && let Some(timeout) = &self.pipeline.timeout
+        {
+            self.error(
+                "kiln::plan::field-on-sub-pipeline",
+                format!(
+                    "pipeline `{}` is included as a sub-pipeline; its `timeout` does not apply",
+                    self.pipeline.name
+                ),
+                timeout.span,
+            )
+            .help = Some("a run has one `timeout`: set it in the pipeline that is run".into());
         }
         let mut seen = BTreeSet::new();
         for input in &self.pipeline.inputs {

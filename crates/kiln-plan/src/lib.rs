@@ -58,6 +58,9 @@ pub struct Plan {
     /// Named limits steps share ([`Policy::concurrency`]): the most running at once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub concurrency: BTreeMap<String, u32>,
+    /// The whole run's wall-clock limit in milliseconds (the pipeline's `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 impl Plan {
@@ -364,6 +367,9 @@ pub struct Policy {
     pub timeout_ms: Option<u64>,
     /// Whether a cached result may be reused.
     pub cache: bool,
+    /// The oldest cached result that may be reused, in milliseconds (`cache.max_age`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
 }
 
 /// A step's own retry policy; what it leaves out is the run's default.
@@ -441,6 +447,10 @@ pub struct CacheKeyMaterial {
     /// For wasm steps called with their own command line: args, env and streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandLine>,
+    /// The pipeline's own addition to the key (`cache.key`, templates filled in); absent when
+    /// none, so that keys without one stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// The parts of a container step that change its result.

@@ -1165,6 +1165,7 @@ mod tests {
             metrics: BTreeMap::new(),
             details,
             reused_from: None,
+            cache_miss: None,
         }))
     }
 

@@ -23,6 +23,10 @@ pub struct CacheEntry {
     /// The metrics the step reported with them, given again on a hit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// When the entry was made, in milliseconds since the Unix epoch. Entries written before
+    /// kiln noted it have none: for a step with `cache.max_age`, such an entry is too old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
 }
 
 /// Cache entries stored as small JSON files by key.

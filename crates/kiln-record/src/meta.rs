@@ -210,8 +210,26 @@ mod tests {
             run_id: "r1".into(),
             step: "a".into(),
             metrics: Default::default(),
+            created_ms: Some(1_700_000_000_000),
         };
         meta.put_cache_entry(&key, &entry).await.unwrap();
         assert_eq!(meta.cache_entry(&key).await.unwrap(), Some(entry));
+        // An entry written before entries noted their time still reads, without one.
+        let old = Digest::of_bytes(b"old");
+        let hex = old.to_hex();
+        let path = dir
+            .path()
+            .join("cache")
+            .join(&hex[..2])
+            .join(format!("{hex}.json"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let json = format!(r#"{{"key":"{old}","outputs":{{}},"run_id":"r0","step":"a"}}"#);
+        std::fs::write(&path, json).unwrap();
+        let read = meta
+            .cache_entry(&old)
+            .await
+            .unwrap()
+            .expect("an old entry reads");
+        assert_eq!(read.created_ms, None);
     }
 }

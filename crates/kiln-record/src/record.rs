@@ -124,6 +124,10 @@ pub struct StepRecord {
     /// For a cache hit: the run whose outputs were reused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// Why a cached result with the same key was not reused, when one was there:
+    /// `cached result is 8d old, older than max_age 7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_miss: Option<String>,
 }
 
 /// Why an attempt failed: a stable kind, for tests, tools and the record. Written as
@@ -457,6 +461,7 @@ mod tests {
                 .collect(),
             details: BTreeMap::new(),
             reused_from: None,
+            cache_miss: None,
         };
         RecordWriter::create(&path)
             .unwrap()

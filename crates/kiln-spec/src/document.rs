@@ -43,6 +43,8 @@ pub(crate) const TOP_LEVEL_FIELDS: &[&str] = &[
     "concurrency",
     "inputs",
     "outputs",
+    "timeout",
+    "defaults",
 ];
 
 /// The most units whose errors are collected (each costs a pass); what comes after the last
@@ -162,6 +164,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut concurrency = None;
         let mut inputs = None;
         let mut outputs = None;
+        let mut timeout = None;
+        let mut defaults = None;
         let mut seen = HashSet::new();
         // Whether a unit was read over: then there is no pipeline to return, though every
         // field is there.
@@ -197,6 +201,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
                 "concurrency" => concurrency = map.next_value()?,
                 "inputs" => inputs = map.next_value()?,
                 "outputs" => outputs = map.next_value()?,
+                "timeout" => timeout = map.next_value()?,
+                "defaults" => defaults = map.next_value()?,
                 "params" => {
                     let entries = map.next_value_seed(Entries::new(pass, Unit::Param))?;
                     incomplete |= entries.is_none();
@@ -232,6 +238,8 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             concurrency: concurrency.unwrap_or_default(),
             inputs: inputs.unwrap_or_default(),
             outputs: outputs.unwrap_or_default(),
+            timeout,
+            defaults,
         }))
     }
 }

@@ -27,9 +27,10 @@ pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
 };
 pub use pipeline::{
-    API_VERSION, ApiVersion, BuildSpec, ContainerSpec, EXTERNAL_SCHEMES, EnvName, ForEach,
-    GpuRequest, InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries,
-    RetryPolicy, RunWhen, SecretAs, SecretUse, Step, WasmLimits, WasmRef,
+    API_VERSION, ApiVersion, BuildSpec, CachePolicy, CacheSpec, ContainerSpec, DEFAULT_FIELDS,
+    EXTERNAL_SCHEMES, EnvName, ForEach, GpuRequest, InputRef, OutputFile, Outputs, ParamDecl,
+    Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse, Step, StepDefaults,
+    WasmLimits, WasmRef,
 };
 pub use quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 pub use step_id::StepId;

@@ -46,6 +46,110 @@ pub struct Pipeline {
     /// including pipeline reads output `NAME` of the including step `SUB` as `SUB.NAME`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub outputs: IndexMap<Located<ArtifactName>, Located<InputRef>>,
+    /// A wall-clock limit for the whole run, such as `2h`: when it passes, running steps are
+    /// stopped, the rest are skipped, exit handlers still run, and the run fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Located<HumanDuration>>,
+    /// Step fields every step of this file gets unless it sets the field itself (a field the
+    /// step sets replaces the default whole): `image`, `resources`, `retries`, `timeout`,
+    /// `cache`, `limits`. A default that does not fit a step's kind (`image` on a wasm step)
+    /// is not applied to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<Located<StepDefaults>>,
+}
+
+/// Step fields given once for every step: `defaults:` at the top of a pipeline.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepDefaults {
+    /// The image of every container step that names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Located<String>>,
+    /// The resources of every container step that sets no `resources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Located<Resources>>,
+    /// The retries of every step that sets no `retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Located<Retries>>,
+    /// The per-attempt timeout of every step that sets no `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Located<Templated<HumanDuration>>>,
+    /// The caching of every step that sets no `cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Located<CacheSpec>>,
+    /// The limits of every wasm step that sets no `limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Located<WasmLimits>>,
+}
+
+/// The fields `defaults:` may set.
+pub const DEFAULT_FIELDS: &[&str] = &[
+    "image",
+    "resources",
+    "retries",
+    "timeout",
+    "cache",
+    "limits",
+];
+
+/// Step fields that belong to one step and cannot be defaults.
+pub(crate) const STEP_ONLY_FIELDS: &[&str] = &[
+    "description",
+    "wasm",
+    "container",
+    "pipeline",
+    "args",
+    "env",
+    "stdin",
+    "stdout",
+    "secrets",
+    "inputs",
+    "outputs",
+    "metrics",
+    "with",
+    "after",
+    "parallelism",
+    "concurrency",
+    "run",
+    "for_each",
+    "when",
+    "command",
+];
+
+impl<'de> Deserialize<'de> for StepDefaults {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DefaultsVisitor;
+
+        impl<'de> Visitor<'de> for DefaultsVisitor {
+            type Value = StepDefaults;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of step fields, such as `{image: python:3.12, retries: 2}`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StepDefaults, A::Error> {
+                let mut d = StepDefaults::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let twice = || de::Error::custom(format!("`{key}` is set twice in `defaults`"));
+                    match key.as_str() {
+                        "image" if d.image.is_none() => d.image = Some(map.next_value()?),
+                        "resources" if d.resources.is_none() => {
+                            d.resources = Some(map.next_value()?)
+                        }
+                        "retries" if d.retries.is_none() => d.retries = Some(map.next_value()?),
+                        "timeout" if d.timeout.is_none() => d.timeout = Some(map.next_value()?),
+                        "cache" if d.cache.is_none() => d.cache = Some(map.next_value()?),
+                        "limits" if d.limits.is_none() => d.limits = Some(map.next_value()?),
+                        k if DEFAULT_FIELDS.contains(&k) => return Err(twice()),
+                        k => return Err(de::Error::unknown_field(k, DEFAULT_FIELDS)),
+                    }
+                }
+                Ok(d)
+            }
+        }
+
+        deserializer.deserialize_map(DefaultsVisitor)
+    }
 }
 
 /// The `apiVersion` field; only `kiln/v1` exists so far.
@@ -176,9 +280,12 @@ pub struct Step {
     /// `"{{params.budget}}"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Located<Templated<HumanDuration>>>,
-    /// `false` runs the step every time instead of reusing a cached result.
+    /// `false` runs the step every time instead of reusing a cached result; or a map:
+    /// `{max_age: 7d}` reuses a result only while it is younger than that, `{key: "..."}`
+    /// adds a text of the pipeline's own (templated from params and `{{item}}`) to the key,
+    /// `{enabled: false}` is `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<Located<bool>>,
+    pub cache: Option<Located<CacheSpec>>,
     /// Limits of a wasm step: memory and fuel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Located<WasmLimits>>,
@@ -300,6 +407,93 @@ impl JsonSchema for Outputs {
                  "propertyNames": {"pattern": "^[a-z][a-z0-9_-]*$"}}
             ]
         })
+    }
+}
+
+/// How a step uses the cache: `cache: false`, or `{max_age: 7d, key: "...", enabled: true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CacheSpec {
+    /// `true` (the default) or `false`.
+    Enabled(bool),
+    /// A policy.
+    Policy(CachePolicy),
+}
+
+/// A step's cache policy, written as a map.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicy {
+    /// `false` runs the step every time (default `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<Located<bool>>,
+    /// The oldest cached result that is reused, such as `7d` or `12h`, or a template such as
+    /// `"{{params.max_age}}"`: an older one is run again and replaced. A result cached by a
+    /// kiln that did not note when it was made counts as too old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Located<Templated<HumanDuration>>>,
+    /// A text of the pipeline's own that becomes part of the cache key, such as
+    /// `"{{params.dataset_version}}"` (params and `{{item}}` filled in): a new value is a
+    /// miss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Located<String>>,
+}
+
+impl CacheSpec {
+    /// Whether a cached result may be reused at all.
+    pub fn enabled(&self) -> bool {
+        match self {
+            CacheSpec::Enabled(b) => *b,
+            CacheSpec::Policy(p) => p.enabled.as_ref().is_none_or(|e| e.value),
+        }
+    }
+
+    /// The policy, when written as a map.
+    pub fn policy(&self) -> Option<&CachePolicy> {
+        match self {
+            CacheSpec::Enabled(_) => None,
+            CacheSpec::Policy(p) => Some(p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CacheSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CacheVisitor;
+
+        impl<'de> Visitor<'de> for CacheVisitor {
+            type Value = CacheSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, `false`, or a map such as `{max_age: 7d}`")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<CacheSpec, E> {
+                Ok(CacheSpec::Enabled(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CacheSpec, E> {
+                let yaml11 = ["yes", "no", "on", "off", "y", "n"]
+                    .iter()
+                    .any(|b| b.eq_ignore_ascii_case(v));
+                Err(E::custom(if yaml11 {
+                    format!(
+                        "expected `true`, `false` or a map such as `{{max_age: 7d}}`, found `{v}` (kiln reads YAML 1.2: `yes`, `no`, `on` and `off` are strings, not booleans)"
+                    )
+                } else {
+                    format!(
+                        "expected `true`, `false` or a map such as `{{max_age: 7d}}`, found `{v}`"
+                    )
+                }))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<CacheSpec, A::Error> {
+                CachePolicy::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(CacheSpec::Policy)
+            }
+        }
+
+        deserializer.deserialize_any(CacheVisitor)
     }
 }
 
@@ -534,8 +728,9 @@ impl<'de> Deserialize<'de> for SecretUse {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
-    /// The image, such as `python:3.12-slim`.
-    pub image: Located<String>,
+    /// The image, such as `python:3.12-slim` (default: the pipeline's `defaults.image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Located<String>>,
     /// The program and its first arguments; the image's entrypoint when empty.
     #[serde(default)]
     pub command: Vec<Located<String>>,

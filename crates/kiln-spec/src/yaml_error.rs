@@ -214,6 +214,10 @@ fn mapping_of(expected: &[&str]) -> &'static str {
         "at the top level"
     } else if has("wasm") {
         "in a step"
+    } else if has("image") && has("limits") {
+        "in `defaults`"
+    } else if has("max_age") {
+        "in `cache`"
     } else if has("image") {
         "in `container`"
     } else if has("cpu") {
@@ -276,7 +280,14 @@ pub(crate) fn unknown_field(field: &str, expected: &[&str]) -> Diagnostic {
     if !expected.is_empty() {
         d = d.help(format!("expected one of: {}", expected.join(", ")));
     }
-    if expected.contains(&"image") && ["with", "inputs", "outputs"].contains(&field) {
+    if expected == crate::pipeline::DEFAULT_FIELDS
+        && crate::pipeline::STEP_ONLY_FIELDS.contains(&field)
+    {
+        d = d.help(format!(
+            "`{field}` belongs to each step and cannot be a default; `defaults` may set {}",
+            expected.join(", ")
+        ));
+    } else if expected.contains(&"image") && ["with", "inputs", "outputs"].contains(&field) {
         d = d.help(format!(
             "`{field}` belongs to the step, not to its `container`: indent it like `container`"
         ));

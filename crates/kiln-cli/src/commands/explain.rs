@@ -197,6 +197,14 @@ fn explain_step(
         )?;
         return Ok(());
     }
+    if let Some(reason) = &record.cache_miss {
+        writeln!(
+            out,
+            "step `{label}` ran in {run_id} although its key {} was cached: {reason}",
+            record.cache_key
+        )?;
+        return Ok(());
+    }
     let Some(before) = earlier.with_step(id) else {
         writeln!(
             out,

@@ -377,6 +377,12 @@ async fn report(
                     b.set_length(total as u64);
                 }
             }
+            Event::CacheExpired { id, reason } => {
+                say(
+                    &bar,
+                    format!("{}: {reason}; running it again", label(&labels, &id)),
+                );
+            }
             Event::RunFinished { .. } => {}
         }
         if let Some(b) = &bar {

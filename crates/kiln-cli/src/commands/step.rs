@@ -174,6 +174,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             concurrency: None,
             timeout_ms: None,
             cache: false,
+            max_age_ms: None,
         },
         cache_key: CacheKeyMaterial {
             version: kiln_plan::PLAN_VERSION,
@@ -189,6 +190,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             output_files: BTreeMap::new(),
             metrics: None,
             command: None,
+            key: None,
         },
         for_each: None,
     };
@@ -198,6 +200,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         params: BTreeMap::new(),
         steps: vec![step],
         concurrency: BTreeMap::new(),
+        timeout_ms: None,
     };
 
     let temp = tempfile::Builder::new()

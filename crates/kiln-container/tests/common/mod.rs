@@ -67,6 +67,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             concurrency: None,
             timeout_ms: None,
             cache: true,
+            max_age_ms: None,
         },
         cache_key: CacheKeyMaterial {
             version: kiln_plan::PLAN_VERSION,
@@ -78,6 +79,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             output_files: BTreeMap::new(),
             metrics: None,
             command: None,
+            key: None,
         },
         for_each: None,
     }

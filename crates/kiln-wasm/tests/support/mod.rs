@@ -145,6 +145,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             concurrency: None,
             timeout_ms: None,
             cache: true,
+            max_age_ms: None,
         },
         cache_key: CacheKeyMaterial {
             version: 1,
@@ -156,6 +157,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             output_files: BTreeMap::new(),
             metrics: None,
             command: (!spec.command.is_default()).then(|| spec.command.clone()),
+            key: None,
         },
         for_each: None,
     }
