@@ -146,3 +146,32 @@ fn the_s3_input_is_fetched_once_while_unchanged() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("not downloaded again"), "{stderr}");
 }
+
+#[test]
+fn the_join_reads_whichever_branch_ran() {
+    let (_keep, dir) = copy_of("condition-join");
+    let out = kiln_in(&dir, &["run", "pipeline.yaml", "--output", "json"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = |id: &str| {
+        summary["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(status("heads").as_deref(), Some("succeeded"), "{summary}");
+    assert_eq!(status("tails").as_deref(), Some("skipped"), "{summary}");
+    assert_eq!(
+        artifact(&dir, "announce", "message"),
+        "it was heads (the coin said heads)\n"
+    );
+    // An even seed: the other branch runs, and `announce` reads it instead.
+    let out = kiln_in(&dir, &["run", "pipeline.yaml", "-p", "seed=2"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        artifact(&dir, "announce", "message"),
+        "it was tails (the coin said tails)\n"
+    );
+}

@@ -1281,7 +1281,36 @@ fn upstream_problem(
     if step.policy.run.is_finally() {
         return finally_problem(step, index, results);
     }
-    first_problem(&step.depends_on, index, results)
+    let required = step
+        .depends_on
+        .iter()
+        .filter(|d| !step.optional.contains(d));
+    if let Some(problem) = first_problem(required, index, results) {
+        return Some(problem);
+    }
+    // Read only through `??`: a skip is what the fallback is for, a failure is not.
+    for dep in &step.optional {
+        if let Some(result) = &results[index[dep.as_str()]] {
+            let step = dep.clone();
+            match result.status {
+                StepStatus::Failed { .. } => return Some(SkipReason::UpstreamFailed { step }),
+                StepStatus::Cancelled => return Some(SkipReason::UpstreamCancelled { step }),
+                _ => {}
+            }
+        }
+    }
+    // A template with no default whose every step was skipped has nothing to read.
+    for value in step.values.iter().filter(|v| v.default.is_none()) {
+        let ran = value.from.iter().any(|source| {
+            results[index[source.step.as_str()]]
+                .as_ref()
+                .is_some_and(|r| matches!(r.status, StepStatus::Succeeded | StepStatus::Cached))
+        });
+        if !ran {
+            return first_problem(value.from.iter().map(|s| &s.step), index, results);
+        }
+    }
+    None
 }
 
 /// Why a step cannot run because of one of `deps`: the first that did not succeed.
@@ -1330,7 +1359,13 @@ fn finally_problem(
         InputSource::Collect { instances, .. } => instances.as_slice(),
         _ => &[],
     });
-    first_problem(read, index, results)
+    // Values without a fallback too: a template needs its step's output.
+    let values = step
+        .values
+        .iter()
+        .filter(|v| v.default.is_none() && v.from.len() == 1)
+        .map(|v| &v.from[0].step);
+    first_problem(read.chain(values), index, results)
 }
 
 fn finish(
@@ -1393,6 +1428,20 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
             Err(e) => return fail(FailureKind::Condition, e, 0),
         }
     }
+
+    // Other steps' small outputs in its templates: read now, and recorded.
+    let filled;
+    let step = if step.values.is_empty() {
+        step
+    } else {
+        match fill_values(shared, step).await {
+            Ok(s) => {
+                filled = s;
+                &filled
+            }
+            Err(e) => return fail(FailureKind::Input, e, 0),
+        }
+    };
 
     let inputs = match resolve_inputs(shared, step).await {
         Ok(inputs) => inputs,
@@ -1923,6 +1972,10 @@ pub(crate) async fn condition_holds(
         .iter()
         .filter_map(|id| producer(id).map(|(name, is_instance)| (id, name, is_instance)))
         .collect();
+    // What the condition reads, to say so when an output it reads cannot be a value.
+    let reads = kiln_plan::when::analyze(when)
+        .map(|r| r.steps)
+        .unwrap_or_default();
     for (id, name, is_instance) in &producers {
         let Some(outputs) = produced.get(*id) else {
             continue;
@@ -1936,13 +1989,12 @@ pub(crate) async fn condition_holds(
             && step.instance.as_ref().map(|i| i.index) == id.index()
             && producers.iter().filter(|(_, n, _)| n == name).count() == 1;
         for (output, digest) in outputs {
-            let value = match small_json(store, digest).await {
+            let value = match small_value(store, digest, MAX_CONDITION_INPUT).await {
                 Ok(value) => value,
                 Err(why) => {
-                    let read = format!("steps.{producer_name}.{output}");
-                    if when.contains(&read) {
+                    if reads.iter().any(|(s, o)| s == producer_name && o == output) {
                         return Err(format!(
-                            "step `{}`: `when` reads `{read}`, which cannot be read as JSON: {why}",
+                            "step `{}`: `when` reads `steps.{producer_name}.{output}`, which cannot be a value: {why}",
                             step.id
                         ));
                     }
@@ -1984,29 +2036,70 @@ pub(crate) async fn condition_holds(
     .map_err(|e| format!("step `{}`: {e}", step.id))
 }
 
-/// An output as JSON for a condition, or why it cannot be read as such.
-async fn small_json(store: &dyn BlobStore, digest: &Digest) -> Result<serde_json::Value, String> {
+/// Step `step` with the small outputs its templates read filled in: for each template the
+/// first output whose step ran, else its default; recorded as `step_values`.
+async fn fill_values(shared: &Shared, step: &PlannedStep) -> Result<PlannedStep, String> {
+    let mut values = BTreeMap::new();
+    for value in &step.values {
+        let mut found = None;
+        for source in &value.from {
+            let digest = shared
+                .outputs
+                .lock()
+                .expect("outputs lock")
+                .get(&source.step)
+                .and_then(|o| o.get(&source.output))
+                .cloned();
+            // Not there: that step was skipped; the next is tried.
+            let Some(digest) = digest else { continue };
+            let read = small_value(shared.store.as_ref(), &digest, kiln_plan::values::MAX_VALUE);
+            found = Some(read.await.map_err(|e| {
+                format!(
+                    "`{{{{{}}}}}` reads `{}.{}`, which cannot be a value: {e}",
+                    value.template, source.step, source.output
+                )
+            })?);
+            break;
+        }
+        let Some(found) = found.or_else(|| value.default.clone()) else {
+            return Err(format!(
+                "`{{{{{}}}}}`: none of the steps it reads ran, and it has no default (`?? VALUE`)",
+                value.template
+            ));
+        };
+        values.insert(value.template.clone(), found);
+    }
+    let filled = kiln_plan::values::fill(step, &values)?;
+    shared.record(&RecordEvent::StepValues {
+        step: step.id.clone(),
+        values,
+    });
+    Ok(filled)
+}
+
+/// An output as a value for a condition or a template (JSON, else its text:
+/// [`kiln_plan::values::read`]), or why it cannot be one.
+async fn small_value(
+    store: &dyn BlobStore,
+    digest: &Digest,
+    max: u64,
+) -> Result<serde_json::Value, String> {
     // A tree has no blob size.
     let size = store
         .blob_size(digest)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "it is a folder".to_owned())?;
-    if size > MAX_CONDITION_INPUT {
+    if size > max {
         return Err(format!(
-            "it is {size} bytes, and a condition reads outputs of at most {MAX_CONDITION_INPUT}"
+            "it holds {size} bytes; a value is read from outputs of at most {max} bytes (read bigger ones as an input)"
         ));
     }
     let bytes = store
         .read_verified(digest)
         .await
         .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
-            .trim_end()
-            .to_owned();
-        format!("it is not JSON ({e}); it starts `{start}`")
-    })
+    kiln_plan::values::read(&bytes)
 }
 
 /// What a run past its `timeout` says: `the run passed its timeout of 2h`.

@@ -363,9 +363,16 @@ pub async fn replay_run(
 /// record's `step_expanded` events), as the engine made them.
 pub fn plan_as_run(mut plan: Plan, events: &[RecordEvent]) -> Result<Plan, String> {
     for event in events {
-        if let RecordEvent::StepExpanded { step, items, .. } = event {
-            plan.expand(step, items)
-                .map_err(|e| format!("the record's instances of `{step}`: {e}"))?;
+        match event {
+            RecordEvent::StepExpanded { step, items, .. } => {
+                plan.expand(step, items)
+                    .map_err(|e| format!("the record's instances of `{step}`: {e}"))?;
+            }
+            RecordEvent::StepValues { step, values } => {
+                plan.fill_values(step, values)
+                    .map_err(|e| format!("the record's values for `{step}`: {e}"))?;
+            }
+            _ => {}
         }
     }
     Ok(plan)

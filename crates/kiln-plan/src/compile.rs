@@ -14,8 +14,9 @@ use crate::graph::StepGraph;
 use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
-    DETERMINISTIC_KINDS, DynamicList, FanOutInstance, InputSource, PLAN_VERSION, Plan, PlanOptions,
-    PlannedStep, Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind, WhenScope,
+    DETERMINISTIC_KINDS, DynamicList, FanOutInstance, InputSource, OutputValue, PLAN_VERSION, Plan,
+    PlanOptions, PlannedStep, Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind,
+    ValueSource, WhenScope,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -1604,13 +1605,21 @@ impl<'a> Checker<'a> {
                         .help = Some("`{{item.NAME}}` reads a field of an object in a list a step writes (`for_each: \"{{steps.STEP.OUTPUT}}\"`); here write `{{item}}`".into());
                     }
                 }
-                TemplateRef::StepOutput { step, output } => {
-                    self.error(
-                        "kiln::plan::step-template",
-                        format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}` in {place}; a step's output is read as a template only in `for_each`"),
-                        text.span,
-                    )
-                    .help = Some(format!("read it as an input instead: `inputs: {{{output}: {step}.{output}}}`"));
+                TemplateRef::StepOutput { .. } | TemplateRef::FirstOf { .. } => {
+                    if matches!(site, TemplateSite::Image | TemplateSite::CacheKey) {
+                        self.error(
+                            "kiln::plan::step-template",
+                            format!("step `{name}` uses `{{{{{target}}}}}` in {place}; a step's output can be read in `args`, `env`, `command`, `with` and `for_each`"),
+                            text.span,
+                        )
+                        .help = Some("these are fixed when the run is planned: use a param (`{{params.NAME}}`)".into());
+                    } else {
+                        for (step, output) in target.step_outputs() {
+                            if !self.check_value_ref(name, step, output, text.span) {
+                                break;
+                            }
+                        }
+                    }
                 }
                 TemplateRef::Input(n) | TemplateRef::Output(n) => {
                     let is_input = matches!(target, TemplateRef::Input(_));
@@ -1643,6 +1652,97 @@ impl<'a> Checker<'a> {
                 d.span = Some(template_span(text, offset));
             }
         }
+    }
+
+    /// A template reading `{{steps.STEP.OUTPUT}}` into step `name`: the step exists, writes
+    /// that output once (not per fan-out item), and runs before `name`. Whether it does.
+    fn check_value_ref(
+        &mut self,
+        name: &Located<kiln_spec::StepName>,
+        step: &str,
+        output: &str,
+        span: Span,
+    ) -> bool {
+        let i = self.index[name.as_str()];
+        let Some(&j) = self.index.get(step) else {
+            let hint = self.step_hint(step);
+            self.error(
+                "kiln::plan::unknown-step",
+                format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, but there is no step `{step}`{hint}"),
+                span,
+            );
+            return false;
+        };
+        if i == j {
+            self.error(
+                "kiln::plan::self-value",
+                format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, its own output: it is not written before the step runs"),
+                span,
+            )
+            .help = Some(format!("to use the file, write `{{{{outputs.{output}}}}}`"));
+            return false;
+        }
+        let producer = &self.pipeline.steps[j];
+        if producer.for_each.is_some() {
+            self.error(
+                "kiln::plan::fan-out-value",
+                format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, but `{step}` fans out: it writes one `{output}` per item, not one value"),
+                span,
+            )
+            .help = Some(format!("read them all as an input (a folder with one entry per item): `inputs: {{{output}: {step}.{output}}}`"));
+            return false;
+        }
+        if producer.pipeline.is_some() {
+            let collected = self.subs[j].as_ref().is_some_and(|sub| {
+                match sub.pipeline.outputs.get(output).map(|t| &t.value) {
+                    Some(InputRef::StepOutput { step, .. }) => sub
+                        .pipeline
+                        .steps
+                        .get(step.as_str())
+                        .is_some_and(|s| s.for_each.is_some() || s.pipeline.is_some()),
+                    _ => false,
+                }
+            });
+            if collected {
+                self.error(
+                    "kiln::plan::fan-out-value",
+                    format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, but sub-pipeline `{step}` collects `{output}` from several steps: it is a folder, not one value"),
+                    span,
+                )
+                .help = Some(format!("read it as an input: `inputs: {{{output}: {step}.{output}}}`"));
+                return false;
+            }
+            let before = self.diagnostics.len();
+            self.check_sub_output(i, name, j, step, output, span);
+            return self.diagnostics.len() == before;
+        }
+        if !producer.outputs.iter().any(|o| o.as_str() == output) {
+            let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
+            let declared: Vec<&str> = producer.outputs.iter().map(|o| o.as_str()).collect();
+            self.error(
+                "kiln::plan::unknown-output",
+                format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, but `{step}` has no output `{output}`{hint}"),
+                span,
+            )
+            .help = Some(if declared.is_empty() {
+                format!("`{step}` declares no outputs; add `outputs: [{output}]` to it")
+            } else {
+                format!("`{step}` declares: {}", declared.join(", "))
+            });
+            return false;
+        }
+        if run_when(producer).is_finally() && !run_when(&self.pipeline.steps[i]).is_finally() {
+            self.error(
+                "kiln::plan::reads-finally",
+                format!("step `{name}` uses `{{{{steps.{step}.{output}}}}}`, but `{step}` runs after every other step (`run: always` or `on-failure`)"),
+                span,
+            );
+            return false;
+        }
+        self.graph.add_edge(j, i);
+        self.consumers[j] += 1;
+        self.consumed.insert((j, output.to_owned()));
+        true
     }
 
     fn check_when(
@@ -2278,6 +2378,9 @@ impl<'a> Checker<'a> {
             }
         }
 
+        let (values, optional) =
+            self.plan_values(i, k, step, ids, inlined, params, &mut depends_on);
+
         let with: BTreeMap<String, Value> = step
             .with
             .iter()
@@ -2460,7 +2563,95 @@ impl<'a> Checker<'a> {
             },
             cache_key,
             for_each,
+            values,
+            optional,
         }
+    }
+
+    /// The small outputs step `i` (instance `k`) reads in its templates, and the steps it
+    /// waits for only through a template with a fallback (`??`): a skip of those does not
+    /// skip it. The others join `depends_on`.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_values(
+        &self,
+        i: usize,
+        k: Option<usize>,
+        step: &Step,
+        ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
+        params: &BTreeMap<String, Value>,
+        depends_on: &mut BTreeSet<StepId>,
+    ) -> (Vec<OutputValue>, Vec<StepId>) {
+        let mut texts: Vec<&String> = Vec::new();
+        for v in step.with.values() {
+            collect_strings(&v.value, &mut texts);
+        }
+        texts.extend(
+            step.args
+                .iter()
+                .flat_map(|a| a.value.iter().map(|s| &s.value)),
+        );
+        texts.extend(step.env.values().map(|v| &v.value));
+        if let Some(c) = &step.container {
+            texts.extend(c.command.iter().chain(&c.args).map(|s| &s.value));
+            texts.extend(c.env.values().map(|v| &v.value));
+        }
+        let mut values = BTreeMap::new();
+        let mut optional = BTreeSet::new();
+        for text in texts {
+            let Ok(segments) = template::parse(text) else {
+                continue;
+            };
+            for segment in segments {
+                let Segment::Ref { target, .. } = segment else {
+                    continue;
+                };
+                let read = target.step_outputs();
+                let key = target.to_string();
+                if read.is_empty() || values.contains_key(&key) {
+                    continue;
+                }
+                let default = match &target {
+                    TemplateRef::FirstOf {
+                        default: Some(d), ..
+                    } => Some(serde_json::from_str(d).expect("checked when parsed")),
+                    _ => None,
+                };
+                let fallback = default.is_some() || read.len() > 1;
+                let mut from = Vec::new();
+                for (s, o) in read {
+                    let r = InputRef::StepOutput {
+                        step: s.to_owned(),
+                        output: o.to_owned(),
+                    };
+                    let mut deps = BTreeSet::new();
+                    if let InputSource::Step { step, output } =
+                        self.resolve_input(Some((i, k)), &r, ids, inlined, params, &mut deps)
+                    {
+                        from.push(ValueSource { step, output });
+                    }
+                    if fallback {
+                        optional.extend(deps);
+                    } else {
+                        depends_on.extend(deps);
+                    }
+                }
+                values.insert(
+                    key.clone(),
+                    OutputValue {
+                        template: key,
+                        from,
+                        default,
+                    },
+                );
+            }
+        }
+        let optional: Vec<StepId> = optional
+            .into_iter()
+            .filter(|d| !depends_on.contains(d))
+            .collect();
+        depends_on.extend(optional.iter().cloned());
+        (values.into_values().collect(), optional)
     }
 }
 

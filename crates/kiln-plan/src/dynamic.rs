@@ -67,7 +67,7 @@ fn json_kind(v: &Json) -> &'static str {
 }
 
 /// A JSON value as a param value: numbers, strings, booleans and lists of them.
-fn to_value(v: &Json) -> Option<Value> {
+pub(crate) fn to_value(v: &Json) -> Option<Value> {
     Some(match v {
         Json::Bool(b) => Value::Bool(*b),
         Json::Number(n) => match n.as_i64() {
@@ -81,7 +81,7 @@ fn to_value(v: &Json) -> Option<Value> {
 }
 
 /// How an item (or a field) reads inside a string: as `{{item}}` does in a written list.
-fn text_of(v: &Json) -> String {
+pub(crate) fn text_of(v: &Json) -> String {
     match to_value(v) {
         Some(value) => value.to_template_string(),
         None => v.to_string(),
@@ -115,62 +115,62 @@ fn lookup<'i>(reference: &TemplateRef, k: usize, item: &'i Json) -> Result<&'i J
     }
 }
 
-/// Fills `{{item}}` and `{{item.NAME}}` in one string; other templates stay.
-fn fill_text(text: &str, k: usize, item: &Json) -> Result<String, String> {
+/// What a template is filled with: `Ok(None)` leaves it as written.
+pub(crate) type Resolve<'r> = dyn Fn(&TemplateRef) -> Result<Option<Json>, String> + 'r;
+
+/// Fills the templates `resolve` knows in one string; the others stay.
+fn fill_text(text: &str, resolve: &Resolve) -> Result<String, String> {
     let Ok(segments) = template::parse(text) else {
         return Ok(text.to_owned());
     };
-    if !segments.iter().any(is_item_ref) {
-        return Ok(text.to_owned());
-    }
     let mut out = String::new();
+    let mut filled = false;
     for segment in segments {
         match segment {
             Segment::Text(t) => out.push_str(&t),
-            Segment::Ref { target, .. } if is_item(&target) => {
-                out.push_str(&text_of(lookup(&target, k, item)?));
-            }
-            Segment::Ref { target, .. } => out.push_str(&format!("{{{{{target}}}}}")),
+            Segment::Ref { target, .. } => match resolve(&target)? {
+                Some(found) => {
+                    out.push_str(&text_of(&found));
+                    filled = true;
+                }
+                None => out.push_str(&format!("{{{{{target}}}}}")),
+            },
         }
     }
-    Ok(out)
+    // A string with nothing filled stays as written.
+    Ok(if filled { out } else { text.to_owned() })
 }
 
 fn is_item(target: &TemplateRef) -> bool {
     matches!(target, TemplateRef::Item | TemplateRef::ItemField(_))
 }
 
-fn is_item_ref(segment: &Segment) -> bool {
-    matches!(segment, Segment::Ref { target, .. } if is_item(target))
-}
-
-/// Fills item references everywhere in a serialised planned step. Under `params` (the step's
+/// Fills templates everywhere in a serialised planned step. Under `params` (the step's
 /// `with:` values, and the same in its cache key) a string that is one reference takes the
 /// referenced value's type, as `{{item}}` does with a written list.
-fn fill(json: &mut Json, k: usize, item: &Json, typed: bool) -> Result<(), String> {
+pub(crate) fn fill(json: &mut Json, resolve: &Resolve, typed: bool) -> Result<(), String> {
     match json {
         Json::String(s) => {
             if typed
                 && let Some(target) = template::whole_ref(s)
-                && is_item(&target)
+                && let Some(found) = resolve(&target)?
             {
-                let found = lookup(&target, k, item)?;
-                *json = match to_value(found) {
-                    Some(_) => found.clone(),
+                *json = match to_value(&found) {
+                    Some(_) => found,
                     None => Json::String(found.to_string()),
                 };
             } else {
-                *s = fill_text(s, k, item)?;
+                *s = fill_text(s, resolve)?;
             }
         }
         Json::Array(items) => {
             for v in items {
-                fill(v, k, item, typed)?;
+                fill(v, resolve, typed)?;
             }
         }
         Json::Object(fields) => {
             for (key, v) in fields.iter_mut() {
-                fill(v, k, item, typed || key == "params")?;
+                fill(v, resolve, typed || key == "params")?;
             }
         }
         Json::Null | Json::Bool(_) | Json::Number(_) => {}
@@ -201,7 +201,11 @@ pub fn instantiate<'p>(
     let mut instances = Vec::with_capacity(items.len());
     for (k, item) in items.iter().enumerate() {
         let mut filled = json.clone();
-        fill(&mut filled, k, item, false).map_err(|e| {
+        let resolve = |target: &TemplateRef| match is_item(target) {
+            true => lookup(target, k, item).map(|found| Some(found.clone())),
+            false => Ok(None),
+        };
+        fill(&mut filled, &resolve, false).map_err(|e| {
             format!(
                 "step `{}` fans out over `{}.{}`: {e}",
                 template.id, list.step, list.output

@@ -12,6 +12,7 @@ mod compile;
 pub mod declared;
 pub mod dynamic;
 mod graph;
+pub mod values;
 pub mod when;
 
 use std::collections::BTreeMap;
@@ -113,6 +114,36 @@ pub struct PlannedStep {
     /// when the list exists ([`dynamic`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<DynamicList>,
+    /// Small outputs of other steps its templates read (`{{steps.prep.rows}}`), filled in by
+    /// the engine when the step is ready ([`values`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<OutputValue>,
+    /// Steps it waits for that may be skipped without skipping it: it reads them only
+    /// through a template with a fallback (`{{steps.a.x ?? steps.b.x ?? 0}}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional: Vec<StepId>,
+}
+
+/// A template reading other steps' small outputs, as the engine fills it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputValue {
+    /// The template between `{{ }}`, normalised (`steps.fast.score ?? steps.slow.score ?? 0`):
+    /// every place it is written gets the value.
+    pub template: String,
+    /// The outputs to read, in order: the first whose step ran gives the value.
+    pub from: Vec<ValueSource>,
+    /// The value when none of them ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+}
+
+/// One output a template reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueSource {
+    /// The planned step writing it.
+    pub step: StepId,
+    /// The output.
+    pub output: String,
 }
 
 /// The output a step fanning out at run time reads its list from.

@@ -569,7 +569,9 @@ impl Scope<'_> {
                 TemplateRef::Input(n) => self.paths && self.inputs.contains(&n.as_str()),
                 TemplateRef::Output(n) => self.paths && self.outputs.contains(&n.as_str()),
                 // The generator's fan-outs are over written lists and params.
-                TemplateRef::ItemField(_) | TemplateRef::StepOutput { .. } => false,
+                TemplateRef::ItemField(_)
+                | TemplateRef::StepOutput { .. }
+                | TemplateRef::FirstOf { .. } => false,
             },
         })
     }

@@ -74,6 +74,14 @@ pub enum RecordEvent {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         labels: BTreeMap<StepId, String>,
     },
+    /// The small outputs of other steps a step's templates read (`{{steps.prep.rows}}`), as
+    /// they were when it was ready, by template. A replay fills the same.
+    StepValues {
+        /// The step.
+        step: StepId,
+        /// Template (`steps.prep.rows`) → the value it read.
+        values: BTreeMap<String, serde_json::Value>,
+    },
     /// The run ended.
     RunFinished {
         /// `succeeded`, `failed` or `cancelled`.
@@ -374,6 +382,7 @@ impl RunView {
                     view.expanded_labels
                         .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
+                RecordEvent::StepValues { .. } => {}
             }
         }
         view

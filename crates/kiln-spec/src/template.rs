@@ -24,6 +24,28 @@ pub enum TemplateRef {
         /// Its output.
         output: String,
     },
+    /// `{{steps.fast.score ?? steps.slow.score ?? 0}}`: the first of these outputs whose step
+    /// ran (a join after conditional branches), else the default, read when the run gets there.
+    FirstOf {
+        /// The outputs to try, in order: `(step, output)`.
+        outputs: Vec<(String, String)>,
+        /// The value when none of their steps ran, as JSON text (`0`, `"none"`, `true`).
+        default: Option<String>,
+    },
+}
+
+impl TemplateRef {
+    /// The step outputs this reference reads, in order: `(step, output)`.
+    pub fn step_outputs(&self) -> Vec<(&str, &str)> {
+        match self {
+            TemplateRef::StepOutput { step, output } => vec![(step.as_str(), output.as_str())],
+            TemplateRef::FirstOf { outputs, .. } => outputs
+                .iter()
+                .map(|(s, o)| (s.as_str(), o.as_str()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl fmt::Display for TemplateRef {
@@ -35,6 +57,18 @@ impl fmt::Display for TemplateRef {
             TemplateRef::Item => f.write_str("item"),
             TemplateRef::ItemField(n) => write!(f, "item.{n}"),
             TemplateRef::StepOutput { step, output } => write!(f, "steps.{step}.{output}"),
+            TemplateRef::FirstOf { outputs, default } => {
+                for (k, (step, output)) in outputs.iter().enumerate() {
+                    if k > 0 {
+                        f.write_str(" ?? ")?;
+                    }
+                    write!(f, "steps.{step}.{output}")?;
+                }
+                match default {
+                    Some(d) => write!(f, " ?? {d}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -137,6 +171,9 @@ fn parse_ref(inner: &str) -> Result<TemplateRef, String> {
         }
         return Ok(TemplateRef::ItemField(field.to_owned()));
     }
+    if inner.contains("??") {
+        return first_of(inner);
+    }
     if let Some(rest) = inner.strip_prefix("steps.") {
         return match rest.split_once('.') {
             Some((step, output)) if is_ident(step) && is_ident(output) => {
@@ -162,7 +199,7 @@ fn parse_ref(inner: &str) -> Result<TemplateRef, String> {
             _ => "",
         };
         return Err(format!(
-            "unknown template `{{{{{inner}}}}}`{hint}: templates are `params.NAME`, `inputs.NAME`, `outputs.NAME`, `item` (or `item.FIELD`) and, in `for_each`, `steps.STEP.OUTPUT`"
+            "unknown template `{{{{{inner}}}}}`{hint}: templates are `params.NAME`, `inputs.NAME`, `outputs.NAME`, `item` (or `item.FIELD`) and `steps.STEP.OUTPUT` (a small output another step writes)"
         ));
     }
     if !is_ident(name) {
@@ -175,6 +212,59 @@ fn parse_ref(inner: &str) -> Result<TemplateRef, String> {
         "inputs" => TemplateRef::Input(name.to_owned()),
         _ => TemplateRef::Output(name.to_owned()),
     })
+}
+
+/// `steps.a.x ?? steps.b.x ?? DEFAULT`: outputs tried in order, then a JSON scalar.
+fn first_of(inner: &str) -> Result<TemplateRef, String> {
+    let parts: Vec<&str> = inner.split("??").map(str::trim).collect();
+    let mut outputs = Vec::new();
+    let mut default = None;
+    for (k, part) in parts.iter().enumerate() {
+        let last = k + 1 == parts.len();
+        if let Some(rest) = part.strip_prefix("steps.") {
+            match rest.split_once('.') {
+                Some((step, output)) if is_ident(step) && is_ident(output) => {
+                    outputs.push((step.to_owned(), output.to_owned()));
+                    continue;
+                }
+                _ => {
+                    return Err(format!(
+                        "template `{{{{{inner}}}}}`: `{part}` names no output: write `steps.STEP.OUTPUT`"
+                    ));
+                }
+            }
+        }
+        if k == 0 {
+            return Err(format!(
+                "template `{{{{{inner}}}}}`: `??` gives a step's output a fallback, as in `{{{{steps.STEP.OUTPUT ?? 0}}}}`; `{part}` is not a step's output"
+            ));
+        }
+        if !last {
+            return Err(format!(
+                "template `{{{{{inner}}}}}`: the default `{part}` must come last; before it, write `steps.STEP.OUTPUT`"
+            ));
+        }
+        default = Some(literal(part).ok_or_else(|| {
+            format!(
+                "template `{{{{{inner}}}}}`: the default `{part}` is not a value: write a number, `true`, `false` or a quoted string (`\"none\"`)"
+            )
+        })?);
+    }
+    Ok(TemplateRef::FirstOf { outputs, default })
+}
+
+/// A default written in a template, as JSON text: a number, a boolean, or a string quoted
+/// with `"` or `'`.
+fn literal(text: &str) -> Option<String> {
+    if let Some(quoted) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
+        return Some(serde_json::Value::String(quoted.to_owned()).to_string());
+    }
+    match serde_json::from_str::<serde_json::Value>(text).ok()? {
+        v @ (serde_json::Value::Number(_)
+        | serde_json::Value::Bool(_)
+        | serde_json::Value::String(_)) => Some(v.to_string()),
+        _ => None,
+    }
 }
 
 /// If the whole string is one template, what it refers to.
@@ -230,6 +320,45 @@ mod tests {
             Some(TemplateRef::Param("lr".into()))
         );
         assert_eq!(whole_ref("x{{params.lr}}"), None);
+    }
+
+    #[test]
+    fn first_of_reads_outputs_in_order_then_a_default() {
+        let target = whole_ref("{{ steps.fast.score ?? steps.slow.score ?? 0 }}").unwrap();
+        assert_eq!(
+            target,
+            TemplateRef::FirstOf {
+                outputs: vec![
+                    ("fast".into(), "score".into()),
+                    ("slow".into(), "score".into())
+                ],
+                default: Some("0".into()),
+            }
+        );
+        assert_eq!(
+            target.to_string(),
+            "steps.fast.score ?? steps.slow.score ?? 0"
+        );
+        assert_eq!(
+            target.step_outputs(),
+            [("fast", "score"), ("slow", "score")]
+        );
+        let quoted = whole_ref("{{steps.a.x ?? 'none'}}").unwrap();
+        assert_eq!(quoted.to_string(), "steps.a.x ?? \"none\"");
+        assert_eq!(
+            whole_ref(r#"{{steps.a.x ?? "none"}}"#),
+            Some(quoted.clone())
+        );
+        for (bad, says) in [
+            ("{{params.x ?? 1}}", "not a step's output"),
+            ("{{steps.a.x ?? 1 ?? steps.b.y}}", "must come last"),
+            ("{{steps.a.x ?? none}}", "is not a value"),
+            ("{{steps.a.x ?? [1]}}", "is not a value"),
+            ("{{steps.a ?? 1}}", "names no output"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

@@ -193,6 +193,8 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
             key: None,
         },
         for_each: None,
+        values: Vec::new(),
+        optional: Vec::new(),
     };
     let plan = Plan {
         plan_version: kiln_plan::PLAN_VERSION,

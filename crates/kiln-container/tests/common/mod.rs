@@ -82,6 +82,8 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
             key: None,
         },
         for_each: None,
+        values: Vec::new(),
+        optional: Vec::new(),
     }
 }
 

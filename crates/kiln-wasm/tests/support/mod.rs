@@ -160,5 +160,7 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
             key: None,
         },
         for_each: None,
+        values: Vec::new(),
+        optional: Vec::new(),
     }
 }
