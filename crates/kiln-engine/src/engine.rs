@@ -2,7 +2,7 @@
 //! retries, timeouts, failure propagation and cancellation.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -391,6 +391,8 @@ struct Shared {
     events: broadcast::Sender<RunEvent>,
     /// Outputs of finished steps, by step id.
     outputs: Mutex<HashMap<StepId, BTreeMap<String, Digest>>>,
+    /// Steps skipped because a condition was false, theirs or upstream.
+    conditional_skips: Mutex<HashSet<StepId>>,
     /// How each finished step ended (`succeeded`, from the cache or not, `failed`,
     /// `skipped`, `cancelled`), by step id: what `run.status` says.
     statuses: Mutex<BTreeMap<StepId, &'static str>>,
@@ -645,6 +647,7 @@ impl Engine {
             event_run_id: run_id.as_str().into(),
             events: events.clone(),
             outputs: Mutex::new(HashMap::new()),
+            conditional_skips: Mutex::new(HashSet::new()),
             statuses: Mutex::new(BTreeMap::new()),
         });
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
@@ -1281,10 +1284,30 @@ fn upstream_problem(
     if step.policy.run.is_finally() {
         return finally_problem(step, index, results);
     }
-    let required = step
-        .depends_on
-        .iter()
-        .filter(|d| !step.optional.contains(d));
+    // A collecting step collects what ran: an instance skipped by a condition is left out.
+    let collected: HashSet<&StepId> = step
+        .inputs
+        .values()
+        .flat_map(|source| match source {
+            InputSource::Collect { instances, .. } => instances.as_slice(),
+            _ => &[],
+        })
+        .collect();
+    let by_condition = |d: &StepId| {
+        results[index[d.as_str()]].as_ref().is_some_and(|r| {
+            matches!(
+                r.status,
+                StepStatus::Skipped {
+                    reason: SkipReason::ConditionFalse { .. }
+                        | SkipReason::UpstreamConditionFalse { .. }
+                }
+            )
+        })
+    };
+    let required = step.depends_on.iter().filter(|d| {
+        let left_out = collected.contains(d) && by_condition(d);
+        !step.optional.contains(d) && !left_out
+    });
     if let Some(problem) = first_problem(required, index, results) {
         return Some(problem);
     }
@@ -1385,6 +1408,16 @@ fn finish(
             step: summary.id.clone(),
             reason: reason.to_string(),
         });
+    }
+    if let StepStatus::Skipped {
+        reason: SkipReason::ConditionFalse { .. } | SkipReason::UpstreamConditionFalse { .. },
+    } = &summary.status
+    {
+        shared
+            .conditional_skips
+            .lock()
+            .expect("skips lock")
+            .insert(summary.id.clone());
     }
     shared.emit(Event::StepFinished(summary.clone()));
     shared
@@ -1845,9 +1878,16 @@ async fn resolve_inputs(
                 };
                 let mut digests = Vec::new();
                 for (k, digest) in found.into_iter().enumerate() {
-                    digests.push(digest.ok_or_else(|| {
-                        format!("input `{name}`: instance {k} has no output `{output}`")
-                    })?);
+                    match digest {
+                        Some(digest) => digests.push((k, digest)),
+                        // Skipped by a condition: what ran is collected.
+                        None if skipped_by_condition(shared, &instances[k]) => {}
+                        None => {
+                            return Err(format!(
+                                "input `{name}`: instance {k} has no output `{output}`"
+                            ));
+                        }
+                    }
                 }
                 collect_tree(shared.store.as_ref(), &digests).await?
             }
@@ -1882,13 +1922,23 @@ async fn resolve_inputs(
     Ok(digests)
 }
 
-/// The folder a `Collect` input is: one entry per instance, named by its index.
+/// Whether step `id` was skipped because a condition was false (its own, or an upstream
+/// step's): an instance a collecting step may do without.
+fn skipped_by_condition(shared: &Shared, id: &StepId) -> bool {
+    shared
+        .conditional_skips
+        .lock()
+        .expect("skips lock")
+        .contains(id)
+}
+
+/// The folder a `Collect` input is: one entry per instance that ran, named by its index.
 pub(crate) async fn collect_tree(
     store: &dyn BlobStore,
-    digests: &[Digest],
+    digests: &[(usize, Digest)],
 ) -> Result<Digest, String> {
     let mut entries = Vec::new();
-    for (k, digest) in digests.iter().enumerate() {
+    for (k, digest) in digests {
         let kind = match store.kind(digest).await.map_err(|e| e.to_string())? {
             Some(ObjectKind::Tree) => EntryKind::Folder,
             _ => EntryKind::File,

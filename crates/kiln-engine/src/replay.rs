@@ -897,13 +897,21 @@ impl Ctx<'_> {
                     output, instances, ..
                 } => {
                     let mut digests = Vec::new();
-                    for id in instances {
-                        digests.push(*upstream(id)?.get(output).ok_or_else(|| {
-                            (
-                                "kiln::replay::upstream",
-                                format!("upstream `{id}` wrote no `{output}` in the replay"),
-                            )
-                        })?);
+                    for (k, id) in instances.iter().enumerate() {
+                        // Skipped (by a condition) in the replay: left out, as in the run.
+                        if !self.current.contains_key(id) && !self.failed_upstream.contains_key(id)
+                        {
+                            continue;
+                        }
+                        digests.push((
+                            k,
+                            *upstream(id)?.get(output).ok_or_else(|| {
+                                (
+                                    "kiln::replay::upstream",
+                                    format!("upstream `{id}` wrote no `{output}` in the replay"),
+                                )
+                            })?,
+                        ));
                     }
                     collect_tree(self.store, &digests)
                         .await
