@@ -504,3 +504,67 @@ fn the_committed_digits_bundle_replays_identical() {
     );
     assert!(pick["metrics"][0]["replayed"].as_f64().unwrap() > 0.9);
 }
+
+/// Steps replayed at once (`-j`) wait for what they read: with a replaced component, whose
+/// change must reach the steps downstream, eight at a time give the report one at a time
+/// does, in the plan's order.
+#[test]
+fn replaying_in_parallel_keeps_the_order_and_follows_changes_downstream() {
+    let ws = Workspace::new(
+        "\
+apiVersion: kiln/v1
+name: wide
+steps:
+  first:
+    wasm: copy.wasm
+    inputs: {src: ./data.txt}
+    outputs: [dst]
+  spread:
+    for_each: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    wasm: copy.wasm
+    inputs: {src: first.dst}
+    outputs: [dst]
+    with: {n: \"{{item}}\"}
+  last:
+    for_each: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    wasm: copy.wasm
+    inputs: {src: spread.dst}
+    outputs: [dst]
+",
+        &["copy"],
+        &[("data.txt", "some data\n")],
+    );
+    ws.run();
+    let with = format!("first={}", guest("upper").display());
+    let verdicts = |report: &Value| -> Vec<(String, String)> {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap().to_owned(),
+                    s["verdict"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (code, one) = ws.replay(&["latest", "--with", &with, "-j", "1"]);
+    assert_eq!(code, 1, "{one:#}");
+    let (code, eight) = ws.replay(&["latest", "--with", &with, "-j", "8"]);
+    assert_eq!(code, 1, "{eight:#}");
+    assert_eq!(verdicts(&one), verdicts(&eight));
+    let ids: Vec<String> = verdicts(&eight).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.first().map(String::as_str), Some("first"));
+    assert_eq!(ids.len(), 25);
+    assert_eq!(ids.last().map(String::as_str), Some("last[11]"));
+    // Every step read what the replaced one wrote.
+    assert!(
+        verdicts(&eight).iter().all(|(_, v)| v == "changed"),
+        "{eight:#}"
+    );
+    // Nothing replaced: all identical, at any width.
+    let (code, report) = ws.replay(&["latest", "-j", "8"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert!(verdicts(&report).iter().all(|(_, v)| v == "identical"));
+}

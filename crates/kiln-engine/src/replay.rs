@@ -14,9 +14,10 @@
 //! `kiln::replay::executor`, `kiln::replay::upstream`, `kiln::replay::stale-container`,
 //! `kiln::replay::condition`, `kiln::replay::record`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use kiln_cas::{BlobStore, Digest, EntryKind, ObjectKind};
@@ -48,6 +49,9 @@ pub struct ReplayOptions {
     pub replace: BTreeMap<String, PathBuf>,
     /// Where attempts run and logs go (a folder the caller owns; created if missing).
     pub work_dir: PathBuf,
+    /// The most steps replayed at once (0: one per core). Steps wait for the steps they
+    /// read, as in a run; the report keeps the plan's order whatever finishes first.
+    pub jobs: usize,
 }
 
 /// Why a replay could not start at all.
@@ -323,28 +327,97 @@ pub async fn replay_run(
     let components = state.components_dir();
 
     let replay_id = format!("replay-{run_id}-{}", now_ms());
-    let mut ctx = Ctx {
-        plan: &plan,
-        store: store.as_ref(),
-        shared_store: store.clone(),
-        executors,
-        options,
-        replaced: &replaced,
-        propagate: !replaced.is_empty(),
-        current: HashMap::new(),
-        failed_upstream: HashMap::new(),
-        served: HashSet::new(),
+    let propagate = !replaced.is_empty();
+    let plan = Arc::new(plan);
+    let ctx = Arc::new(Ctx {
+        plan: plan.clone(),
+        store: store.clone(),
+        executors: executors.clone(),
+        options: options.clone(),
+        replaced: replaced.clone(),
+        propagate,
+        current: Mutex::new(HashMap::new()),
+        failed_upstream: Mutex::new(HashMap::new()),
+        served: Mutex::new(HashSet::new()),
         replay_id,
         components,
         logs,
-    };
-    let mut steps = Vec::new();
+    });
     // A fan-out over a list a step wrote is replayed as its instances.
-    for planned in plan.steps.iter().filter(|s| s.for_each.is_none()) {
-        let result = ctx.step(planned, view.step(&planned.id), progress).await;
-        progress(ReplayProgress::Finished(result.clone()));
-        steps.push(result);
+    let order: Vec<&PlannedStep> = plan.steps.iter().filter(|s| s.for_each.is_none()).collect();
+    let position: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.id.as_str(), k))
+        .collect();
+    // Each step waits for the steps it reads or runs after, as in a run.
+    let mut waiting = vec![0usize; order.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); order.len()];
+    for (k, planned) in order.iter().enumerate() {
+        let mut deps: Vec<usize> = planned
+            .depends_on
+            .iter()
+            .filter_map(|d| position.get(d.as_str()).copied())
+            .collect();
+        deps.sort_unstable();
+        deps.dedup();
+        waiting[k] = deps.len();
+        for d in deps {
+            dependents[d].push(k);
+        }
     }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..order.len())
+        .filter(|&k| waiting[k] == 0)
+        .map(Reverse)
+        .collect();
+    let jobs = match options.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<StepId>();
+    let mut running = tokio::task::JoinSet::new();
+    let mut results: Vec<Option<StepReplay>> = vec![None; order.len()];
+    loop {
+        while running.len() < jobs
+            && let Some(Reverse(k)) = ready.pop()
+        {
+            let ctx = ctx.clone();
+            let planned = order[k].clone();
+            let view = view.step(&planned.id).cloned();
+            let tx = started_tx.clone();
+            running.spawn(async move {
+                let started = move |id: StepId| {
+                    let _ = tx.send(id);
+                };
+                (k, ctx.step(&planned, view.as_ref(), &started).await)
+            });
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(step) = started_rx.recv() => progress(ReplayProgress::Started { step }),
+            Some(joined) = running.join_next() => {
+                let (k, result) = joined
+                    .map_err(|e| ReplayError::Record(format!("a step's replay failed: {e}")))?;
+                while let Ok(step) = started_rx.try_recv() {
+                    progress(ReplayProgress::Started { step });
+                }
+                progress(ReplayProgress::Finished(result.clone()));
+                results[k] = Some(result);
+                for &d in &dependents[k] {
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 {
+                        ready.push(Reverse(d));
+                    }
+                }
+            }
+        }
+    }
+    let steps: Vec<StepReplay> = results
+        .into_iter()
+        .map(|r| r.expect("every step is replayed once its upstream steps are"))
+        .collect();
     let _ = std::fs::remove_dir_all(options.work_dir.join("scratch"));
     Ok(ReplayReport {
         run_id: run_id.to_owned(),
@@ -423,35 +496,56 @@ fn dedup(mut names: Vec<&str>) -> Vec<&str> {
     names
 }
 
-/// What the steps of one replay share.
-struct Ctx<'a> {
-    plan: &'a Plan,
-    store: &'a dyn BlobStore,
-    /// The same store, for staging attempts.
-    shared_store: Arc<dyn BlobStore>,
-    executors: &'a Executors,
-    options: &'a ReplayOptions,
-    replaced: &'a BTreeMap<String, (PathBuf, Digest)>,
+/// What the steps of one replay share; steps replayed at once each hold it.
+struct Ctx {
+    plan: Arc<Plan>,
+    /// The store, also for staging attempts.
+    store: Arc<dyn BlobStore>,
+    executors: Executors,
+    options: ReplayOptions,
+    replaced: BTreeMap<String, (PathBuf, Digest)>,
     /// Feed steps what the replay wrote upstream (with replacements) rather than what the
     /// record says they read.
     propagate: bool,
     /// Outputs downstream steps read, by step id.
-    current: HashMap<StepId, BTreeMap<String, Digest>>,
+    current: Mutex<HashMap<StepId, BTreeMap<String, Digest>>>,
     /// Steps that produced nothing usable in the replay, and why.
-    failed_upstream: HashMap<StepId, String>,
+    failed_upstream: Mutex<HashMap<StepId, String>>,
     /// Container steps whose recorded outputs were served as they are.
-    served: HashSet<StepId>,
+    served: Mutex<HashSet<StepId>>,
     replay_id: String,
     components: PathBuf,
     logs: PathBuf,
 }
 
-impl Ctx<'_> {
+impl Ctx {
+    fn failed(&self, id: &StepId, why: String) {
+        self.failed_upstream
+            .lock()
+            .expect("replay lock")
+            .insert(id.clone(), why);
+    }
+
+    fn failed_why(&self, id: &str) -> Option<String> {
+        self.failed_upstream
+            .lock()
+            .expect("replay lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn produced(&self, id: &StepId, outputs: BTreeMap<String, Digest>) {
+        self.current
+            .lock()
+            .expect("replay lock")
+            .insert(id.clone(), outputs);
+    }
+
     async fn step(
-        &mut self,
+        &self,
         planned: &PlannedStep,
         view: Option<&kiln_record::StepView>,
-        progress: &(dyn Fn(ReplayProgress) + Send + Sync),
+        started: &(dyn Fn(StepId) + Send + Sync),
     ) -> StepReplay {
         let kind_name = match planned.kind {
             StepKind::Wasm { .. } => "wasm",
@@ -463,8 +557,9 @@ impl Ctx<'_> {
             && !planned
                 .depends_on
                 .iter()
-                .any(|d| self.failed_upstream.contains_key(d))
+                .any(|d| self.failed_why(d).is_some())
         {
+            let current = self.current.lock().expect("replay lock").clone();
             match condition_holds(
                 &self.plan.params,
                 &|id: &str| {
@@ -472,8 +567,8 @@ impl Ctx<'_> {
                         .step(id)
                         .map(|s| (s.step.clone(), s.instance.is_some()))
                 },
-                self.store,
-                &self.current,
+                self.store.as_ref(),
+                &current,
                 planned,
                 when,
             )
@@ -532,7 +627,7 @@ impl Ctx<'_> {
             && let Some((dep, why)) = planned
                 .depends_on
                 .iter()
-                .find_map(|d| self.failed_upstream.get(d).map(|why| (d, why)))
+                .find_map(|d| self.failed_why(d).map(|why| (d, why)))
         {
             let message = format!("upstream `{dep}` has no outputs in the replay: {why}");
             return self.not_produced(
@@ -590,10 +685,7 @@ impl Ctx<'_> {
                 }
             }
             if let Some((name, digest)) = missing {
-                self.failed_upstream.insert(
-                    planned.id.clone(),
-                    format!("its output `{name}` is missing"),
-                );
+                self.failed(&planned.id, format!("its output `{name}` is missing"));
                 return result.problem(
                     Verdict::CouldNotReplay,
                     "kiln::replay::missing-object",
@@ -602,8 +694,11 @@ impl Ctx<'_> {
                     ),
                 );
             }
-            self.current.insert(planned.id.clone(), recorded_outputs);
-            self.served.insert(planned.id.clone());
+            self.produced(&planned.id, recorded_outputs);
+            self.served
+                .lock()
+                .expect("replay lock")
+                .insert(planned.id.clone());
             if !inputs_changed.is_empty() {
                 return result.problem(
                     Verdict::CouldNotReplay,
@@ -622,8 +717,7 @@ impl Ctx<'_> {
         // Everything it reads must be at hand before it runs.
         for (name, digest) in &inputs {
             if !self.store.contains(digest).await.unwrap_or(false) {
-                self.failed_upstream
-                    .insert(planned.id.clone(), "an input is missing".to_owned());
+                self.failed(&planned.id, "an input is missing".to_owned());
                 return result.problem(
                     Verdict::CouldNotReplay,
                     "kiln::replay::missing-object",
@@ -639,8 +733,7 @@ impl Ctx<'_> {
                 match self.component_in_store(rec, recorded_component).await {
                     Ok(found) => Some(found),
                     Err(message) => {
-                        self.failed_upstream
-                            .insert(planned.id.clone(), "its component is missing".to_owned());
+                        self.failed(&planned.id, "its component is missing".to_owned());
                         return result.problem(
                             Verdict::CouldNotReplay,
                             "kiln::replay::missing-object",
@@ -655,8 +748,7 @@ impl Ctx<'_> {
             StepKind::Container(_) => self.executors.container.clone(),
         };
         let Some(executor) = executor else {
-            self.failed_upstream
-                .insert(planned.id.clone(), "no executor".to_owned());
+            self.failed(&planned.id, "no executor".to_owned());
             return result.problem(
                 Verdict::CouldNotReplay,
                 "kiln::replay::executor",
@@ -664,6 +756,13 @@ impl Ctx<'_> {
             );
         };
         result.executor = executor.name().to_owned();
+        // A container step run again on an image that is no longer the recorded one.
+        let image_changed = match &planned.kind {
+            StepKind::Container(c) => {
+                image_change(&rec.key, executor.key_pins(planned).await.ok(), &c.image)
+            }
+            StepKind::Wasm { .. } => None,
+        };
 
         // Same component and inputs: the recorded key, hence the recorded seed. Otherwise the
         // key a run would compute, as `kiln run` would seed it.
@@ -686,15 +785,13 @@ impl Ctx<'_> {
             return self.record_problem(planned, rec, "its cache key cannot be read".into());
         };
 
-        progress(ReplayProgress::Started {
-            step: planned.id.clone(),
-        });
+        started(planned.id.clone());
         let log = self.logs.join(format!("{}.log", planned.id.file_stem()));
         let _ = std::fs::remove_file(&log);
         let place = AttemptPlace {
             run_id: &self.replay_id,
             area: StagingArea {
-                store: self.shared_store.clone(),
+                store: self.store.clone(),
                 scratch: self.options.work_dir.join("scratch"),
                 components: self.components.clone(),
                 log: log.clone(),
@@ -720,14 +817,14 @@ impl Ctx<'_> {
         .await;
         result.duration_ms = attempt_started.elapsed().as_millis() as u64;
         result.log = Some(log);
-        let explained = result.replaced || !inputs_changed.is_empty();
-        let cause = cause_text(result.replaced, &inputs_changed);
+        let explained = result.replaced || !inputs_changed.is_empty() || image_changed.is_some();
+        let cause = cause_text(result.replaced, &inputs_changed, image_changed.as_deref());
 
         let (outputs, metrics) = match outcome {
             Ok((outputs, metrics, _)) => (outputs, metrics),
             Err(failure) => {
-                self.failed_upstream.insert(
-                    planned.id.clone(),
+                self.failed(
+                    &planned.id,
                     format!("it failed in the replay ({})", failure.kind),
                 );
                 let message = format!(
@@ -762,7 +859,7 @@ impl Ctx<'_> {
             let recorded = recorded_outputs.get(name);
             let same = recorded == Some(replayed);
             let (paths, diff) = match recorded {
-                Some(recorded) if !same => describe(self.store, recorded, replayed).await,
+                Some(recorded) if !same => describe(self.store.as_ref(), recorded, replayed).await,
                 _ => (Vec::new(), None),
             };
             result.outputs.push(OutputReplay {
@@ -798,8 +895,8 @@ impl Ctx<'_> {
                     .map(|m| format!("metric `{}`", m.name)),
             )
             .collect();
-        self.current.insert(
-            planned.id.clone(),
+        self.produced(
+            &planned.id,
             if self.propagate {
                 outputs
             } else {
@@ -809,7 +906,9 @@ impl Ctx<'_> {
         if differing.is_empty() {
             // Identical says less when nothing upstream ran again: the step was fed what the
             // record says, not what a replay of its upstream steps wrote.
-            if self.inputs_all_served(planned) {
+            if let Some(image) = &image_changed {
+                result.message = Some(format!("identical although its {image}"));
+            } else if self.inputs_all_served(planned) {
                 result.message = Some(INPUTS_SERVED.to_owned());
             }
             return result;
@@ -837,22 +936,21 @@ impl Ctx<'_> {
     /// A step with no outputs in the replay: downstream steps that read it cannot run when
     /// outputs propagate.
     fn not_produced(
-        &mut self,
+        &self,
         planned: &PlannedStep,
         executor: &str,
         verdict: Verdict,
         code: Option<&'static str>,
         reason: String,
     ) -> StepReplay {
-        self.failed_upstream
-            .insert(planned.id.clone(), reason.clone());
+        self.failed(&planned.id, reason.clone());
         let mut result = StepReplay::new(&planned.id, executor, verdict);
         result.code = code;
         result.message = Some(reason);
         result
     }
 
-    fn record_problem(&mut self, planned: &PlannedStep, rec: &StepRecord, e: String) -> StepReplay {
+    fn record_problem(&self, planned: &PlannedStep, rec: &StepRecord, e: String) -> StepReplay {
         self.not_produced(
             planned,
             &rec.executor,
@@ -868,19 +966,24 @@ impl Ctx<'_> {
         planned: &PlannedStep,
         recorded: &BTreeMap<String, Digest>,
     ) -> Result<BTreeMap<String, Digest>, (&'static str, String)> {
-        let upstream = |id: &str| -> Result<&BTreeMap<String, Digest>, (&'static str, String)> {
-            if let Some(why) = self.failed_upstream.get(id) {
+        let upstream = |id: &str| -> Result<BTreeMap<String, Digest>, (&'static str, String)> {
+            if let Some(why) = self.failed_why(id) {
                 return Err((
                     "kiln::replay::upstream",
                     format!("upstream `{id}` has no outputs in the replay: {why}"),
                 ));
             }
-            self.current.get(id).ok_or_else(|| {
-                (
-                    "kiln::replay::upstream",
-                    format!("upstream `{id}` has no outputs in the replay"),
-                )
-            })
+            self.current
+                .lock()
+                .expect("replay lock")
+                .get(id)
+                .cloned()
+                .ok_or_else(|| {
+                    (
+                        "kiln::replay::upstream",
+                        format!("upstream `{id}` has no outputs in the replay"),
+                    )
+                })
         };
         let mut inputs = BTreeMap::new();
         for (name, source) in &planned.inputs {
@@ -899,8 +1002,8 @@ impl Ctx<'_> {
                     let mut digests = Vec::new();
                     for (k, id) in instances.iter().enumerate() {
                         // Skipped (by a condition) in the replay: left out, as in the run.
-                        if !self.current.contains_key(id) && !self.failed_upstream.contains_key(id)
-                        {
+                        let ran = self.current.lock().expect("replay lock").contains_key(id);
+                        if !ran && self.failed_why(id).is_none() {
                             continue;
                         }
                         digests.push((
@@ -913,7 +1016,7 @@ impl Ctx<'_> {
                             })?,
                         ));
                     }
-                    collect_tree(self.store, &digests)
+                    collect_tree(self.store.as_ref(), &digests)
                         .await
                         .map_err(|e| ("kiln::replay::executor", format!("input `{name}`: {e}")))?
                 }
@@ -947,7 +1050,8 @@ impl Ctx<'_> {
                 | InputSource::RunStatus => &[],
             })
             .peekable();
-        upstream.peek().is_some() && upstream.all(|id| self.served.contains(id))
+        let served = self.served.lock().expect("replay lock");
+        upstream.peek().is_some() && upstream.all(|id| served.contains(id))
     }
 
     /// The recorded component, which must be in the store.
@@ -983,19 +1087,46 @@ fn quoted(names: &[String]) -> String {
         .join(", ")
 }
 
-fn cause_text(replaced: bool, inputs_changed: &[String]) -> String {
+fn cause_text(replaced: bool, inputs_changed: &[String], image: Option<&str>) -> String {
+    let mut causes = Vec::new();
     match (replaced, inputs_changed.is_empty()) {
-        (true, true) => "its component was replaced".to_owned(),
-        (true, false) => format!(
+        (true, true) => causes.push("its component was replaced".to_owned()),
+        (true, false) => causes.push(format!(
             "its component was replaced and its inputs {} changed upstream",
             quoted(inputs_changed)
-        ),
-        (false, _) => format!(
+        )),
+        (false, false) => causes.push(format!(
             "input{} {} changed upstream",
             if inputs_changed.len() == 1 { "" } else { "s" },
             quoted(inputs_changed)
-        ),
+        )),
+        (false, true) => {}
     }
+    if let Some(image) = image {
+        causes.push(format!("its {image}"));
+    }
+    causes.join(", and ")
+}
+
+/// How a container step's image differs from the one its record pins: `image `x` is now
+/// sha256:…, and the recorded run used sha256:…`; `None` when the same, or when either side
+/// does not know (the process backend pins no image).
+fn image_change(
+    key: &serde_json::Value,
+    today: Option<BTreeMap<String, String>>,
+    image: &str,
+) -> Option<String> {
+    let recorded = key.get("pins")?.get("image_id")?.as_str()?;
+    let today = today?;
+    let now = today.get("image_id")?;
+    let short = |id: &str| id.chars().take(19).collect::<String>();
+    (now != recorded).then(|| {
+        format!(
+            "image `{image}` is now {}, and the recorded run used {}",
+            short(now),
+            short(recorded)
+        )
+    })
 }
 
 /// How two versions of an output differ: the paths that differ inside folders, and a diff of
@@ -1120,4 +1251,37 @@ async fn text_diff(store: &dyn BlobStore, a: &Digest, b: &Digest, label: &str) -
     }
     out.push('\n');
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_change_is_said_only_when_both_ids_are_known_and_differ() {
+        let key = serde_json::json!({"pins": {"backend": "podman", "image_id": "sha256:aaaaaaaaaaaaaaaaaaaa"}});
+        let today = |id: &str| {
+            Some(BTreeMap::from([
+                ("backend".to_owned(), "podman".to_owned()),
+                ("image_id".to_owned(), id.to_owned()),
+            ]))
+        };
+        assert_eq!(
+            image_change(&key, today("sha256:aaaaaaaaaaaaaaaaaaaa"), "x"),
+            None
+        );
+        let said = image_change(&key, today("sha256:bbbbbbbbbbbbbbbbbbbb"), "x").unwrap();
+        assert_eq!(
+            said,
+            "image `x` is now sha256:bbbbbbbbbbbb, and the recorded run used sha256:aaaaaaaaaaaa"
+        );
+        assert_eq!(image_change(&key, None, "x"), None);
+        let process = serde_json::json!({"pins": {"backend": "process"}});
+        assert_eq!(image_change(&process, today("sha256:b"), "x"), None);
+        assert_eq!(cause_text(false, &[], Some(&said)), format!("its {said}"));
+        assert_eq!(
+            cause_text(false, &["src".to_owned()], Some("image changed")),
+            "input `src` changed upstream, and its image changed"
+        );
+    }
 }

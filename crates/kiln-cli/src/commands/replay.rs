@@ -43,6 +43,10 @@ pub struct Args {
     /// Run container steps again instead of serving their recorded outputs
     #[arg(long)]
     rerun_containers: bool,
+    /// Most steps replayed at once; steps still wait for what they read, and the report
+    /// keeps the plan's order [default: the number of cores]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
     /// How re-run container steps run: process, podman or docker
     #[arg(long, value_name = "BACKEND", default_value = "process")]
     containers: kiln_container::Backend,
@@ -126,7 +130,10 @@ fn replay(
     wasm_cache: &Path,
     work: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let jobs = 1;
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let jobs = jobs.max(1);
     let executors =
         Executors {
             wasm: crate::wasm_executor_at(wasm_cache, jobs)?,
@@ -142,6 +149,7 @@ fn replay(
             .map(|(step, file)| (step.clone(), PathBuf::from(file)))
             .collect(),
         work_dir: work.to_owned(),
+        jobs,
     };
     let text = args.output == Output::Text;
     if text {
