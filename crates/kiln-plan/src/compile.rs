@@ -375,10 +375,14 @@ impl<'a> Checker<'a> {
         step: &'a Located<Step>,
         params: &BTreeMap<String, Value>,
     ) {
+        let before = self.diagnostics.len();
         let fan_out = self.check_for_each(i, name, step, params);
         let in_fan_out = step.for_each.is_some();
         self.fan_out[i] = fan_out;
         self.in_dynamic = self.dynamic[i].is_some();
+        if self.diagnostics.len() == before {
+            self.check_nested(i, name, step);
+        }
 
         if let Some(path) = &step.pipeline {
             self.check_include(i, name, step, path, params);
@@ -1151,6 +1155,44 @@ impl<'a> Checker<'a> {
         self.consumers[j] += 1;
         self.consumed.insert((j, output.to_owned()));
         self.dynamic[i] = Some((j, output.to_owned()));
+    }
+
+    /// `nested: FIELD` needs a fan-out over a list a step writes, and a field name.
+    fn check_nested(&mut self, i: usize, name: &Located<kiln_spec::StepName>, step: &Step) {
+        let Some(field) = &step.nested else {
+            return;
+        };
+        let ok_name = !field.is_empty()
+            && field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok_name {
+            self.error(
+                "kiln::plan::nested",
+                format!(
+                    "step `{name}` has `nested: {}`, which is not a field name",
+                    field.value
+                ),
+                field.span,
+            )
+            .help = Some(
+                "name the field of each item that holds its inner list: `nested: seeds`".into(),
+            );
+        } else if self.dynamic[i].is_none() && step.for_each.is_some() {
+            self.error(
+                "kiln::plan::nested",
+                format!("step `{name}` has `nested: {}`, but its `for_each` is not a list a step writes", field.value),
+                field.span,
+            )
+            .help = Some(format!("a nested fan-out takes each item's `{}` from a list written at run time: `for_each: \"{{{{steps.STEP.OUTPUT}}}}\"`; for a list written here, list the combinations", field.value));
+        } else if step.for_each.is_none() {
+            self.error(
+                "kiln::plan::nested",
+                format!("step `{name}` has `nested: {}` but no `for_each`", field.value),
+                field.span,
+            )
+            .help = Some("add `for_each: \"{{steps.STEP.OUTPUT}}\"` over a list of objects, each with the inner list".into());
+        }
     }
 
     fn check_for_each(
@@ -2316,6 +2358,16 @@ impl<'a> Checker<'a> {
         ) else {
             return false;
         };
+        // A nested fan-out has other instances than the same list without it.
+        let nested = |k: usize| {
+            self.pipeline.steps[k]
+                .nested
+                .as_ref()
+                .map(|n| n.value.as_str())
+        };
+        if nested(c) != nested(p) {
+            return false;
+        }
         match (&cf.value, &pf.value) {
             // `{{params.lr}}` and `{{ params.lr }}` name the same list.
             (ForEach::Template(a), ForEach::Template(b)) => {
@@ -2366,6 +2418,7 @@ impl<'a> Checker<'a> {
             DynamicList {
                 step: ids[*j][0].clone(),
                 output: output.clone(),
+                nested: step.nested.as_ref().map(|n| n.value.clone()),
             }
         });
         if let Some(refs) = &self.when_refs[i] {

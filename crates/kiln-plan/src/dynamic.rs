@@ -178,6 +178,47 @@ pub(crate) fn fill(json: &mut Json, resolve: &Resolve, typed: bool) -> Result<()
     Ok(())
 }
 
+/// A nested fan-out's items: for each item, in order, one per element of its list `field`,
+/// the item with `field` set to that element. An item without the field, or whose field is
+/// not a list, is an error, and so is more than [`MAX_FAN_OUT`] in all.
+pub fn flatten(items: &[Json], field: &str) -> Result<Vec<Json>, String> {
+    let mut flat = Vec::new();
+    for (k, item) in items.iter().enumerate() {
+        let Json::Object(fields) = item else {
+            return Err(format!(
+                "`nested: {field}` reads a field of each item, but item {k} is {} (`{}`), not an object",
+                json_kind(item),
+                text_of(item)
+            ));
+        };
+        let inner = match fields.get(field) {
+            Some(Json::Array(inner)) => inner,
+            Some(other) => {
+                return Err(format!(
+                    "`nested: {field}`: item {k}'s `{field}` is {}, not a list",
+                    json_kind(other)
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "`nested: {field}`: item {k} has no field `{field}`"
+                ));
+            }
+        };
+        for element in inner {
+            let mut one = fields.clone();
+            one.insert(field.to_owned(), element.clone());
+            flat.push(Json::Object(one));
+        }
+        if flat.len() > MAX_FAN_OUT {
+            return Err(format!(
+                "`nested: {field}` makes more than {MAX_FAN_OUT} instances; the most a step fans out to is {MAX_FAN_OUT}"
+            ));
+        }
+    }
+    Ok(flat)
+}
+
 /// The planned steps for each item of `template`'s list, in list order.
 ///
 /// `step` finds planned steps by id: a template that reads the output of another template
@@ -194,10 +235,23 @@ pub fn instantiate<'p>(
             template.id
         ));
     };
+    let flat;
+    let items = match &list.nested {
+        Some(field) => {
+            flat = flatten(items, field).map_err(|e| {
+                format!(
+                    "step `{}` fans out over `{}.{}`: {e}",
+                    template.id, list.step, list.output
+                )
+            })?;
+            flat.as_slice()
+        }
+        None => items,
+    };
     let mut base = template.clone();
     base.for_each = None;
     let json = serde_json::to_value(&base).expect("planned steps serialise");
-    let labels = labels(&template.step, items);
+    let labels = labels(&template.step, items, list.nested.as_deref());
     let mut instances = Vec::with_capacity(items.len());
     for (k, item) in items.iter().enumerate() {
         let mut filled = json.clone();
@@ -268,18 +322,25 @@ pub fn instance_id(template: &StepId, k: usize) -> StepId {
 
 /// How people read each instance: `name[ITEM]` where every item is a short, distinct plain
 /// value; none (the id) otherwise.
-fn labels(name: &str, items: &[Json]) -> Vec<Option<String>> {
+fn labels(name: &str, items: &[Json], nested: Option<&str>) -> Vec<Option<String>> {
     let texts: Vec<Option<String>> = items
         .iter()
         .map(|item| {
-            // An object reads as its `name` (or `id`) where it has one.
+            // An object reads as its `name` (or `id`) where it has one; in a nested fan-out,
+            // with its inner element after it: `train[small/3]`.
             let text = match item {
                 Json::Object(fields) => {
                     let named = fields.get("name").or_else(|| fields.get("id"))?;
                     if !is_scalar(named) {
                         return None;
                     }
-                    text_of(named)
+                    match nested.and_then(|f| fields.get(f)) {
+                        Some(inner) if is_scalar(inner) => {
+                            format!("{}/{}", text_of(named), text_of(inner))
+                        }
+                        Some(_) => return None,
+                        None => text_of(named),
+                    }
                 }
                 Json::Array(_) => return None,
                 other => text_of(other),

@@ -153,6 +153,10 @@ pub struct DynamicList {
     pub step: StepId,
     /// The output, a JSON list.
     pub output: String,
+    /// For a nested fan-out, the field of each item holding its inner list: one instance per
+    /// inner element ([`dynamic::flatten`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested: Option<String>,
 }
 
 /// The scope a sub-pipeline's `when` is evaluated in.

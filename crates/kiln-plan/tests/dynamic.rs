@@ -157,3 +157,72 @@ fn plain_items_label_their_instances() {
         .expect_err("three items, two instances");
     assert!(e.contains("lists of different lengths"), "{e}");
 }
+
+/// `tests/ui/valid/nested-fan-out.yaml`, planned.
+fn nested_plan() -> Plan {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/valid");
+    let text = std::fs::read_to_string(dir.join("nested-fan-out.yaml")).expect("the golden");
+    let pipeline = kiln_spec::parse(&text).expect("it parses");
+    let compiled = compile(
+        &pipeline,
+        &PlanOptions {
+            base_dir: dir,
+            overrides: Vec::new(),
+        },
+    );
+    compiled.plan.expect("it plans")
+}
+
+#[test]
+fn a_nested_fan_out_runs_once_per_inner_element_and_pairs_with_its_like() {
+    let mut plan = nested_plan();
+    let configs = vec![
+        json!({"name": "small", "seeds": [1, 2]}),
+        json!({"name": "big", "seeds": [3]}),
+    ];
+    let train = plan.expand("train", &configs).expect("expands");
+    assert_eq!(train, ["train[0]", "train[1]", "train[2]"]);
+    let third = plan.step("train[2]").expect("instance 2");
+    assert_eq!(
+        third.instance.as_ref().and_then(|i| i.label.as_deref()),
+        Some("train[big/3]")
+    );
+    let StepKind::Container(c) = &third.kind else {
+        panic!("a container step")
+    };
+    assert!(c.command[2].contains("echo big 3 >"), "{:?}", c.command);
+    // `check` has the same list and the same `nested`: instance k reads train[k].
+    plan.expand("check", &configs).expect("expands");
+    let check = plan.step("check[1]").expect("check[1]");
+    assert_eq!(
+        check.inputs["model"],
+        InputSource::Step {
+            step: "train[1]".into(),
+            output: "model".into()
+        }
+    );
+    // `summary` has the list without `nested`: two instances, each collecting all three.
+    let summary = plan.expand("summary", &configs).expect("expands");
+    assert_eq!(summary.len(), 2);
+    let InputSource::Collect { instances, .. } = &plan.step("summary[0]").unwrap().inputs["models"]
+    else {
+        panic!("a collecting input")
+    };
+    assert_eq!(instances, &["train[0]", "train[1]", "train[2]"]);
+}
+
+#[test]
+fn a_nested_list_that_is_not_one_is_refused_saying_which_item() {
+    use kiln_plan::dynamic::flatten;
+    let e = flatten(&[json!({"name": "a", "seeds": 3})], "seeds").unwrap_err();
+    assert!(
+        e.contains("item 0's `seeds` is a number, not a list"),
+        "{e}"
+    );
+    let e = flatten(&[json!({"name": "a"})], "seeds").unwrap_err();
+    assert!(e.contains("item 0 has no field `seeds`"), "{e}");
+    let e = flatten(&[json!(4)], "seeds").unwrap_err();
+    assert!(e.contains("not an object"), "{e}");
+    let flat = flatten(&[json!({"seeds": []}), json!({"seeds": [7]})], "seeds").unwrap();
+    assert_eq!(flat, [json!({"seeds": 7})]);
+}

@@ -112,6 +112,7 @@ pub(crate) const STEP_ONLY_FIELDS: &[&str] = &[
     "concurrency",
     "run",
     "for_each",
+    "nested",
     "when",
     "command",
 ];
@@ -269,6 +270,11 @@ pub struct Step {
     /// Fan-out: one instance per item of a list or of a list param (`{{params.NAME}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<Located<ForEach>>,
+    /// A nested fan-out, with `for_each` over a list a step writes: the field of each item
+    /// that holds its inner list (`nested: seeds`). One instance per element of every item's
+    /// inner list, whose item is the outer one with that field set to the element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested: Option<Located<String>>,
     /// A CEL condition over `params`, `steps.STEP.OUTPUT` (small JSON outputs) and `item`; the step is skipped when false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<Located<String>>,
