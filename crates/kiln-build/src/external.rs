@@ -225,17 +225,28 @@ async fn write_memo(path: &Path, remembered: &Remembered) {
 
 /// The store serving `url` and the object's path in it.
 fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), String> {
+    open_with(url, &[])
+}
+
+/// [`open`], with `s3_config` (`AWS_*` names and values) over what the environment says.
+pub(crate) fn open_with(
+    url: &str,
+    s3_config: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url} is not a valid URL: {e}"))?;
     let location = object_store::path::Path::from_url_path(parsed.path())
         .map_err(|e| format!("{url}: bad object path: {e}"))?;
     let bad = |e: object_store::Error| format!("{url}: {e}");
     let remote: Arc<dyn ObjectStore> = match parsed.scheme() {
-        "s3" => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url)
-                .build()
-                .map_err(bad)?,
-        ),
+        "s3" => {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env();
+            for (name, value) in s3_config {
+                if let Ok(key) = name.to_ascii_lowercase().parse() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            Arc::new(builder.with_url(url).build().map_err(bad)?)
+        }
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(url)
@@ -271,7 +282,7 @@ fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), S
 }
 
 /// An object store's error as one line that says what to check.
-fn describe(url: &str, error: &object_store::Error) -> String {
+pub(crate) fn describe(url: &str, error: &object_store::Error) -> String {
     match error {
         object_store::Error::NotFound { .. } => {
             format!("{url}: no such object (or no permission to see it)")

@@ -14,6 +14,7 @@
 mod build;
 mod declared;
 pub mod external;
+pub mod upload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

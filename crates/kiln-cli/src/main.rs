@@ -137,6 +137,55 @@ pub fn fetch_reporter() -> impl FnMut(kiln_build::external::FetchProgress) + Sen
     }
 }
 
+/// What copies a run's `exports:` to buckets: [`kiln_build::upload`] behind the engine's
+/// [`kiln_engine::Exporter`] seam, staging blobs in the state folder's `exports/` when the
+/// store is not a local folder.
+pub struct BucketExporter(kiln_build::upload::Uploader);
+
+impl BucketExporter {
+    /// An exporter for runs kept in `state`.
+    pub fn new(state: &kiln_engine::StateDir) -> Self {
+        BucketExporter(kiln_build::upload::Uploader::new(
+            state.root().join("exports"),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl kiln_engine::Exporter for BucketExporter {
+    async fn export(
+        &self,
+        task: &kiln_engine::ExportTask,
+        store: std::sync::Arc<dyn kiln_cas::BlobStore>,
+        progress: &(dyn Fn(kiln_engine::ExportProgress) + Send + Sync),
+    ) -> Result<kiln_engine::ExportDone, String> {
+        let forward = |p: kiln_build::upload::UploadProgress| {
+            progress(kiln_engine::ExportProgress {
+                url: p.url,
+                done: p.done,
+                total: p.total,
+            })
+        };
+        let done = self
+            .0
+            .upload(
+                store,
+                task.digest,
+                task.kind,
+                &task.file_name,
+                &task.to,
+                &forward,
+            )
+            .await?;
+        Ok(kiln_engine::ExportDone {
+            url: done.url,
+            size: done.size,
+            objects: done.objects,
+            uploaded: done.uploaded,
+        })
+    }
+}
+
 /// The executor for wasm steps: one wasmtime engine, precompiled components kept once per
 /// machine ([`compiled_cache_or`], else in the state folder), an instance pool sized to the
 /// run's parallelism.

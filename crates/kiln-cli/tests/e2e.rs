@@ -67,7 +67,9 @@ fn check_needs(name: &str, needs: &Value) -> Result<Option<Outcome>, String> {
                 Ok(Some(Outcome::Skipped(line)))
             }
         }
-        _ => Err(format!("unknown need {needs} (known: \"podman\")")),
+        // Started by `play`, which keeps the server for the case.
+        Some("s3") => Ok(None),
+        _ => Err(format!("unknown need {needs} (known: \"podman\", \"s3\")")),
     }
 }
 
@@ -80,14 +82,27 @@ fn play(case: &Path) -> Result<Outcome, String> {
     )
     .map_err(|e| format!("case.json: {e}"))?;
     let mut actions = script.iter().enumerate().peekable();
+    let mut s3 = None;
     if let Some((_, first)) = actions.peek()
         && let Some(needs) = first.get("needs")
     {
         if let Some(skipped) = check_needs(&name, needs)? {
             return Ok(skipped);
         }
+        if needs == "s3" {
+            match kiln_test_support::s3::s3_server_or_skip(&format!("e2e case {name}")) {
+                Some(server) => s3 = Some(server),
+                None => {
+                    return Ok(Outcome::Skipped(format!(
+                        "skipping e2e case {name}: needs the S3 server (run scripts/setup.sh)"
+                    )));
+                }
+            }
+        }
         actions.next();
     }
+    // What every command of the case gets: the S3 server's endpoint and credentials.
+    let env: Vec<(String, String)> = s3.as_ref().map(|s| s.env()).unwrap_or_default();
     let work = tempfile::tempdir().unwrap();
     copy_dir(case, work.path());
     let mut last: Option<Value> = None;
@@ -98,7 +113,8 @@ fn play(case: &Path) -> Result<Outcome, String> {
             continue;
         }
         let at = format!("action {} ({action})", n + 1);
-        let result = act(work.path(), n, action, &mut last).map_err(|e| format!("{at}: {e}"));
+        let result = act(work.path(), n, action, &mut last, s3.as_ref(), &env)
+            .map_err(|e| format!("{at}: {e}"));
         if let Err(e) = result {
             failure.get_or_insert(e);
         }
@@ -109,8 +125,16 @@ fn play(case: &Path) -> Result<Outcome, String> {
     }
 }
 
-/// The action `n` of a case, played in `work`; `last` is the JSON of the last run.
-fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Result<(), String> {
+/// The action `n` of a case, played in `work`; `last` is the JSON of the last run; `s3` the
+/// case's S3 server, if it needs one, and `env` what every command gets.
+fn act(
+    work: &Path,
+    n: usize,
+    action: &Value,
+    last: &mut Option<Value>,
+    s3: Option<&kiln_test_support::s3::S3Server>,
+    env: &[(String, String)],
+) -> Result<(), String> {
     let obj = action.as_object().ok_or("not an object")?;
     if let Some(args) = obj.get("run") {
         let args: Vec<&str> = args
@@ -125,6 +149,7 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
             .args(["--output", "json"])
             .args(&args)
             .current_dir(work)
+            .envs(env.iter().cloned())
             .env("NO_COLOR", "1")
             .env_remove("KILN_HOME")
             .output()
@@ -239,6 +264,7 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
         let out = Command::new("sh")
             .args(["-c", line])
             .current_dir(work)
+            .envs(env.iter().cloned())
             .env("KILN", env!("CARGO_BIN_EXE_kiln"))
             .env("NO_COLOR", "1")
             .env_remove("KILN_HOME")
@@ -272,6 +298,34 @@ fn act(work: &Path, n: usize, action: &Value, last: &mut Option<Value>) -> Resul
             return Err(format!("{from:?} is not in the file"));
         }
         std::fs::write(&path, text.replace(from, to)).unwrap();
+    } else if let Some(want) = obj.get("exports").and_then(Value::as_object) {
+        let json = last.as_ref().ok_or("no run yet")?;
+        for (from, status) in want {
+            let got = json["exports"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["from"] == from.as_str()))
+                .map(|e| e["status"].clone());
+            if got.as_ref() != Some(status) {
+                return Err(format!("export of `{from}` is {got:?}, expected {status}"));
+            }
+        }
+    } else if let Some(bucket) = obj.get("bucket").and_then(Value::as_str) {
+        s3.ok_or("`bucket` needs `{\"needs\": \"s3\"}`")?
+            .create_bucket(bucket)?;
+    } else if let Some(spec) = obj.get("object").and_then(Value::as_array) {
+        let server = s3.ok_or("`object` needs `{\"needs\": \"s3\"}`")?;
+        let (bucket, key, want) = (
+            spec[0].as_str().unwrap(),
+            spec[1].as_str().unwrap(),
+            spec[2].as_str().unwrap(),
+        );
+        let got = server.get_object(bucket, key)?;
+        if got != want.as_bytes() {
+            return Err(format!(
+                "s3://{bucket}/{key} holds {:?}, expected {want:?}",
+                String::from_utf8_lossy(&got)
+            ));
+        }
     } else if obj.contains_key("needs") {
         return Err("`needs` must be the first action".into());
     } else {

@@ -17,10 +17,12 @@ use tracing::{debug, info, warn};
 use crate::EngineError;
 use crate::cache::{DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
+use crate::exports::{ExportProgress, Exporter};
 use crate::staging::{ScratchLock, StagingArea, remove_tree};
 use kiln_record::CacheEntry;
 use kiln_record::{
-    AttemptStatus, FailureKind, FileMetadata, MetadataStore, RecordEvent, RunStatus, StepRecord,
+    AttemptStatus, ExportRecord, ExportStatus, FailureKind, FileMetadata, MetadataStore,
+    RecordEvent, RunStatus, StepRecord,
 };
 use kiln_record::{StateDir, new_run_id};
 
@@ -140,6 +142,10 @@ pub enum Event {
     },
     /// A step is done, one way or another.
     StepFinished(StepSummary),
+    /// Bytes of an export are on their way (a report per few MiB of a big object).
+    Exporting(ExportProgress),
+    /// An export is done: uploaded, found unchanged, failed, or not exported.
+    Exported(ExportRecord),
     /// The run is over.
     RunFinished {
         /// How it ended.
@@ -355,6 +361,8 @@ pub struct RunSummary {
     pub status: RunStatus,
     /// Every planned step, in plan order.
     pub steps: Vec<StepSummary>,
+    /// The plan's exports, in plan order: what each did.
+    pub exports: Vec<ExportRecord>,
     /// Wall time.
     pub duration: Duration,
 }
@@ -369,14 +377,15 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     executors: Executors,
     config: EngineConfig,
+    exporter: Option<Arc<dyn Exporter>>,
 }
 
 /// What every step task of a run shares.
-struct Shared {
-    run_id: String,
-    plan: Plan,
+pub(crate) struct Shared {
+    pub(crate) run_id: String,
+    pub(crate) plan: Plan,
     state: StateDir,
-    store: Arc<dyn BlobStore>,
+    pub(crate) store: Arc<dyn BlobStore>,
     meta: Arc<dyn MetadataStore>,
     clock: Arc<dyn Clock>,
     executors: Executors,
@@ -426,12 +435,12 @@ impl Shared {
     }
 
     /// The step with id `id`: of the plan, or an instance added in the run.
-    fn find(&self, id: &str) -> Option<Arc<PlannedStep>> {
+    pub(crate) fn find(&self, id: &str) -> Option<Arc<PlannedStep>> {
         let steps = self.steps.read().expect("steps lock");
         steps.index.get(id).map(|&i| steps.list[i].clone())
     }
 
-    fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         let _ = self.events.send(RunEvent {
             run_id: self.event_run_id.clone(),
             at_ms: self.clock.now_ms(),
@@ -441,7 +450,7 @@ impl Shared {
 
     /// Appends to the record; the first failure stops the run (a run whose record cannot be
     /// written must not go on as if it were recorded) and is what the run returns.
-    fn record(&self, event: &RecordEvent) {
+    pub(crate) fn record(&self, event: &RecordEvent) {
         let mut failed = self.record_error.lock().expect("record error lock");
         if failed.is_some() {
             return;
@@ -453,7 +462,7 @@ impl Shared {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 }
@@ -473,7 +482,15 @@ impl Engine {
             state,
             executors,
             config,
+            exporter: None,
         }
+    }
+
+    /// Copies the outputs a plan's `exports:` names with `exporter` once the steps are done;
+    /// without one, a plan with exports cannot start.
+    pub fn with_exporter(mut self, exporter: Arc<dyn Exporter>) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// Keeps cache entries, records and the run list in `meta` instead of the state folder.
@@ -651,12 +668,23 @@ impl Engine {
             statuses: Mutex::new(BTreeMap::new()),
         });
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
+        let exports = crate::exports::run_exports(
+            &shared,
+            self.exporter.as_ref(),
+            &steps,
+            cancelled,
+            &cancel,
+        )
+        .await;
+        // A cancel while exporting stops the exports, and the run ends as cancelled.
+        let cancelled = cancelled || !exports.is_empty() && cancel.is_cancelled();
 
         let status = if cancelled {
             RunStatus::Cancelled
         } else if steps
             .iter()
             .any(|s| matches!(s.status, StepStatus::Failed { .. } | StepStatus::Cancelled))
+            || exports.iter().any(|e| e.status == ExportStatus::Failed)
         {
             RunStatus::Failed
         } else {
@@ -686,6 +714,7 @@ impl Engine {
             run_id,
             status,
             steps,
+            exports,
             duration,
         })
     }
@@ -756,6 +785,13 @@ impl Engine {
                 )),
                 Err(e) => problems.push(format!("step `{}`: {e}", step.step)),
             }
+        }
+        if !input.plan.exports.is_empty() && self.exporter.is_none() {
+            problems.push(format!(
+                "the pipeline exports {} output{} (`exports:`), but this kiln has no exporter to copy them to a bucket",
+                input.plan.exports.len(),
+                if input.plan.exports.len() == 1 { "" } else { "s" }
+            ));
         }
         if problems.is_empty() {
             Ok(components)

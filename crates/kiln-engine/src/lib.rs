@@ -15,6 +15,7 @@
 mod cache;
 mod engine;
 mod executor;
+pub mod exports;
 pub mod metrics;
 mod replay;
 pub mod staging;
@@ -30,6 +31,7 @@ pub use engine::{
     SkipReason, StepStatus, StepSummary, SystemClock,
 };
 pub use executor::{ExecOutcome, Executor, ExecutorError, StagedTask, StepTask, fill_paths};
+pub use exports::{ExportDone, ExportProgress, ExportTask, Exporter};
 pub use replay::{
     MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
     StepReplay, Verdict, plan_as_run, replay_run,
@@ -37,9 +39,9 @@ pub use replay::{
 pub use staging::StagingArea;
 // The metadata types the engine's API speaks in.
 pub use kiln_record::{
-    AttemptStatus, CacheEntry, CacheIndex, FailureKind, FileMetadata, MetadataStore, RecordError,
-    RecordEvent, RecordWriter, RunStatus, RunView, StateDir, StepRecord, StepView, new_run_id,
-    now_ms, read_record,
+    AttemptStatus, CacheEntry, CacheIndex, ExportRecord, ExportStatus, FailureKind, FileMetadata,
+    MetadataStore, RecordError, RecordEvent, RecordWriter, RunStatus, RunView, StateDir,
+    StepRecord, StepView, new_run_id, now_ms, read_record,
 };
 
 /// What can stop the engine itself (a step failing is not an error: it is an outcome).

@@ -15,8 +15,8 @@ use crate::when;
 use crate::{
     CacheKeyMaterial, CommandLine, Compiled, ComponentSource, ContainerKey, ContainerPlan,
     DETERMINISTIC_KINDS, DynamicList, FanOutInstance, InputSource, OutputValue, PLAN_VERSION, Plan,
-    PlanOptions, PlannedStep, Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId, StepKind,
-    ValueSource, WhenScope,
+    PlanOptions, PlannedExport, PlannedStep, Policy, RETRYABLE_KINDS, RetryPlan, SecretRef, StepId,
+    StepKind, ValueSource, WhenScope,
 };
 use kiln_spec::suggest::did_you_mean;
 
@@ -137,6 +137,7 @@ fn compile_here(pipeline: &Pipeline, options: &PlanOptions, scope: &Scope) -> Sc
     for (i, (name, step)) in pipeline.steps.iter().enumerate() {
         cx.check_step(i, name, step, &params);
     }
+    cx.check_exports(&params);
     cx.check_cycles();
     cx.warn_unused();
     cx.check_limits();
@@ -2123,6 +2124,7 @@ impl<'a> Checker<'a> {
                 self.resolve_input(None, &target.value, &ids, &inlined, &params, &mut ignored);
             outputs.insert(name.to_string(), source);
         }
+        let exports = self.planned_exports(&ids, &inlined, &params);
         let plan = Plan {
             plan_version: PLAN_VERSION,
             pipeline: self.pipeline.name.to_string(),
@@ -2134,6 +2136,7 @@ impl<'a> Checker<'a> {
                 .timeout
                 .as_ref()
                 .map(|t| t.0.as_millis().min(u64::MAX as u128) as u64),
+            exports,
         };
         (plan, outputs)
     }
@@ -2192,6 +2195,7 @@ impl<'a> Checker<'a> {
             steps: Vec::new(),
             concurrency: BTreeMap::new(),
             timeout_ms: None,
+            exports: Vec::new(),
         });
         let mut steps = plan.steps;
         for planned in &mut steps {
@@ -3486,6 +3490,220 @@ impl<'a> Checker<'a> {
         }
         self.graph.add_edge(j, i);
         self.consumers[j] += 1;
+    }
+}
+
+impl Checker<'_> {
+    /// `exports:`: each names one output of one step (not a fan-out's), and goes to a bucket
+    /// URL of its own, with `{{params.NAME}}` templates only.
+    fn check_exports(&mut self, params: &BTreeMap<String, Value>) {
+        let exports = &self.pipeline.exports;
+        if self.scope.is_sub()
+            && let Some(first) = exports.first()
+        {
+            self.error(
+                "kiln::plan::field-on-sub-pipeline",
+                format!(
+                    "pipeline `{}` is included as a sub-pipeline; its `exports` do not apply",
+                    self.pipeline.name
+                ),
+                first.span,
+            )
+            .help = Some("export from the pipeline that is run: `from: STEP.OUTPUT`, with STEP the step that includes this file".into());
+            return;
+        }
+        // Each URL, with the `from` of the first export that writes it.
+        let mut targets: HashMap<String, String> = HashMap::new();
+        for export in exports {
+            self.check_export_from(&export.from);
+            let to = &export.to;
+            let (segments, errors) = template::parse_all(to);
+            let mut ok = true;
+            for e in errors {
+                self.error(
+                    "kiln::plan::bad-template",
+                    format!("export to `{}`: {}", to.value, e.message),
+                    inner_span(to, e.offset),
+                );
+                ok = false;
+            }
+            for segment in segments {
+                let Segment::Ref { target, offset } = segment else {
+                    continue;
+                };
+                let span = template_span(to, offset);
+                match &target {
+                    TemplateRef::Param(p) if self.pipeline.params.contains_key(p.as_str()) => {}
+                    TemplateRef::Param(p) => {
+                        let hint = did_you_mean(p, self.param_names());
+                        self.error(
+                            "kiln::plan::unknown-param",
+                            format!("export to `{}` uses `{{{{params.{p}}}}}`, but there is no param `{p}`{hint}", to.value),
+                            span,
+                        );
+                        ok = false;
+                    }
+                    other => {
+                        self.error(
+                            "kiln::plan::export-template",
+                            format!("export to `{}` uses `{{{{{other}}}}}`; an export's `to` may use only `{{{{params.NAME}}}}`", to.value),
+                            span,
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let url = substitute(to, params, None);
+            if let Err(message) = kiln_spec::check_export_url(&url) {
+                let d = self.error("kiln::plan::bad-export-url", message, to.span);
+                if url != to.value {
+                    d.label = Some(format!("with its params: `{url}`"));
+                }
+                continue;
+            }
+            if let Some(first) = targets.get(&url) {
+                let d = self.error(
+                    "kiln::plan::duplicate-export",
+                    format!("two exports write `{url}`: the export of `{first}` writes it too, and one would overwrite the other"),
+                    to.span,
+                );
+                d.help = Some(
+                    "give each export its own `to`; a prefix ending in `/` takes a whole folder"
+                        .into(),
+                );
+                continue;
+            }
+            targets.insert(url, export.from.value.trim().to_owned());
+        }
+    }
+
+    /// An export's `from`: `STEP.OUTPUT` of a step that is not a fan-out.
+    fn check_export_from(&mut self, from: &Located<String>) {
+        let text = from.value.trim();
+        let Some((step, output)) = text
+            .split_once('.')
+            .filter(|(s, o)| !s.is_empty() && !o.is_empty() && !o.contains('.'))
+        else {
+            self.error(
+                "kiln::plan::bad-export",
+                format!("an export's `from` is `{text}`; write `STEP.OUTPUT`, an output of one of the steps"),
+                from.span,
+            );
+            return;
+        };
+        let Some(&j) = self.index.get(step) else {
+            let hint = self.step_hint(step);
+            self.error(
+                "kiln::plan::unknown-step",
+                format!("export of `{text}`: there is no step `{step}`{hint}"),
+                from.span,
+            );
+            return;
+        };
+        let producer = &self.pipeline.steps[j];
+        let fans_out = producer.for_each.is_some();
+        if producer.pipeline.is_some() {
+            if let Some(sub) = self.subs[j].clone() {
+                let Some(target) = sub.pipeline.outputs.get(output) else {
+                    let hint =
+                        did_you_mean(output, sub.pipeline.outputs.keys().map(|k| k.as_str()));
+                    self.error(
+                        "kiln::plan::unknown-output",
+                        format!("export of `{text}`: sub-pipeline `{step}` has no output `{output}`{hint}"),
+                        from.span,
+                    );
+                    return;
+                };
+                if fans_out {
+                    self.export_of_fan_out(text, step, from.span);
+                    return;
+                }
+                if let InputRef::StepOutput { step: inner, .. } = &target.value
+                    && sub
+                        .pipeline
+                        .steps
+                        .get(inner.as_str())
+                        .is_some_and(|s| s.for_each.is_some())
+                {
+                    self.error(
+                        "kiln::plan::export-fan-out",
+                        format!("export of `{text}`: sub-pipeline `{step}` gives `{output}` as `{}`, and `{inner}` fans out, so it is one output per instance, not one", target.value),
+                        from.span,
+                    )
+                    .help = Some(format!("in `{}`, collect the instances in a step and make its output `{output}`", sub.file.name));
+                    return;
+                }
+            }
+        } else if !producer.outputs.iter().any(|o| o.as_str() == output) {
+            let hint = did_you_mean(output, producer.outputs.iter().map(|o| o.as_str()));
+            let declared: Vec<&str> = producer.outputs.iter().map(|o| o.as_str()).collect();
+            self.error(
+                "kiln::plan::unknown-output",
+                format!("export of `{text}`: step `{step}` has no output `{output}`{hint}"),
+                from.span,
+            )
+            .help = Some(if declared.is_empty() {
+                format!("`{step}` declares no outputs")
+            } else {
+                format!("`{step}` declares: {}", declared.join(", "))
+            });
+            return;
+        } else if fans_out {
+            self.export_of_fan_out(text, step, from.span);
+            return;
+        }
+        self.consumers[j] += 1;
+        self.consumed.insert((j, output.to_owned()));
+    }
+
+    fn export_of_fan_out(&mut self, text: &str, step: &str, span: Span) {
+        self.error(
+            "kiln::plan::export-fan-out",
+            format!("export of `{text}`: `{step}` fans out, so `{text}` is one output per instance, not one"),
+            span,
+        )
+        .help = Some(format!(
+            "collect the instances in a step (`inputs: {{all: {text}}}` makes a folder with one entry per instance) and export that step's output"
+        ));
+    }
+
+    /// The exports, resolved to the planned steps that write them.
+    fn planned_exports(
+        &self,
+        ids: &[Vec<StepId>],
+        inlined: &[Vec<Inlined>],
+        params: &BTreeMap<String, Value>,
+    ) -> Vec<PlannedExport> {
+        let mut planned = Vec::new();
+        for export in &self.pipeline.exports {
+            let text = export.from.value.trim();
+            let Some((step, output)) = text.split_once('.') else {
+                continue;
+            };
+            let reference = InputRef::StepOutput {
+                step: step.to_owned(),
+                output: output.to_owned(),
+            };
+            let mut ignored = BTreeSet::new();
+            let source = self.resolve_input(None, &reference, ids, inlined, params, &mut ignored);
+            let InputSource::Step { step, output } = source else {
+                debug_assert!(
+                    false,
+                    "an export that checked resolves to one step's output"
+                );
+                continue;
+            };
+            planned.push(PlannedExport {
+                from: text.to_owned(),
+                step,
+                output,
+                to: substitute(&export.to, params, None),
+            });
+        }
+        planned
     }
 }
 

@@ -62,6 +62,23 @@ pub struct Plan {
     /// The whole run's wall-clock limit in milliseconds (the pipeline's `timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Outputs copied to a bucket once the steps are done (`exports:`), in the order written.
+    /// No step's cache key sees them: exporting changes nothing a step computes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<PlannedExport>,
+}
+
+/// One output copied to a bucket after the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedExport {
+    /// The output as the pipeline names it: `STEP.OUTPUT`.
+    pub from: String,
+    /// The planned step that writes it (inside a sub-pipeline, its inlined step).
+    pub step: StepId,
+    /// That step's output.
+    pub output: String,
+    /// Where it goes, templates filled in: `s3://BUCKET/KEY`; ending in `/`, a prefix.
+    pub to: String,
 }
 
 impl Plan {

@@ -22,7 +22,7 @@ pub use cache::{CacheEntry, CacheIndex};
 pub use error::RecordError;
 pub use meta::{FileMetadata, MetadataStore};
 pub use record::{
-    AttemptStatus, FailureKind, RecordEvent, RecordWriter, RunStatus, RunView, StepRecord,
-    StepView, read_record,
+    AttemptStatus, ExportRecord, ExportStatus, FailureKind, RecordEvent, RecordWriter, RunStatus,
+    RunView, StepRecord, StepView, read_record,
 };
 pub use state::{StateDir, new_run_id, now_ms};

@@ -82,6 +82,9 @@ pub enum RecordEvent {
         /// Template (`steps.prep.rows`) → the value it read.
         values: BTreeMap<String, serde_json::Value>,
     },
+    /// After the steps, one output of `exports:` copied to a bucket, found there already,
+    /// failed, or not exported because its step did not succeed.
+    Exported(Box<ExportRecord>),
     /// The run ended.
     RunFinished {
         /// `succeeded`, `failed` or `cancelled`.
@@ -136,6 +139,70 @@ pub struct StepRecord {
     /// `cached result is 8d old, older than max_age 7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_miss: Option<String>,
+}
+
+/// What the record keeps of one export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    /// The output as the pipeline names it: `STEP.OUTPUT`.
+    pub from: String,
+    /// The planned step that wrote it.
+    pub step: StepId,
+    /// Its output.
+    pub output: String,
+    /// Where it went: the object's URL, or the prefix a folder's files went under.
+    pub url: String,
+    /// How it went.
+    pub status: ExportStatus,
+    /// The output's digest (a blob, or a folder's tree), when the step wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Bytes exported (every file of a folder), when it was exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Objects written or found holding these bytes already (1 for a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+    /// Of those, the objects uploaded; the others held these bytes already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<u64>,
+    /// Why it failed or was not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Unix time in milliseconds, when it ended.
+    pub at_ms: u64,
+}
+
+/// How an export went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExportStatus {
+    /// Uploaded (for a folder: at least one of its files).
+    Uploaded,
+    /// Every object already held these bytes: nothing was uploaded.
+    Unchanged,
+    /// The upload failed: the run fails.
+    Failed,
+    /// Its step failed, was skipped or cancelled, so there was nothing to export.
+    NotExported,
+}
+
+impl ExportStatus {
+    /// The status as the record writes it: `uploaded`, `unchanged`, `failed`, `not-exported`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportStatus::Uploaded => "uploaded",
+            ExportStatus::Unchanged => "unchanged",
+            ExportStatus::Failed => "failed",
+            ExportStatus::NotExported => "not-exported",
+        }
+    }
+}
+
+impl std::fmt::Display for ExportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why an attempt failed: a stable kind, for tests, tools and the record. Written as
@@ -348,6 +415,8 @@ pub struct RunView {
     pub steps: Vec<(String, StepView)>,
     /// Labels of the instances of fan-outs over lists steps wrote (`StepExpanded`).
     pub expanded_labels: BTreeMap<StepId, String>,
+    /// The exports, in the order they ended.
+    pub exports: Vec<ExportRecord>,
 }
 
 /// One step's state in a record.
@@ -383,6 +452,7 @@ impl RunView {
                         .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
                 RecordEvent::StepValues { .. } => {}
+                RecordEvent::Exported(export) => view.exports.push((**export).clone()),
             }
         }
         view

@@ -45,6 +45,7 @@ pub(crate) const TOP_LEVEL_FIELDS: &[&str] = &[
     "outputs",
     "timeout",
     "defaults",
+    "exports",
 ];
 
 /// The most units whose errors are collected (each costs a pass); what comes after the last
@@ -166,6 +167,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
         let mut outputs = None;
         let mut timeout = None;
         let mut defaults = None;
+        let mut exports = None;
         let mut seen = HashSet::new();
         // Whether a unit was read over: then there is no pipeline to return, though every
         // field is there.
@@ -203,6 +205,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
                 "outputs" => outputs = map.next_value()?,
                 "timeout" => timeout = map.next_value()?,
                 "defaults" => defaults = map.next_value()?,
+                "exports" => exports = map.next_value()?,
                 "params" => {
                     let entries = map.next_value_seed(Entries::new(pass, Unit::Param))?;
                     incomplete |= entries.is_none();
@@ -240,6 +243,7 @@ impl<'de> Visitor<'de> for TopLevel<'_, '_> {
             outputs: outputs.unwrap_or_default(),
             timeout,
             defaults,
+            exports: exports.unwrap_or_default(),
         }))
     }
 }

@@ -28,9 +28,9 @@ pub use names::{
 };
 pub use pipeline::{
     API_VERSION, ApiVersion, BuildSpec, CachePolicy, CacheSpec, ContainerSpec, DEFAULT_FIELDS,
-    EXTERNAL_SCHEMES, EnvName, ForEach, GpuRequest, InputRef, OutputFile, Outputs, ParamDecl,
-    Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse, Step, StepDefaults,
-    WasmLimits, WasmRef,
+    EXPORT_SCHEMES, EXTERNAL_SCHEMES, EnvName, Export, ForEach, GpuRequest, InputRef, OutputFile,
+    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse,
+    Step, StepDefaults, WasmLimits, WasmRef, check_export_url,
 };
 pub use quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 pub use step_id::StepId;

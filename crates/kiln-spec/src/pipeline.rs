@@ -56,7 +56,34 @@ pub struct Pipeline {
     /// is not applied to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<Located<StepDefaults>>,
+    /// Outputs copied to a bucket once the run's steps are done, each
+    /// `{from: STEP.OUTPUT, to: s3://BUCKET/KEY}`; a `to` ending in `/` is a prefix that a
+    /// folder's files go under. Exporting changes no step's cache key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<Located<Export>>,
 }
+
+/// One output copied to a bucket after the run: an entry of `exports:`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    /// The output: `STEP.OUTPUT`.
+    #[schemars(regex(pattern = r"^[^.\s]+\.[^.\s]+$"))]
+    pub from: Located<String>,
+    /// Where it goes: `s3://BUCKET/KEY`, `gs://BUCKET/KEY` or `az://CONTAINER/KEY`, with
+    /// `{{params.NAME}}` filled in; ending in `/`, a prefix (a folder's files go under it, a
+    /// file goes under it by its file name).
+    #[schemars(regex(pattern = r"^(s3|gs|az)://[^/\s]+/"))]
+    pub to: Located<String>,
+}
+
+/// The URL schemes an export may write to (the external-input schemes object_store can
+/// write; plain HTTP(S) servers take no uploads).
+pub const EXPORT_SCHEMES: &[(&str, &str)] = &[
+    ("s3", "s3://BUCKET/KEY"),
+    ("gs", "gs://BUCKET/KEY"),
+    ("az", "az://CONTAINER/KEY"),
+];
 
 /// Step fields given once for every step: `defaults:` at the top of a pipeline.
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
@@ -1115,6 +1142,78 @@ fn external(t: &str) -> Result<InputRef, String> {
     Ok(InputRef::External(t.to_owned()))
 }
 
+/// Checks where an export goes, templates filled in: `s3://`, `gs://` or `az://`, a bucket,
+/// and a key (or a prefix ending in `/`) without empty, `.` or `..` segments.
+pub fn check_export_url(url: &str) -> Result<(), String> {
+    let forms = || {
+        EXPORT_SCHEMES
+            .iter()
+            .map(|(_, form)| format!("`{form}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "export to `{url}`: not a URL; write {} (a prefix ends in `/`)",
+            forms()
+        ));
+    };
+    if scheme == "http" || scheme == "https" {
+        return Err(format!(
+            "kiln cannot export to `{scheme}://` URLs: an HTTP server has no upload API that kiln (object_store) can write to; write to {} instead",
+            forms()
+        ));
+    }
+    if !EXPORT_SCHEMES.iter().any(|(s, _)| *s == scheme) {
+        return Err(format!(
+            "kiln cannot export to `{scheme}://` URLs; it writes {}",
+            forms()
+        ));
+    }
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let form = EXPORT_SCHEMES
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map_or("", |(_, form)| form);
+    if bucket.is_empty() {
+        return Err(format!("export to `{url}` names no bucket: write `{form}`"));
+    }
+    if key.is_empty() && !rest.ends_with('/') {
+        return Err(format!(
+            "export to `{url}` names no object: write `{form}`, or `{scheme}://{bucket}/` for the top of the bucket"
+        ));
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "export to `{url}` contains a space; write it as `%20`"
+        ));
+    }
+    if url.contains(['?', '#']) {
+        return Err(format!(
+            "export to `{url}` has a `?` or `#`; an object key is a path, without a query or fragment"
+        ));
+    }
+    let segments: Vec<&str> = key.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "" if i == last => {}
+            "" if !key.is_empty() => {
+                return Err(format!(
+                    "export to `{url}` has an empty path segment (`//`)"
+                ));
+            }
+            "." | ".." => {
+                return Err(format!(
+                    "export to `{url}` has a `{segment}` segment; write the key as it is stored"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn form_of(scheme: &str) -> &'static str {
     EXTERNAL_SCHEMES
         .iter()
@@ -1290,6 +1389,36 @@ mod tests {
         assert!("blake3:abc".parse::<WasmRef>().is_err());
         assert!("prep".parse::<WasmRef>().is_err());
         assert!("prep@latest".parse::<WasmRef>().is_err());
+    }
+
+    #[test]
+    fn export_urls() {
+        for ok in [
+            "s3://models/digits/v1/model.bin",
+            "gs://reports/plots/",
+            "az://models/small/",
+            "s3://models/",
+        ] {
+            assert_eq!(check_export_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            (
+                "https://example.com/model.bin",
+                "cannot export to `https://`",
+            ),
+            ("http://example.com/model.bin", "no upload API"),
+            ("ftp://host/model.bin", "cannot export to `ftp://`"),
+            ("models/model.bin", "not a URL"),
+            ("s3://models", "names no object"),
+            ("s3:///model.bin", "names no bucket"),
+            ("s3://models/a//b", "empty path segment"),
+            ("s3://models/../b", "`..` segment"),
+            ("s3://models/a b", "contains a space"),
+            ("s3://models/a?x=1", "without a query"),
+        ] {
+            let err = check_export_url(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

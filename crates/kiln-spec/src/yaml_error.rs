@@ -228,6 +228,8 @@ fn mapping_of(expected: &[&str]) -> &'static str {
         "in a `wasm` build"
     } else if has("type") {
         "in a param"
+    } else if has("from") && has("to") {
+        "in an export"
     } else {
         "here"
     }

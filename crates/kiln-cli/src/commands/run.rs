@@ -28,8 +28,12 @@ use crate::Output;
 /// `wasm-cache/` where none of these is set). Warnings go to stderr; `RUST_LOG` sets what
 /// else is logged (`RUST_LOG=kiln_engine=debug`).
 ///
+/// Outputs named in the pipeline's `exports:` are copied to their buckets once the steps are
+/// done (credentials from the environment: `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`...); an
+/// object that holds the same bytes already is not uploaded again.
+///
 /// Exit code: 0 when every step succeeded or was cached or skipped by its condition, 1 when a
-/// step failed, 130 when cancelled, 2 when the run could not start.
+/// step or an export failed, 130 when cancelled, 2 when the run could not start.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The pipeline file
@@ -118,7 +122,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 crate::load_secrets(args.secrets.as_deref())?,
             ))),
         };
-    let engine = Engine::new(state.clone(), executors, config);
+    let engine = Engine::new(state.clone(), executors, config)
+        .with_exporter(std::sync::Arc::new(crate::BucketExporter::new(&state)));
     let labels: Labels = std::sync::Arc::new(std::sync::Mutex::new(
         plan.steps
             .iter()
@@ -255,6 +260,7 @@ async fn report(
     let mut running: BTreeSet<kiln_plan::StepId> = BTreeSet::new();
     let mut tails: BTreeMap<kiln_plan::StepId, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut export_bar: Option<ProgressBar> = None;
     let say = |bar: &Option<ProgressBar>, line: String| match bar {
         Some(bar) => bar.println(line),
         None => eprintln!("{line}"),
@@ -383,6 +389,37 @@ async fn report(
                     format!("{}: {reason}; running it again", label(&labels, &id)),
                 );
             }
+            Event::Exporting(progress) => {
+                if export_bar.is_none() && terminal {
+                    let b = ProgressBar::new(progress.total).with_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                        )
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                    );
+                    b.set_message(format!("exporting {}", progress.url));
+                    export_bar = Some(b);
+                }
+                match &export_bar {
+                    Some(b) => b.set_position(progress.done),
+                    None => say(
+                        &bar,
+                        format!(
+                            "exporting {}: {} of {}",
+                            progress.url,
+                            human_bytes(progress.done),
+                            human_bytes(progress.total)
+                        ),
+                    ),
+                }
+            }
+            Event::Exported(export) => {
+                if let Some(b) = export_bar.take() {
+                    b.finish_and_clear();
+                }
+                say(&bar, export_line(&export));
+            }
             Event::RunFinished { .. } => {}
         }
         if let Some(b) = &bar {
@@ -393,6 +430,52 @@ async fn report(
         crate::log_above(None);
         b.finish_and_clear();
     }
+}
+
+/// One line for an export that is done: `exported train.model to s3://... (1.2 MiB)`.
+pub(crate) fn export_line(export: &kiln_engine::ExportRecord) -> String {
+    use kiln_engine::ExportStatus;
+    let size = export.size.map(human_bytes).unwrap_or_default();
+    let objects = match export.objects {
+        Some(n) if n != 1 => format!(", {n} objects"),
+        _ => String::new(),
+    };
+    let message = export.message.as_deref().unwrap_or_default();
+    match export.status {
+        ExportStatus::Uploaded => {
+            let some = match (export.objects, export.uploaded) {
+                (Some(n), Some(up)) if up < n => format!(", {up} uploaded, the rest unchanged"),
+                _ => String::new(),
+            };
+            format!(
+                "exported  {} to {} ({size}{objects}{some})",
+                export.from, export.url
+            )
+        }
+        ExportStatus::Unchanged => format!(
+            "unchanged {} at {} ({size}{objects}): it holds these bytes already, not uploaded again",
+            export.from, export.url
+        ),
+        ExportStatus::Failed => format!("export of {} failed: {message}", export.from),
+        ExportStatus::NotExported => {
+            format!("not exported {} to {}: {message}", export.from, export.url)
+        }
+    }
+}
+
+/// A size as people read it: `512 B`, `1.2 KiB`, `3.4 MiB`, `5.6 GiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn digits(n: usize) -> usize {
@@ -482,6 +565,34 @@ fn print_summary(
             indent(message)
         );
     }
+    let failed_exports: Vec<_> = summary
+        .exports
+        .iter()
+        .filter(|e| e.status == kiln_engine::ExportStatus::Failed)
+        .collect();
+    if !summary.exports.is_empty() {
+        let rows: Vec<Vec<String>> = summary
+            .exports
+            .iter()
+            .map(|e| {
+                vec![
+                    e.from.clone(),
+                    e.url.clone(),
+                    e.status.to_string(),
+                    e.size.map(human_bytes).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        eprintln!();
+        eprint!("{}", table(&["EXPORT", "TO", "STATUS", "SIZE"], &rows));
+    }
+    for export in &failed_exports {
+        eprintln!(
+            "\nexport of {} failed:\n{}",
+            export.from,
+            indent(export.message.as_deref().unwrap_or_default())
+        );
+    }
     let cached = summary
         .steps
         .iter()
@@ -540,5 +651,6 @@ fn summary_json(summary: &RunSummary, labels: &Labels) -> serde_json::Value {
                 "failure_kind": kind,
             })
         }).collect::<Vec<_>>(),
+        "exports": summary.exports,
     })
 }

@@ -8,7 +8,8 @@ use kiln_engine::{AttemptStatus, RecordEvent, RunView, read_record};
 use super::state::{StateArgs, human_duration, short_digest, table};
 use crate::Output;
 
-/// Show one run: each step's status, time, attempts, cache use and output digests.
+/// Show one run: each step's status, time, attempts, cache use and output digests, and what
+/// each of the pipeline's `exports:` did (uploaded, unchanged, failed, not exported).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The run id, a unique prefix of it, or `latest`
@@ -40,6 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "run_id": run_id, "pipeline": pipeline, "status": super::state::run_status(&view),
                 "params": params, "started": view.started, "finished": view.finished, "steps": steps,
+                "exports": view.exports,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -136,5 +138,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &rows
         )
     );
+    if !view.exports.is_empty() {
+        let rows: Vec<Vec<String>> = view
+            .exports
+            .iter()
+            .map(|e| {
+                vec![
+                    e.from.clone(),
+                    e.url.clone(),
+                    e.status.to_string(),
+                    e.size.map(super::run::human_bytes).unwrap_or_default(),
+                    e.digest
+                        .map(|d| short_digest(&d.to_string()).to_owned())
+                        .unwrap_or_default(),
+                    match (&e.message, e.objects, e.uploaded) {
+                        (Some(m), _, _) => m.lines().next().unwrap_or("").to_owned(),
+                        (None, Some(n), Some(up)) if n > 1 => {
+                            format!("{n} objects, {up} uploaded")
+                        }
+                        _ => String::new(),
+                    },
+                ]
+            })
+            .collect();
+        println!();
+        print!(
+            "{}",
+            table(&["EXPORT", "TO", "STATUS", "SIZE", "DIGEST", "NOTE"], &rows)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

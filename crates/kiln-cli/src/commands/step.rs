@@ -203,6 +203,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         steps: vec![step],
         concurrency: BTreeMap::new(),
         timeout_ms: None,
+        exports: Vec::new(),
     };
 
     let temp = tempfile::Builder::new()
