@@ -1,26 +1,16 @@
 //! Fan-out over a list a step writes: a planned template expanded with the items the engine
 //! read, as `kiln_plan::dynamic` does it in a run and for a replay.
 
-use std::path::Path;
+mod golden;
 
 use kiln_plan::dynamic::{check_items, instantiate};
-use kiln_plan::{InputSource, Plan, PlanOptions, StepKind, compile};
+use kiln_plan::{InputSource, Plan, StepKind};
 use kiln_spec::Value;
 use serde_json::json;
 
 /// The golden pipeline `tests/ui/valid/dynamic-fan-out.yaml`, planned.
 fn plan() -> Plan {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/valid");
-    let text = std::fs::read_to_string(dir.join("dynamic-fan-out.yaml")).expect("the golden");
-    let pipeline = kiln_spec::parse(&text).expect("it parses");
-    let compiled = compile(
-        &pipeline,
-        &PlanOptions {
-            base_dir: dir,
-            overrides: Vec::new(),
-        },
-    );
-    compiled.plan.expect("it plans")
+    golden::plan("dynamic-fan-out")
 }
 
 fn shards() -> Vec<serde_json::Value> {
@@ -160,17 +150,7 @@ fn plain_items_label_their_instances() {
 
 /// `tests/ui/valid/nested-fan-out.yaml`, planned.
 fn nested_plan() -> Plan {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/valid");
-    let text = std::fs::read_to_string(dir.join("nested-fan-out.yaml")).expect("the golden");
-    let pipeline = kiln_spec::parse(&text).expect("it parses");
-    let compiled = compile(
-        &pipeline,
-        &PlanOptions {
-            base_dir: dir,
-            overrides: Vec::new(),
-        },
-    );
-    compiled.plan.expect("it plans")
+    golden::plan("nested-fan-out")
 }
 
 #[test]

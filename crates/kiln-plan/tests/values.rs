@@ -2,27 +2,18 @@
 //! filled with the values the engine read, as `kiln_plan::values` does it in a run and for a
 //! replay.
 
+mod golden;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use kiln_plan::values::{fill, read};
-use kiln_plan::{Plan, PlanOptions, StepKind, compile};
+use kiln_plan::{Plan, StepKind};
 use kiln_spec::Value;
 use serde_json::json;
 
 /// The golden pipeline `tests/ui/valid/output-values.yaml`, planned.
 fn plan() -> Plan {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui/valid");
-    let text = std::fs::read_to_string(dir.join("output-values.yaml")).expect("the golden");
-    let pipeline = kiln_spec::parse(&text).expect("it parses");
-    let compiled = compile(
-        &pipeline,
-        &PlanOptions {
-            base_dir: dir,
-            overrides: Vec::new(),
-        },
-    );
-    compiled.plan.expect("it plans")
+    golden::plan("output-values")
 }
 
 #[test]
