@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE|DIR")]
     secrets: Option<PathBuf>,
     /// Keep the replay's logs, scratch and (for a bundle) imported store in DIR [default: a
-    /// temporary folder, removed at the end]
+    /// folder under the state's `replays/` (for a bundle, a temporary folder), removed at the
+    /// end]
     #[arg(long, value_name = "DIR")]
     work: Option<PathBuf>,
     /// Where compiled components are kept [default: as for `kiln run`, once per machine:
@@ -106,13 +107,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (state, run_id, cache)
         }
     };
-    let work = match &args.work {
-        Some(dir) => {
+    // A run's replay works beside its state, as the run did: on this disk, not in a
+    // temporary folder that may be elsewhere (a system /tmp full of files made and removed
+    // is several times slower to create files in); removed when the replay ends.
+    let beside = match (&args.work, bundle_path(&args.run)) {
+        (None, None) => {
+            let replays = state.root().join("replays");
+            std::fs::create_dir_all(&replays)
+                .with_context(|| format!("cannot create {}", replays.display()))?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix("replay-")
+                    .tempdir_in(&replays)
+                    .with_context(|| format!("cannot create a folder in {}", replays.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let work = match (&args.work, &beside) {
+        (Some(dir), _) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             dir.clone()
         }
-        None => temp.path().join("work"),
+        (None, Some(beside)) => beside.path().join("work"),
+        (None, None) => temp.path().join("work"),
     };
     replay(&args, &state, &run_id, &wasm_cache, &work)
 }
