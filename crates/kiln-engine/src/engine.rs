@@ -258,6 +258,11 @@ pub enum SkipReason {
     },
     /// A `run: on-failure` step, and no step failed.
     NothingFailed,
+    /// It runs after a step fails (`after: {step: x, on: failure}`), and that one did not.
+    DidNotFail {
+        /// That step's id (the first, where it waits for several).
+        step: StepId,
+    },
 }
 
 impl SkipReason {
@@ -290,6 +295,9 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "not started: {}", run_timeout_message(timeout))
             }
             SkipReason::NothingFailed => f.write_str("runs on failure, and no step failed"),
+            SkipReason::DidNotFail { step } => {
+                write!(f, "runs after `{step}` fails, and it did not")
+            }
         }
     }
 }
@@ -1342,10 +1350,28 @@ fn upstream_problem(
     };
     let required = step.depends_on.iter().filter(|d| {
         let left_out = collected.contains(d) && by_condition(d);
-        !step.optional.contains(d) && !left_out
+        !step.optional.contains(d) && !step.after_on.contains_key(*d) && !left_out
     });
     if let Some(problem) = first_problem(required, index, results) {
         return Some(problem);
+    }
+    // `after: {step: x, on: failure}`: only when one of those failed; `on: any`: whatever.
+    let on_failure: Vec<&StepId> = step
+        .after_on
+        .iter()
+        .filter(|(_, on)| **on == kiln_spec::AfterOn::Failure)
+        .map(|(id, _)| id)
+        .collect();
+    if let Some(first) = on_failure.first()
+        && !on_failure.iter().any(|d| {
+            results[index[d.as_str()]].as_ref().is_some_and(|r| {
+                matches!(r.status, StepStatus::Failed { .. } | StepStatus::Cancelled)
+            })
+        })
+    {
+        return Some(SkipReason::DidNotFail {
+            step: (*first).clone(),
+        });
     }
     // Read only through `??`: a skip is what the fallback is for, a failure is not.
     for dep in &step.optional {

@@ -508,6 +508,27 @@ impl<'a> Checker<'a> {
                 Some(&j) => {
                     self.graph.add_edge(j, i);
                     self.consumers[j] += 1;
+                    let reads = step.inputs.values().any(|input| {
+                        matches!(&input.value, InputRef::StepOutput { step, .. } if step.as_str() == after.as_str())
+                    });
+                    if after.on() != kiln_spec::AfterOn::Success && step.pipeline.is_some() {
+                        self.error(
+                            "kiln::plan::after-on",
+                            format!("step `{name}` includes a sub-pipeline; it runs after `{after}` succeeded, so `on:` is not for it"),
+                            after.span,
+                        )
+                        .help = Some("put the step that runs on failure in this file, and have it run after the sub-pipeline's steps".into());
+                    } else if after.on() != kiln_spec::AfterOn::Success && reads {
+                        self.error(
+                            "kiln::plan::after-on",
+                            format!("step `{name}` runs after `{after}` {}, but reads its output, which a failed step does not write", match after.on() {
+                                kiln_spec::AfterOn::Failure => "fails (`on: failure`)",
+                                _ => "whatever it did (`on: any`)",
+                            }),
+                            after.span,
+                        )
+                        .help = Some(format!("read what `{after}` wrote in a step that runs after it succeeded, or drop `on:`"));
+                    }
                 }
                 None => {
                     let hint = self.step_hint(after.as_str());
@@ -2171,7 +2192,9 @@ impl<'a> Checker<'a> {
             bindings.insert(input_name.to_string(), (source, deps));
         }
         let mut extra = BTreeSet::new();
-        self.after_deps(i, instance, step, ids, inlined, &mut extra);
+        // `on:` is refused on an include when checked: every `after` here waits for success.
+        let mut unused = BTreeMap::new();
+        self.after_deps(i, instance, step, ids, inlined, &mut extra, &mut unused);
         if let Some(refs) = &self.when_refs[i] {
             for (s, o) in &refs.steps {
                 let r = InputRef::StepOutput {
@@ -2331,6 +2354,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The ids step `i` (instance `instance`) waits for through `after`.
+    #[allow(clippy::too_many_arguments)]
     fn after_deps(
         &self,
         i: usize,
@@ -2339,18 +2363,21 @@ impl<'a> Checker<'a> {
         ids: &[Vec<StepId>],
         inlined: &[Vec<Inlined>],
         depends_on: &mut BTreeSet<StepId>,
+        after_on: &mut BTreeMap<StepId, kiln_spec::AfterOn>,
     ) {
         for after in &step.after {
             let j = self.index[after.as_str()];
-            match instance.filter(|_| self.paired(i, j)) {
-                Some(k) if self.subs[j].is_some() => {
-                    depends_on.extend(inlined[j][k].ids.iter().cloned());
+            let waited: Vec<StepId> = match instance.filter(|_| self.paired(i, j)) {
+                Some(k) if self.subs[j].is_some() => inlined[j][k].ids.clone(),
+                Some(k) => vec![ids[j][k].clone()],
+                None => ids[j].clone(),
+            };
+            if after.on() != kiln_spec::AfterOn::Success {
+                for id in &waited {
+                    after_on.insert(id.clone(), after.on());
                 }
-                Some(k) => {
-                    depends_on.insert(ids[j][k].clone());
-                }
-                None => depends_on.extend(ids[j].iter().cloned()),
             }
+            depends_on.extend(waited);
         }
     }
 
@@ -2416,7 +2443,8 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        self.after_deps(i, k, step, ids, inlined, &mut depends_on);
+        let mut after_on = BTreeMap::new();
+        self.after_deps(i, k, step, ids, inlined, &mut depends_on, &mut after_on);
         let for_each = self.dynamic[i].as_ref().map(|(j, output)| {
             depends_on.insert(ids[*j][0].clone());
             DynamicList {
@@ -2622,6 +2650,7 @@ impl<'a> Checker<'a> {
             for_each,
             values,
             optional,
+            after_on,
         }
     }
 

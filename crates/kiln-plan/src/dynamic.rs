@@ -385,9 +385,13 @@ pub fn point_at_instances(
             at.extend(instances.iter().cloned());
         }
     }
+    let on = consumer.after_on.get(&template.id).copied();
     for id in instances {
         if !consumer.depends_on.contains(id) {
             consumer.depends_on.push(id.clone());
+        }
+        if let Some(on) = on {
+            consumer.after_on.insert(id.clone(), on);
         }
     }
     consumer.depends_on.sort();

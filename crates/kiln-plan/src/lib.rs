@@ -139,6 +139,10 @@ pub struct PlannedStep {
     /// through a template with a fallback (`{{steps.a.x ?? steps.b.x ?? 0}}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub optional: Vec<StepId>,
+    /// Steps it runs after however they end (`after: {step: x, on: any}`), or only when they
+    /// fail (`on: failure`); the others in `depends_on` must succeed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub after_on: BTreeMap<StepId, kiln_spec::AfterOn>,
 }
 
 /// A template reading other steps' small outputs, as the engine fills it.

@@ -27,10 +27,10 @@ pub use names::{
     ArtifactName, MAX_NAME_LEN, ParamName, PipelineName, RESERVED_STEP_NAMES, SecretName, StepName,
 };
 pub use pipeline::{
-    API_VERSION, ApiVersion, BuildSpec, CachePolicy, CacheSpec, ContainerSpec, DEFAULT_FIELDS,
-    EXPORT_SCHEMES, EXTERNAL_SCHEMES, EnvName, Export, ForEach, GpuRequest, InputRef, OutputFile,
-    Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen, SecretAs, SecretUse,
-    Step, StepDefaults, WasmLimits, WasmRef, check_export_url,
+    API_VERSION, AfterOn, AfterRef, ApiVersion, BuildSpec, CachePolicy, CacheSpec, ContainerSpec,
+    DEFAULT_FIELDS, EXPORT_SCHEMES, EXTERNAL_SCHEMES, EnvName, Export, ForEach, GpuRequest,
+    InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen,
+    SecretAs, SecretUse, Step, StepDefaults, WasmLimits, WasmRef, check_export_url,
 };
 pub use quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 pub use step_id::StepId;

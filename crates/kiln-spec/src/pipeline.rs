@@ -281,7 +281,7 @@ pub struct Step {
     pub with: IndexMap<Located<ParamName>, Located<Value>>,
     /// Steps that must finish first although no data flows from them.
     #[serde(default)]
-    pub after: Vec<Located<StepName>>,
+    pub after: Vec<Located<AfterRef>>,
     /// A fan-out step's most instances running at once (default: as many as `-j` allows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<Located<u32>>,
@@ -673,6 +673,103 @@ pub struct RetryPolicy {
     /// `spawn`... (default: every failure that may pass on a second try).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<Located<String>>,
+}
+
+/// A step another runs after: `train`, or `{step: train, on: failure}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AfterRef {
+    /// Once that step succeeded.
+    Name(StepName),
+    /// Once that step ended the way `on` says.
+    When {
+        /// The step.
+        step: StepName,
+        /// `success` (the default), `failure` (it failed or was cancelled: the step runs only
+        /// then) or `any` (however it ended).
+        on: AfterOn,
+    },
+}
+
+/// How the step named in `after` must have ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterOn {
+    /// It succeeded (or came from the cache).
+    #[default]
+    Success,
+    /// It failed or was cancelled.
+    Failure,
+    /// However it ended.
+    Any,
+}
+
+impl AfterRef {
+    /// How the step must have ended.
+    pub fn on(&self) -> AfterOn {
+        match self {
+            AfterRef::Name(_) => AfterOn::Success,
+            AfterRef::When { on, .. } => *on,
+        }
+    }
+}
+
+impl std::ops::Deref for AfterRef {
+    type Target = StepName;
+
+    fn deref(&self) -> &StepName {
+        match self {
+            AfterRef::Name(step) | AfterRef::When { step, .. } => step,
+        }
+    }
+}
+
+impl From<StepName> for AfterRef {
+    fn from(step: StepName) -> Self {
+        AfterRef::Name(step)
+    }
+}
+
+impl fmt::Display for AfterRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for AfterRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AfterVisitor;
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct When {
+            step: StepName,
+            #[serde(default)]
+            on: AfterOn,
+        }
+
+        impl<'de> Visitor<'de> for AfterVisitor {
+            type Value = AfterRef;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a step name, or a map such as `{step: train, on: failure}`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AfterRef, E> {
+                StepName::new(v).map(AfterRef::Name).map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AfterRef, A::Error> {
+                let when = When::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(AfterRef::When {
+                    step: when.step,
+                    on: when.on,
+                })
+            }
+        }
+
+        deserializer.deserialize_any(AfterVisitor)
+    }
 }
 
 /// How a step reads one secret: `wandb`, or `{name: wandb, as: file}`.

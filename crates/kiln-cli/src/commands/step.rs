@@ -195,6 +195,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         for_each: None,
         values: Vec::new(),
         optional: Vec::new(),
+        after_on: Default::default(),
     };
     let plan = Plan {
         plan_version: kiln_plan::PLAN_VERSION,

@@ -84,6 +84,7 @@ fn step_of_kind(id: &str, kind: StepKind) -> PlannedStep {
         for_each: None,
         values: Vec::new(),
         optional: Vec::new(),
+        after_on: Default::default(),
     }
 }
 

@@ -162,5 +162,6 @@ fn planned(step: &str, spec: &TaskSpec<'_>) -> PlannedStep {
         for_each: None,
         values: Vec::new(),
         optional: Vec::new(),
+        after_on: Default::default(),
     }
 }
