@@ -11,7 +11,9 @@
 //!   but every run passes a new `-p salt=N`, so no step result is: the precompiled cache is
 //!   warm and the result cache cold. `KILN_BENCH_RUNS` (default 7) runs after one untimed
 //!   one, which also checks (`--output json`) that every step ran;
-//! - **cached**: the last warm run again, every step a cache hit (`KILN_BENCH_RUNS` runs).
+//! - **cached**: the last warm run again, every step a cache hit (`KILN_BENCH_RUNS` runs);
+//! - **replay**: `kiln replay` of that run, every step run again and compared, with `-j` at
+//!   its default and with `-j 1` (`KILN_BENCH_RUNS` runs each), as a ratio to the warm run.
 //!
 //! Median and min–max. State folders go under `KILN_BENCH_DIR` (default the system temp
 //! folder; `/dev/shm` for tmpfs).
@@ -135,10 +137,22 @@ fn main() {
     );
     assert!(words.iter().all(|w| w == "cached"), "{words:?}");
     let mut cached: Vec<Duration> = (0..runs).map(|_| run("warm", salt)).collect();
+    // The last run's replay: every step run again and compared, `-j` at its default and at 1.
+    let replay = |jobs: Option<&str>| {
+        let mut args = vec!["replay", "latest", "--state", "warm"];
+        if let Some(j) = jobs {
+            args.extend(["-j", j]);
+        }
+        time_kiln(&dir, &args)
+    };
+    let mut replays: Vec<Duration> = (0..runs).map(|_| replay(None)).collect();
+    let mut serial: Vec<Duration> = (0..runs).map(|_| replay(Some("1"))).collect();
 
     let (cold, _) = spread(&mut cold);
     let (warm, warm_median) = spread(&mut warm);
     let (cached, _) = spread(&mut cached);
+    let (replays, replay_median) = spread(&mut replays);
+    let (serial, serial_median) = spread(&mut serial);
     println!("{:<34} {:>22}", "", "ms, median (min–max)");
     println!(
         "{:<34} {cold:>22}",
@@ -146,6 +160,16 @@ fn main() {
     );
     println!("{:<34} {warm:>22}", format!("warm: {n} fresh steps"));
     println!("{:<34} {cached:>22}", format!("cached: {n} cache hits"));
+    println!(
+        "{:<34} {replays:>22}",
+        format!("replay: {n} steps, -j {cores}")
+    );
+    println!("{:<34} {serial:>22}", format!("replay: {n} steps, -j 1"));
+    println!(
+        "replay / warm run: {:.2}; replay -j {cores} / -j 1: {:.2} (medians)",
+        replay_median.as_secs_f64() / warm_median.as_secs_f64(),
+        replay_median.as_secs_f64() / serial_median.as_secs_f64()
+    );
     println!(
         "warm, per step: {:.0} µs",
         warm_median.as_secs_f64() * 1e6 / n as f64
