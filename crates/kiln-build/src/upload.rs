@@ -20,7 +20,6 @@
 //! from the environment, as for external inputs ([`crate::external`]).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -279,19 +278,8 @@ async fn send_parts(
     loop {
         let (file, hasher, chunk) = tokio::task::spawn_blocking(move || {
             let (mut file, mut hasher) = state;
-            let mut buf = vec![0; PART_SIZE];
-            let mut filled = 0;
-            while filled < buf.len() {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.truncate(filled);
-            hasher.update(&buf);
-            Ok((file, hasher, Bytes::from(buf)))
+            let chunk = kiln_cas::read_part(&mut file, &mut hasher, PART_SIZE)?;
+            Ok::<_, std::io::Error>((file, hasher, chunk))
         })
         .await
         .map_err(|e| format!("{url}: {e}"))?

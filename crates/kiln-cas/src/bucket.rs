@@ -214,19 +214,8 @@ impl BucketStore {
         let after = loop {
             let step = blocking(move || {
                 let (mut file, mut hasher) = state;
-                let mut buf = vec![0; PART_SIZE];
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match file.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                buf.truncate(filled);
-                hasher.update_rayon(&buf);
-                Ok((file, hasher, Bytes::from(buf)))
+                let chunk = read_part(&mut file, &mut hasher, PART_SIZE)?;
+                Ok((file, hasher, chunk))
             })
             .await;
             let (file, hasher, chunk) = match step {
@@ -568,4 +557,26 @@ pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send 
             Err(e) => panic!("blocking task did not finish: {e}"),
         },
     }
+}
+
+/// One part of a multipart upload, hashed on the way: up to `size` bytes of `file` (fewer only
+/// at its end; none past it), added to `hasher`.
+pub fn read_part(
+    file: &mut File,
+    hasher: &mut blake3::Hasher,
+    size: usize,
+) -> std::io::Result<Bytes> {
+    let mut buf = vec![0; size];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    hasher.update_rayon(&buf);
+    Ok(Bytes::from(buf))
 }

@@ -41,7 +41,7 @@ mod local;
 pub mod tree;
 mod verify;
 
-pub use bucket::BucketStore;
+pub use bucket::{BucketStore, read_part};
 pub use digest::Digest;
 pub use error::{CasError, Result};
 pub use local::LocalStore;
