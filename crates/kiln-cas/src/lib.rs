@@ -111,6 +111,14 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Writes a blob or a tree to `dest` (which must not exist) as read-only, verified copies.
     async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind>;
 
+    /// Makes a blob or a tree appear at `dest` (which must not exist) for a reader that
+    /// cannot write to it (a read-only preopen or bind mount): a store on this machine links
+    /// its own objects there instead of copying them ([`LocalStore::link_into`]). By default,
+    /// [`BlobStore::materialize`].
+    async fn link_into(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        self.materialize(digest, dest).await
+    }
+
     /// The store as a folder on this machine, when it is one: code that streams many large
     /// blobs (a bundle being written or read) reads and writes its files directly instead of
     /// holding each blob in memory. `None` by default.
@@ -188,6 +196,16 @@ impl BlobStore for LocalStore {
     async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
         let (store, digest, dest) = (self.clone(), *digest, dest.to_owned());
         blocking(move || store.materialize(&digest, &dest)).await
+    }
+
+    async fn link_into(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        // A blob is two metadata calls, made in place (a trip to the blocking pool would
+        // cost more); a tree may be thousands of links.
+        if LocalStore::kind(self, digest)? == Some(ObjectKind::Blob) {
+            return LocalStore::link_into(self, digest, dest);
+        }
+        let (store, digest, dest) = (self.clone(), *digest, dest.to_owned());
+        blocking(move || store.link_into(&digest, &dest)).await
     }
 }
 

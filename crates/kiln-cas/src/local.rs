@@ -186,12 +186,18 @@ impl LocalStore {
             }
             Err(e) => return Err(CasError::io("move into the store", path)(e)),
         };
+        // Hashed where it lies (nothing else holds it now); stored bytes are left alone, and
+        // an output that is already stored (a step that writes what another wrote) costs
+        // neither a sync nor a publish.
+        let digest = Digest::of_file(&temp).map_err(CasError::io("hash", &*temp))?;
+        if exists(&self.blob_path(&digest))? {
+            return Ok(digest);
+        }
         let file = File::open(&temp).map_err(CasError::io("open", &*temp))?;
         file.set_permissions(Permissions::from_mode(STORED_MODE))
             .and_then(|()| file.sync_all())
             .map_err(CasError::io("sync", &*temp))?;
         drop(file);
-        let digest = Digest::of_file(&temp).map_err(CasError::io("hash", &*temp))?;
         self.publish_path(temp, Namespace::Blobs, &digest)?;
         Ok(digest)
     }
@@ -344,6 +350,93 @@ impl LocalStore {
             }
         }
         Ok(kind)
+    }
+
+    /// Makes a stored blob or tree appear at `dest`, which must not exist yet, without
+    /// copying data: every file is a hard link to the stored object. Returns which it was.
+    ///
+    /// Only for a reader that cannot write through the link — a wasm guest behind a
+    /// read-only preopen, a container behind a read-only bind mount. Anyone else who can
+    /// write to the linked file writes into the store, which is why
+    /// [`LocalStore::materialize`] never links. The objects are not hashed again (they were
+    /// when stored): staging a gigabyte costs one system call. A file that cannot be linked
+    /// (another file system, too many links) is copied as `materialize` would, and so is an
+    /// executable, whose mode the stored object (`0444`) lacks. A folder is assembled beside
+    /// `dest` and renamed into place, so `dest` is either complete or absent.
+    pub fn link_into(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
+        if exists(dest)? {
+            return Err(CasError::DestinationExists { path: dest.into() });
+        }
+        let kind = self
+            .kind(digest)?
+            .ok_or(CasError::NotFound { digest: *digest })?;
+        match kind {
+            ObjectKind::Blob => self.link_or_copy(digest, dest, EntryKind::File)?,
+            ObjectKind::Tree => {
+                let parent = match dest.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let staging = tempfile::Builder::new()
+                    .prefix(".kiln-")
+                    .tempdir_in(parent)
+                    .map_err(CasError::io("create a folder in", parent))?;
+                fs::set_permissions(staging.path(), Permissions::from_mode(FOLDER_MODE))
+                    .map_err(CasError::io("set permissions of", staging.path()))?;
+                self.link_folder(digest, staging.path())?;
+                rename_noclobber(staging.path(), dest)?;
+                let _ = staging.keep();
+            }
+        }
+        Ok(kind)
+    }
+
+    /// [`LocalStore::link_into`] for the entries of tree `digest`, into the empty folder `dir`.
+    fn link_folder(&self, digest: &Digest, dir: &Path) -> Result<()> {
+        let tree = self.get_tree(digest)?;
+        for entry in tree.entries() {
+            let path = dir.join(entry.name.as_str());
+            match entry.kind {
+                EntryKind::Folder => {
+                    fs::create_dir(&path).map_err(CasError::io("create folder", &path))?;
+                    fs::set_permissions(&path, Permissions::from_mode(FOLDER_MODE))
+                        .map_err(CasError::io("set permissions of", &path))?;
+                    self.link_folder(&entry.digest, &path)?;
+                }
+                kind => self.link_or_copy(&entry.digest, &path, kind)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Links blob `digest` at `dest` (which must not exist), or copies and verifies it where a
+    /// link cannot be made or would have the wrong mode.
+    fn link_or_copy(&self, digest: &Digest, dest: &Path, kind: EntryKind) -> Result<()> {
+        let blob = self.blob_path(digest);
+        if kind == EntryKind::File {
+            match fs::hard_link(&blob, dest) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(CasError::DestinationExists { path: dest.into() });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !exists(&blob)? => {
+                    return Err(CasError::NotFound { digest: *digest });
+                }
+                // Another file system, too many links, a file system without hard links:
+                // copy instead.
+                Err(_) => {}
+            }
+        }
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(CasError::io("create", dest))?;
+        let mut out = OpenFile {
+            file,
+            path: dest.to_owned(),
+        };
+        self.copy_blob(digest, &mut out, kind)
     }
 
     /// Writes the entries of tree `digest` into the existing, empty folder `dir`.

@@ -119,6 +119,12 @@ impl Executor for EngineExecutor {
         self.engine.program()
     }
 
+    /// Every input is bind-mounted read-only, and so is the working directory's `in/`
+    /// (see [`command_line`]).
+    fn reads_inputs_read_only(&self) -> bool {
+        true
+    }
+
     /// The engine answers, and every image the steps use is present locally.
     async fn preflight(&self, steps: &[&PlannedStep]) -> Result<(), Vec<String>> {
         let mut images: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -331,6 +337,7 @@ fn cpus(millis: u64) -> String {
 ///   --mount type=bind,src=<input>,dst=/kiln/inputs/<name>,ro=true      (per input)
 ///   --mount type=bind,src=<outputs folder>,dst=/kiln/outputs
 ///   --mount type=bind,src=<workdir>,dst=/kiln/work -w /kiln/work
+///   --mount type=bind,src=<workdir>/in,dst=/kiln/work/in,ro=true   (inputs staged there)
 ///   --env K=V... --env KILN_RUN_ID=.. --env KILN_STEP=.. --env KILN_ATTEMPT=..
 ///   --env SECRET_VAR...                          (per secret, value from the client's env)
 ///   --mount type=bind,src=<file>,dst=/kiln/secrets/<name>,ro=true --env VAR=/kiln/secrets/<name>
@@ -408,6 +415,16 @@ pub fn command_line(
         "-w".into(),
         WORK_DIR.into(),
     ]);
+    // The inputs are the stored objects themselves (linked, not copied): the working
+    // directory's `in/`, where they are, is read-only too, or writing through it would
+    // write into the store.
+    let staged_inputs = task.workdir.join("in");
+    if task.inputs.values().any(|p| p.starts_with(&staged_inputs)) {
+        argv.extend([
+            "--mount".into(),
+            bind(&staged_inputs, &format!("{WORK_DIR}/in"), true)?,
+        ]);
+    }
     let fill = |text: &String| fill_paths(text, &inputs, &outputs);
     for (name, value) in &plan.env {
         argv.extend(["--env".into(), format!("{name}={}", fill(value))]);

@@ -45,6 +45,7 @@ const COMMON: &str = "run --rm --pull never --network none \
     --mount type=bind,src=/s/work/in/data,dst=/kiln/inputs/data,ro=true \
     --mount type=bind,src=/s/work/out,dst=/kiln/outputs \
     --mount type=bind,src=/s/work,dst=/kiln/work -w /kiln/work \
+    --mount type=bind,src=/s/work/in,dst=/kiln/work/in,ro=true \
     --env LR=0.1 --env METRICS=/kiln/outputs/metrics \
     --env KILN_RUN_ID=r1 --env KILN_STEP=train[0] --env KILN_ATTEMPT=2 \
     --cpus 1.5 --memory 2147483648";

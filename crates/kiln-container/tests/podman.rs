@@ -141,6 +141,61 @@ async fn inputs_are_read_only() {
 }
 
 #[tokio::test]
+async fn linked_inputs_cannot_be_written_through_the_working_directory() {
+    let Some(executor) =
+        podman("linked_inputs_cannot_be_written_through_the_working_directory").await
+    else {
+        return;
+    };
+    // Staged by the engine's own code: the input is the stored object, linked into `in/`
+    // of the working directory, which the container sees read-write at /kiln/work.
+    assert!(executor.reads_inputs_read_only());
+    let dir = tempfile::tempdir().unwrap();
+    let store = kiln_cas::LocalStore::new(dir.path().join("cas"));
+    let digest = store.put_bytes(b"original\n").unwrap();
+    let step = container_step(
+        "tamper",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "for f in /kiln/work/in/text {{inputs.text}}; do \
+             if echo evil > $f; then echo \"wrote $f\"; else echo \"refused $f\"; fi; done \
+             > {{outputs.report}}; cat {{inputs.text}} >> {{outputs.report}}",
+        ],
+        &[],
+    );
+    let task = kiln_engine::StepTask {
+        run_id: "r1".into(),
+        step,
+        attempt: 1,
+        cache_key: kiln_cas::Digest::of_bytes(b"key"),
+        inputs: [("text".to_owned(), digest)].into(),
+        outputs: vec!["report".into()],
+        component: None,
+        recorded: Default::default(),
+    };
+    let area = kiln_engine::StagingArea {
+        store: std::sync::Arc::new(store.clone()),
+        scratch: dir.path().join("scratch"),
+        components: dir.path().join("components"),
+        log: dir.path().join("tamper.log"),
+        keep_failed: None,
+        pool: None,
+    };
+    let outputs = match executor.run(&task, &area).await.unwrap() {
+        ExecOutcome::Succeeded { outputs, .. } => outputs,
+        other => panic!("{other:?}\n{}", std::fs::read_to_string(&area.log).unwrap()),
+    };
+    let report = String::from_utf8(store.read_verified(&outputs["report"]).unwrap()).unwrap();
+    assert_eq!(
+        report,
+        "refused /kiln/work/in/text\nrefused /kiln/inputs/text\noriginal\n"
+    );
+    assert_eq!(store.read_verified(&digest).unwrap(), b"original\n");
+}
+
+#[tokio::test]
 async fn a_failing_step_quotes_its_log() {
     let Some(executor) = podman("a_failing_step_quotes_its_log").await else {
         return;

@@ -18,7 +18,7 @@ use crate::EngineError;
 use crate::cache::{DETERMINISM_VERSION, KeyParts, canonical_json};
 use crate::executor::{ExecOutcome, Executor, StepTask};
 use crate::exports::{ExportProgress, Exporter};
-use crate::staging::{ScratchLock, StagingArea, remove_tree};
+use crate::staging::{ScratchLock, ScratchPool, StagingArea, remove_tree};
 use kiln_record::CacheEntry;
 use kiln_record::{
     AttemptStatus, ExportRecord, ExportStatus, FailureKind, FileMetadata, MetadataStore,
@@ -418,6 +418,8 @@ pub(crate) struct Shared {
     /// The run's steps: the plan's, then the instances of fan-outs over lists steps wrote,
     /// added when those lists exist. A step keeps its index.
     steps: std::sync::RwLock<RunSteps>,
+    /// The run's scratch folders, reused from one attempt to the next.
+    scratch_pool: Arc<ScratchPool>,
 }
 
 /// The steps of a run, by index and by id.
@@ -674,6 +676,7 @@ impl Engine {
             outputs: Mutex::new(HashMap::new()),
             conditional_skips: Mutex::new(HashSet::new()),
             statuses: Mutex::new(BTreeMap::new()),
+            scratch_pool: Arc::new(ScratchPool::new(self.state.scratch_dir(&run_id))),
         });
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
         let exports = crate::exports::run_exports(
@@ -1646,6 +1649,7 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
                     .config
                     .keep_scratch
                     .then(|| shared.state.kept_dir(&shared.run_id)),
+                pool: Some(shared.scratch_pool.clone()),
             },
         };
         let result = run_attempt(

@@ -201,6 +201,16 @@ pub trait Executor: Send + Sync {
         Ok(BTreeMap::new())
     }
 
+    /// Whether the steps this executor runs on this machine cannot write to their inputs: a
+    /// wasm guest reads them through a read-only preopen, a container engine through
+    /// read-only bind mounts. Their inputs are then the stored objects themselves, linked
+    /// into the scratch folder rather than copied ([`kiln_cas::BlobStore::link_into`]).
+    /// `false` by default: a process on the host could write through a link into the store,
+    /// so it gets copies.
+    fn reads_inputs_read_only(&self) -> bool {
+        false
+    }
+
     /// Runs one attempt where this executor runs steps, and publishes its outputs: the
     /// outcome of a success carries their digests.
     ///
@@ -209,7 +219,7 @@ pub trait Executor: Send + Sync {
     /// elsewhere (a runner pool, a Pod) sends the task there instead, and the other side
     /// stages it with the same code.
     async fn run(&self, task: &StepTask, area: &StagingArea) -> Result<ExecOutcome, ExecutorError> {
-        let staged = match stage(task, area).await {
+        let staged = match stage(task, area, self.reads_inputs_read_only()).await {
             Ok(staged) => staged,
             Err(failure) => return Ok(failure),
         };

@@ -36,7 +36,7 @@ pub use replay::{
     MetricReplay, OutputReplay, ReplayError, ReplayOptions, ReplayProgress, ReplayReport,
     StepReplay, Verdict, plan_as_run, replay_run,
 };
-pub use staging::StagingArea;
+pub use staging::{ScratchPool, StagingArea};
 // The metadata types the engine's API speaks in.
 pub use kiln_record::{
     AttemptStatus, CacheEntry, CacheIndex, ExportRecord, ExportStatus, FailureKind, FileMetadata,

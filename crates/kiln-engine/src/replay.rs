@@ -796,6 +796,7 @@ impl Ctx {
                 components: self.components.clone(),
                 log: log.clone(),
                 keep_failed: None,
+                pool: None,
             },
         };
         let recorded_facts = if matches!(planned.kind, StepKind::Wasm { .. }) {

@@ -32,6 +32,94 @@ pub struct StagingArea {
     pub log: PathBuf,
     /// Where a failed attempt's scratch folder is moved instead of removed, if anywhere.
     pub keep_failed: Option<PathBuf>,
+    /// Scratch folders handed from one attempt to the next, if any: an attempt then takes a
+    /// cleared one (or makes one in the pool's folder) instead of `scratch/<step>.<attempt>`.
+    pub pool: Option<Arc<ScratchPool>>,
+}
+
+/// Scratch folders reused by the attempts of a run: each holds an empty `in/` and `out/`
+/// when it is handed out, and is cleared when its attempt ends.
+///
+/// Making and removing three folders per step was most of what a tiny step cost on ext4:
+/// every new folder takes an inode and a block, every removed one gives them back (and, on
+/// a disk mounted with `discard`, trims the block at once). A run keeps as many folders as
+/// it runs attempts at once. A folder that cannot be cleared completely is removed and
+/// never handed out again.
+#[derive(Debug)]
+pub struct ScratchPool {
+    root: PathBuf,
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+impl ScratchPool {
+    /// A pool of folders in `root` (created when the first folder is).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            free: std::sync::Mutex::new(Vec::new()),
+            made: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A folder with an empty `in/` and `out/`: a cleared one, or a new one.
+    fn take(&self) -> std::io::Result<PathBuf> {
+        if let Some(dir) = self.free.lock().expect("pool lock").pop() {
+            return Ok(dir);
+        }
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.root.join(format!("slot-{n}"));
+        for sub in ["in", "out"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        Ok(dir)
+    }
+
+    /// Clears a folder an attempt is done with and keeps it for the next one; removes it if
+    /// anything in it resists.
+    fn give_back(&self, dir: PathBuf) {
+        if clear_slot(&dir).is_ok() {
+            self.free.lock().expect("pool lock").push(dir);
+        } else {
+            remove_tree(&dir);
+        }
+    }
+}
+
+/// Empties `in/` and `out/` of a scratch folder and removes everything else in it.
+fn clear_slot(dir: &Path) -> std::io::Result<()> {
+    let mut kept = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let is_dir = entry.file_type()?.is_dir();
+        if is_dir && (entry.file_name() == "in" || entry.file_name() == "out") {
+            for inner in std::fs::read_dir(&path)? {
+                let inner = inner?;
+                if inner.file_type()?.is_dir() {
+                    remove_tree(&inner.path());
+                } else {
+                    std::fs::remove_file(inner.path())?;
+                }
+            }
+            kept += 1;
+        } else if is_dir {
+            remove_tree(&path);
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    // Both must be there, and empty (a folder `remove_tree` could not remove is not).
+    for sub in ["in", "out"] {
+        if std::fs::read_dir(dir.join(sub))?.next().is_some() {
+            return Err(std::io::Error::other("not empty"));
+        }
+    }
+    if kept == 2 {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("in/ or out/ is missing"))
+    }
 }
 
 /// A staged attempt; dropping it removes its scratch folder.
@@ -50,10 +138,13 @@ impl Staged {
     /// Keeps the scratch folder of a failed attempt: moves it to `kept/<step>.<attempt>`
     /// and returns where it now is.
     pub fn keep(mut self, kept: &Path) -> Result<PathBuf, String> {
-        let from = std::mem::take(&mut self._scratch.0);
-        let name = from.file_name().map(ToOwned::to_owned).unwrap_or_default();
+        let from = std::mem::take(&mut self._scratch.path);
+        let name = format!("{}.{}", self.task.step.id.file_stem(), self.task.attempt);
         let to = kept.join(name);
-        let moved = std::fs::create_dir_all(kept)
+        // Inputs linked to the store's objects become copies: the kept folder is for people
+        // to look into, with their tools, which could write.
+        let moved = unshare(&from.join("in"))
+            .and_then(|()| std::fs::create_dir_all(kept))
             .and_then(|()| {
                 if to.exists() {
                     std::fs::remove_dir_all(&to)?;
@@ -72,13 +163,46 @@ fn failed(kind: FailureKind, message: String) -> ExecOutcome {
     ExecOutcome::failure(kind, message, None)
 }
 
-/// Stages an attempt in `area`: its scratch folder with `in/` (every input materialised,
-/// read-only, verified) and `out/`, and its component as a file. A failure is an outcome.
-pub async fn stage(task: &StepTask, area: &StagingArea) -> Result<Staged, ExecOutcome> {
-    let workdir = area
-        .scratch
-        .join(format!("{}.{}", task.step.id.file_stem(), task.attempt));
-    let guard = ScratchGuard(workdir.clone());
+/// Stages an attempt in `area`: its scratch folder with `in/` and `out/`, and its component
+/// as a file. A failure is an outcome.
+///
+/// Every input is materialised in `in/`: as read-only, verified copies, or — when `linked`,
+/// for a step that cannot write to its inputs (see
+/// [`crate::Executor::reads_inputs_read_only`]) — as links to the stored objects, which
+/// copies nothing whatever their size.
+pub async fn stage(
+    task: &StepTask,
+    area: &StagingArea,
+    linked: bool,
+) -> Result<Staged, ExecOutcome> {
+    let (workdir, guard) = match &area.pool {
+        Some(pool) => {
+            let dir = pool.take().map_err(|e| {
+                failed(
+                    FailureKind::Internal,
+                    format!(
+                        "cannot make a scratch folder in {}: {e}",
+                        pool.root.display()
+                    ),
+                )
+            })?;
+            let guard = ScratchGuard {
+                path: dir.clone(),
+                pool: Some(pool.clone()),
+            };
+            (dir, guard)
+        }
+        None => {
+            let dir = area
+                .scratch
+                .join(format!("{}.{}", task.step.id.file_stem(), task.attempt));
+            let guard = ScratchGuard {
+                path: dir.clone(),
+                pool: None,
+            };
+            (dir, guard)
+        }
+    };
     let in_dir = workdir.join("in");
     let out_dir = workdir.join("out");
     // Metadata system calls (two `mkdir`s, one `stat`) are made in place: each costs less
@@ -87,7 +211,10 @@ pub async fn stage(task: &StepTask, area: &StagingArea) -> Result<Staged, ExecOu
     let component_path = task
         .component
         .map(|digest| area.components.join(format!("{}.wasm", digest.to_hex())));
-    for dir in [&in_dir, &out_dir] {
+    for dir in [&in_dir, &out_dir]
+        .into_iter()
+        .filter(|_| area.pool.is_none())
+    {
         std::fs::create_dir_all(dir).map_err(|e| {
             failed(
                 FailureKind::Internal,
@@ -99,7 +226,12 @@ pub async fn stage(task: &StepTask, area: &StagingArea) -> Result<Staged, ExecOu
     let mut inputs = BTreeMap::new();
     for (name, digest) in &task.inputs {
         let dest = in_dir.join(name);
-        area.store.materialize(digest, &dest).await.map_err(|e| {
+        let staged = if linked {
+            area.store.link_into(digest, &dest).await
+        } else {
+            area.store.materialize(digest, &dest).await
+        };
+        staged.map_err(|e| {
             failed(
                 FailureKind::Input,
                 format!("cannot materialise input `{name}`: {e}"),
@@ -251,16 +383,51 @@ fn what_was_written(task: &StagedTask, name: &str, path: &Path) -> String {
     }
 }
 
-/// Removes a scratch folder when an attempt ends, however it ends.
+/// Removes a scratch folder when an attempt ends, however it ends, or clears it and gives it
+/// back to its pool.
 #[derive(Debug)]
-struct ScratchGuard(PathBuf);
+struct ScratchGuard {
+    path: PathBuf,
+    pool: Option<Arc<ScratchPool>>,
+}
 
 impl Drop for ScratchGuard {
     fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            remove_tree(&self.0);
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match &self.pool {
+            Some(pool) => pool.give_back(path),
+            None => remove_tree(&path),
         }
     }
+}
+
+/// Replaces every file under `dir` that has other names (an input linked to the store's
+/// object) with a copy of its own, read-only like the original.
+fn unshare(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            unshare(&path)?;
+        } else if meta.is_file() && meta.nlink() > 1 {
+            let copy =
+                path.with_file_name(format!(".{}.copy", entry.file_name().to_string_lossy()));
+            std::fs::copy(&path, &copy)?;
+            std::fs::set_permissions(&copy, meta.permissions())?;
+            std::fs::rename(&copy, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a folder tree even where materialised inputs made parts of it read-only.
@@ -359,6 +526,118 @@ fn sweep(scratch_root: &Path, own: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use kiln_cas::LocalStore;
+
+    /// A task of one step with input `data` (the stored `bytes`) and output `out`.
+    fn task(store: &LocalStore, bytes: &[u8]) -> StepTask {
+        let pipeline = kiln_spec::parse(
+            "apiVersion: kiln/v1\nname: t\nsteps:\n  prep:\n    container: {image: x, command: [sh]}\n    outputs: [rows]\n  a:\n    container: {image: x, command: [sh]}\n    inputs: {data: prep.rows}\n    outputs: [out]\n",
+        )
+        .unwrap();
+        let plan = kiln_plan::compile(&pipeline, &kiln_plan::PlanOptions::default())
+            .plan
+            .unwrap();
+        StepTask {
+            run_id: "r".into(),
+            step: plan.steps.iter().find(|s| s.id == "a").unwrap().clone(),
+            attempt: 1,
+            cache_key: Digest::of_bytes(b"key"),
+            inputs: BTreeMap::from([("data".to_owned(), store.put_bytes(bytes).unwrap())]),
+            outputs: vec!["out".into()],
+            component: None,
+            recorded: BTreeMap::new(),
+        }
+    }
+
+    fn area(root: &Path, store: &LocalStore, pool: bool) -> StagingArea {
+        let scratch = root.join("scratch/r");
+        StagingArea {
+            store: Arc::new(store.clone()),
+            pool: pool.then(|| Arc::new(ScratchPool::new(&scratch))),
+            scratch,
+            components: root.join("components"),
+            log: root.join("a.log"),
+            keep_failed: None,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_pooled_scratch_folder_is_cleared_and_handed_to_the_next_attempt() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().join("cas"));
+        let task = task(&store, b"a,b\n1,2\n");
+        let area = area(root.path(), &store, true);
+
+        let first = stage(&task, &area, true).await.unwrap();
+        let dir = first.task().workdir.clone();
+        let input = first.task().inputs["data"].clone();
+        let blob = store.blob_path(&task.inputs["data"]);
+        assert_eq!(
+            std::fs::metadata(&input).unwrap().ino(),
+            std::fs::metadata(&blob).unwrap().ino(),
+            "a linked input is the stored object"
+        );
+        // What a step may leave behind: files beside its outputs, folders, a read-only one.
+        std::fs::write(dir.join("out/extra"), "x").unwrap();
+        std::fs::create_dir_all(dir.join("out/sub/deeper")).unwrap();
+        std::fs::write(dir.join("out/sub/deeper/file"), "x").unwrap();
+        std::fs::set_permissions(dir.join("out/sub"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+        std::fs::write(dir.join("stray"), "x").unwrap();
+        drop(first);
+        assert_eq!(names(&dir), ["in", "out"]);
+        assert!(names(&dir.join("in")).is_empty() && names(&dir.join("out")).is_empty());
+
+        // The next attempt gets the same folder, with copies this time.
+        let second = stage(&task, &area, false).await.unwrap();
+        assert_eq!(second.task().workdir, dir);
+        assert_eq!(names(&dir.join("in")), ["data"]);
+        assert_eq!(std::fs::metadata(&input).unwrap().nlink(), 1, "a copy");
+        // Two at once: two folders.
+        let third = stage(&task, &area, true).await.unwrap();
+        assert_ne!(third.task().workdir, dir);
+        drop((second, third));
+        assert_eq!(std::fs::metadata(&blob).unwrap().nlink(), 1);
+        assert_eq!(
+            store.read_verified(&task.inputs["data"]).unwrap(),
+            b"a,b\n1,2\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_scratch_folder_has_copies_of_linked_inputs() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().join("cas"));
+        let task = task(&store, b"rows");
+        for pool in [true, false] {
+            let staged = stage(&task, &area(root.path(), &store, pool), true)
+                .await
+                .unwrap();
+            let kept_dir = root.path().join(format!("kept-{pool}"));
+            let kept = staged.keep(&kept_dir).unwrap();
+            assert_eq!(kept, kept_dir.join("a.1"));
+            let input = kept.join("in/data");
+            let meta = std::fs::metadata(&input).unwrap();
+            assert_eq!(meta.nlink(), 1, "the kept input is a copy");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+            assert_eq!(std::fs::read(&input).unwrap(), b"rows");
+            // Whoever looks into it may write; the store is not reached.
+            std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::write(&input, b"changed").unwrap();
+            assert_eq!(store.read_verified(&task.inputs["data"]).unwrap(), b"rows");
+        }
+    }
 
     #[test]
     fn a_dead_runs_scratch_is_swept_and_a_live_one_kept() {

@@ -68,6 +68,12 @@ impl Executor for WasmExecutor {
         "wasm"
     }
 
+    /// A guest sees `in/` through a read-only preopen: it can neither write, truncate, move,
+    /// link nor touch what is there.
+    fn reads_inputs_read_only(&self) -> bool {
+        true
+    }
+
     async fn preflight(&self, steps: &[&PlannedStep]) -> Result<(), Vec<String>> {
         let problems: Vec<String> = steps
             .iter()

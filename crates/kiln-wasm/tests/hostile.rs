@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -248,6 +249,14 @@ async fn writes_outside_the_outputs_are_refused() {
             ..Default::default()
         },
     );
+    // The input is a link to a read-only object outside the scratch folder, as the store's
+    // objects are linked into a wasm step's `in/`.
+    let object = dir.path().join("stored-object");
+    std::fs::write(&object, b"input bytes").unwrap();
+    std::fs::set_permissions(&object, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::remove_file(&t.inputs["data"]).unwrap();
+    std::fs::hard_link(&object, &t.inputs["data"]).unwrap();
+    let object_modified = std::fs::metadata(&object).unwrap().modified().unwrap();
     let out_dir = t.workdir.join("out");
     let outside_out = |root: &Path| {
         tree(root)
@@ -263,14 +272,19 @@ async fn writes_outside_the_outputs_are_refused() {
         matches!(outcome, ExecOutcome::Succeeded { .. }),
         "{outcome:?}\n{report}"
     );
-    // 9 paths × (write, mkdir, create-new), 3 on the input, 3 targets × (rename, 2 links).
-    assert_eq!(report.lines().count(), 9 * 3 + 3 + 3 * 3, "{report}");
+    // 9 paths × (write, mkdir, create-new), 6 on the input, 3 targets × (rename, 2 links).
+    assert_eq!(report.lines().count(), 9 * 3 + 6 + 3 * 3, "{report}");
     for line in report.lines() {
         assert!(line.contains(": denied ("), "{line}\n{report}");
     }
     // Nothing appeared or changed on the host outside /out; /out holds the report only.
     assert_eq!(outside_out(dir.path()), before);
     assert_eq!(std::fs::read(&t.inputs["data"]).unwrap(), b"input bytes");
+    assert_eq!(std::fs::read(&object).unwrap(), b"input bytes");
+    assert_eq!(
+        std::fs::metadata(&object).unwrap().modified().unwrap(),
+        object_modified
+    );
     assert_eq!(
         tree(&out_dir),
         vec![(PathBuf::from("report"), report.len() as u64)]

@@ -58,6 +58,21 @@ fn main() {
             .map(drop)
     });
     attempt("remove /in/data", fs::remove_file("/in/data"));
+    // An input may be the store's own object, linked in: it must not be touched, moved or
+    // linked to where writing is allowed.
+    attempt("set-times /in/data", {
+        fs::File::open("/in/data").and_then(|f| {
+            f.set_times(fs::FileTimes::new().set_modified(std::time::SystemTime::UNIX_EPOCH))
+        })
+    });
+    attempt(
+        "hard-link /in/data /out/linked",
+        fs::hard_link("/in/data", "/out/linked"),
+    );
+    attempt(
+        "rename /in/data /out/moved",
+        fs::rename("/in/data", "/out/moved"),
+    );
     // A file made where writing is allowed, then moved or linked out.
     fs::write("/out/movable", b"x").expect("write /out/movable");
     for to in [
