@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_cas::{BlobStore, Digest};
+use kiln_cas::{BlobStore, Digest, StatCache};
 use kiln_plan::{ComponentSource, Plan, StepKind};
 use kiln_record::StateDir;
 
@@ -62,6 +62,10 @@ pub struct LocalResolver<'a> {
     /// Component files already kept, by path: a fan-out of a thousand steps of one
     /// component hashes it once.
     kept: std::collections::HashMap<PathBuf, Digest>,
+    /// Where the stat cache of workspace inputs is kept.
+    stat_cache_path: PathBuf,
+    /// The stat cache, read at the first workspace input.
+    stat_cache: Option<Arc<StatCache>>,
 }
 
 impl<'a> LocalResolver<'a> {
@@ -77,7 +81,41 @@ impl<'a> LocalResolver<'a> {
             on_build: Box::new(|_, _| {}),
             on_fetch: Box::new(|_| {}),
             kept: std::collections::HashMap::new(),
+            stat_cache_path: state.stat_cache_path(),
+            stat_cache: None,
         }
+    }
+
+    /// Uses `cache` for workspace inputs instead of the state folder's stat cache (read at the
+    /// first input otherwise); it is saved where it was opened.
+    pub fn stat_cache_with(&mut self, cache: StatCache) -> &mut Self {
+        self.stat_cache = Some(Arc::new(cache));
+        self
+    }
+
+    /// The stat cache of workspace inputs, read from the state folder the first time.
+    async fn stat_cache(&mut self) -> Arc<StatCache> {
+        if let Some(cache) = &self.stat_cache {
+            return cache.clone();
+        }
+        let file = self.stat_cache_path.clone();
+        let cache = tokio::task::spawn_blocking(move || StatCache::open(file))
+            .await
+            .unwrap_or_else(|_| StatCache::in_memory());
+        if let Some(reason) = cache.discarded() {
+            tracing::debug!(%reason, "the stat cache is not usable; it is rebuilt");
+        }
+        let cache = Arc::new(cache);
+        self.stat_cache = Some(cache.clone());
+        cache
+    }
+
+    /// Files of workspace inputs found unchanged (not read) and hashed so far.
+    pub fn stat_counts(&self) -> kiln_cas::StatCounts {
+        self.stat_cache
+            .as_ref()
+            .map(|cache| cache.counts())
+            .unwrap_or_default()
     }
 
     /// Calls `f(step, command)` when a component starts building from source.
@@ -164,18 +202,32 @@ impl Resolver for LocalResolver<'_> {
     }
 
     async fn workspace_input(&mut self, path: &str) -> Result<Digest, String> {
-        let full = self.base_dir.join(path);
-        let stored = if tokio::fs::metadata(&full).await.is_ok_and(|m| m.is_dir()) {
-            self.store.put_tree(&full).await
-        } else {
-            self.store.put_file(&full).await
-        };
-        stored.map_err(|e| {
+        let joined = self.base_dir.join(path);
+        // The stat cache knows files by absolute path, without `.` components.
+        let full = std::path::absolute(&joined).unwrap_or(joined);
+        let is_dir = tokio::fs::metadata(&full).await.is_ok_and(|m| m.is_dir());
+        let cannot = |e: &dyn std::fmt::Display| {
             format!(
                 "workspace input {path}: cannot read {}: {e}",
                 full.display()
             )
-        })
+        };
+        if let Some(store) = self.store.local().cloned() {
+            let cache = self.stat_cache().await;
+            let (owned, input) = (full.clone(), path.to_owned());
+            return tokio::task::spawn_blocking(move || {
+                store_cached(&store, &cache, &owned, is_dir, &input)
+            })
+            .await
+            .map_err(|e| cannot(&e))?
+            .map_err(|e| cannot(&e));
+        }
+        let stored = if is_dir {
+            self.store.put_tree(&full).await
+        } else {
+            self.store.put_file(&full).await
+        };
+        stored.map_err(|e| cannot(&e))
     }
 
     async fn external_input(&mut self, url: &str) -> Result<Digest, String> {
@@ -183,6 +235,34 @@ impl Resolver for LocalResolver<'_> {
         let mut progress = |p| on_fetch(p);
         self.fetcher.fetch(url, &mut progress).await
     }
+}
+
+/// Stores a workspace file or folder through the stat cache, then saves the cache: a cache
+/// that cannot be written costs the next run some hashing, never this run its input.
+fn store_cached(
+    store: &kiln_cas::LocalStore,
+    cache: &StatCache,
+    full: &Path,
+    is_dir: bool,
+    input: &str,
+) -> kiln_cas::Result<Digest> {
+    let before = cache.counts();
+    let digest = if is_dir {
+        store.put_tree_cached(full, cache)?
+    } else {
+        store.put_file_cached(full, cache)?
+    };
+    let after = cache.counts();
+    tracing::debug!(
+        input,
+        unchanged = after.unchanged - before.unchanged,
+        hashed = after.hashed - before.hashed,
+        "workspace input stored"
+    );
+    if let Err(e) = cache.save() {
+        tracing::warn!(input, error = %e, "cannot write the stat cache; the next run hashes its inputs again");
+    }
+    Ok(digest)
 }
 
 /// What a plan names by place, as digests: what the engine is given.
@@ -269,5 +349,79 @@ pub async fn pin_components(
         Ok(pinned)
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn empty_plan() -> Plan {
+        Plan {
+            plan_version: kiln_plan::PLAN_VERSION,
+            pipeline: "inputs".into(),
+            params: BTreeMap::new(),
+            steps: Vec::new(),
+            concurrency: BTreeMap::new(),
+            timeout_ms: None,
+            exports: Vec::new(),
+        }
+    }
+
+    /// The state folder's stat cache, with a clock an hour ahead: files written by the test
+    /// are old enough to be recorded.
+    fn settled(state: &StateDir) -> StatCache {
+        let mut cache = StatCache::open(state.stat_cache_path());
+        cache.set_clock(|| SystemTime::now() + Duration::from_secs(3600));
+        cache
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unchanged_workspace_inputs_are_not_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::new(root.path().join(".kiln"));
+        let base = root.path().join("ws");
+        std::fs::create_dir_all(base.join("data/sub")).unwrap();
+        std::fs::write(base.join("big.bin"), vec![7; 300_000]).unwrap();
+        for i in 0..20 {
+            std::fs::write(base.join(format!("data/sub/f{i}")), i.to_string()).unwrap();
+        }
+        let store: Arc<dyn BlobStore> = Arc::new(state.store());
+        let plan = empty_plan();
+        let resolve = |cache: Option<StatCache>| {
+            let (state, base, plan, store) = (&state, &base, &plan, store.clone());
+            async move {
+                let mut resolver = LocalResolver::new(state, base, plan, store);
+                if let Some(cache) = cache {
+                    resolver.stat_cache_with(cache);
+                }
+                let file = resolver.workspace_input("./big.bin").await.unwrap();
+                let folder = resolver.workspace_input("data").await.unwrap();
+                (file, folder, resolver.stat_counts())
+            }
+        };
+
+        let (file, folder, first) = resolve(Some(settled(&state))).await;
+        assert_eq!((first.unchanged, first.hashed), (0, 21));
+        assert_eq!(file, state.store().put_file(&base.join("big.bin")).unwrap());
+        assert_eq!(folder, state.store().put_tree(&base.join("data")).unwrap());
+
+        let (file2, folder2, second) = resolve(Some(settled(&state))).await;
+        assert_eq!((file2, folder2), (file, folder));
+        assert_eq!((second.unchanged, second.hashed), (21, 0));
+
+        // A damaged cache costs hashing, never the run; the state folder's own cache (the
+        // real clock) is rebuilt from it.
+        std::fs::write(state.stat_cache_path(), b"not a stat cache").unwrap();
+        let (file3, folder3, third) = resolve(None).await;
+        assert_eq!((file3, folder3), (file, folder));
+        assert_eq!((third.unchanged, third.hashed), (0, 21));
+        assert!(
+            StatCache::open(state.stat_cache_path())
+                .discarded()
+                .is_none()
+        );
     }
 }

@@ -135,12 +135,12 @@ fn main() {
         times[times.len() / 2]
     };
     let ours = report(
-        "Digest::of_file (mmap + rayon)",
+        "Digest::of_file (4 MiB reads, rayon)",
         bytes,
         median_of(&mut times[0]),
     );
     report(
-        "Digest::of_reader (1 MiB reads)",
+        "Digest::of_reader (4 MiB reads)",
         bytes,
         median_of(&mut times[1]),
     );

@@ -1,6 +1,7 @@
 //! Blake3 digests and the ways of computing them.
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::str::FromStr;
@@ -19,6 +20,34 @@ pub(crate) const TREE_CONTEXT: &str = "kiln 2026-11 tree manifest v1";
 
 /// Size of the buffers used when streaming.
 pub(crate) const CHUNK: usize = 1 << 20;
+
+/// The most a hash of a file or a reader holds in memory at once: big enough that blake3
+/// spreads each buffer over all cores (it splits work into 1 KiB chunks and gains little
+/// from rayon below a few hundred KiB per call), small enough that hashing a 100 GiB file
+/// costs no more memory than hashing a 10 MiB one.
+pub(crate) const HASH_BUFFER: usize = 4 << 20;
+
+/// Below this many bytes per call, blake3 on one thread beats handing work to rayon.
+const RAYON_MIN: usize = 256 * 1024;
+
+/// Hashes everything `reader` yields through a buffer of `buffer` bytes.
+fn hash_through(mut reader: impl Read, buffer: usize) -> io::Result<Digest> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; buffer];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(hasher.into()),
+            Ok(n) if n >= RAYON_MIN => {
+                hasher.update_rayon(&buf[..n]);
+            }
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// A blake3 digest (32 bytes), written `blake3:<64 lowercase hex>`.
 ///
@@ -46,7 +75,7 @@ impl Digest {
     /// The blob digest of some bytes (multi-threaded above a few hundred KiB).
     pub fn of_bytes(bytes: &[u8]) -> Self {
         let mut hasher = blake3::Hasher::new();
-        if bytes.len() >= 256 * 1024 {
+        if bytes.len() >= RAYON_MIN {
             hasher.update_rayon(bytes);
         } else {
             hasher.update(bytes);
@@ -54,30 +83,24 @@ impl Digest {
         hasher.into()
     }
 
-    /// The blob digest of everything a reader yields.
-    pub fn of_reader(mut reader: impl Read) -> io::Result<Self> {
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0; CHUNK];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => return Ok(hasher.into()),
-                Ok(n) => {
-                    hasher.update_rayon(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+    /// The blob digest of everything a reader yields, read through one buffer of a few MiB.
+    pub fn of_reader(reader: impl Read) -> io::Result<Self> {
+        hash_through(reader, HASH_BUFFER)
     }
 
-    /// The blob digest of a file's content, memory-mapped and hashed on all cores.
+    /// The blob digest of a file's content, read through one buffer of a few MiB (smaller
+    /// for a smaller file) and hashed on all cores.
     ///
-    /// The file must not be truncated while it is hashed; the stores only call this on
-    /// files they own (their own temporary copies, or files handed over to them).
+    /// The file is read, not memory-mapped: a mapping would count the whole file into the
+    /// process's resident memory while it is hashed (1 GiB for a 1 GiB file), where a buffer
+    /// keeps it at a few MiB whatever the size; the page cache serves both alike.
     pub fn of_file(path: &Path) -> io::Result<Self> {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_mmap_rayon(path)?;
-        Ok(hasher.into())
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        // One byte more than the file, so that a file read whole is seen to end in one read.
+        let buffer =
+            usize::try_from(len.saturating_add(1)).map_or(HASH_BUFFER, |n| n.min(HASH_BUFFER));
+        hash_through(file, buffer.max(1))
     }
 
     /// The tree digest of an encoded manifest.

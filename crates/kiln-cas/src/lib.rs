@@ -7,7 +7,11 @@
 //! default under `.kiln/` or `KILN_HOME`), [`BucketStore`] in anything the `object_store`
 //! crate speaks (S3-compatible storage on a cluster). Both publish atomically and never
 //! overwrite: a reader sees a whole, correctly hashed object or nothing, even if the writer
-//! was killed halfway. [`BlobStore`] is the async interface both share.
+//! was killed halfway. [`BlobStore`] is the async interface both share. A [`StatCache`] remembers
+//! the digests of files by their size, times and inode, so that storing an unchanged file or
+//! folder again reads nothing ([`LocalStore::put_file_cached`], [`LocalStore::put_tree_cached`]).
+//! Files are read through buffers of a few MiB, never mapped or read whole: memory stays
+//! small whatever the size of what is stored.
 //!
 //! This crate deliberately knows nothing of steps, pipelines, runs or cache keys: it maps
 //! digests to bytes and back, and it never deletes stored objects (garbage collection of
@@ -38,6 +42,7 @@ mod bucket;
 mod digest;
 mod error;
 mod local;
+pub mod stat_cache;
 pub mod tree;
 mod verify;
 
@@ -45,6 +50,7 @@ pub use bucket::{BucketStore, read_part};
 pub use digest::Digest;
 pub use error::{CasError, Result};
 pub use local::LocalStore;
+pub use stat_cache::{FileStamp, StatCache, StatCounts};
 pub use tree::{EntryKind, EntryName, Tree, TreeEntry};
 pub use verify::VerifiedReader;
 

@@ -1,16 +1,19 @@
 //! The store on the local file system.
 
+use std::collections::HashMap;
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tempfile::{NamedTempFile, TempPath};
 
 use crate::digest::CHUNK;
-use crate::tree::{EntryKind, scan};
+use crate::stat_cache::{FileStamp, StatCache};
+use crate::tree::{EntryKind, ScannedFolder, scan};
 use crate::verify::unwrap_io;
 use crate::{CasError, Digest, ObjectKind, Result, Tree, VerifiedReader};
 
@@ -139,6 +142,45 @@ impl LocalStore {
     /// under the wrong digest. Callers that are done with the file should prefer
     /// [`LocalStore::put_file_owned`], which moves it and copies nothing.
     pub fn put_file(&self, path: &Path) -> Result<Digest> {
+        self.put_file_stamped(path).map(|stored| stored.digest)
+    }
+
+    /// As [`LocalStore::put_file`], unless `cache` knows the file: one whose size, times,
+    /// inode and device are as recorded there, and whose blob is in this store, is neither
+    /// read nor hashed. Otherwise it is stored as by `put_file` and recorded in `cache` (see
+    /// [`StatCache`] for when it is not). The cache knows files by the path given: give
+    /// absolute paths. The caller saves the cache.
+    pub fn put_file_cached(&self, path: &Path, cache: &StatCache) -> Result<Digest> {
+        let meta = fs::metadata(path).map_err(CasError::io("inspect", path))?;
+        if !meta.is_file() {
+            return Err(CasError::UnsupportedFileType { path: path.into() });
+        }
+        self.put_known_file(path, &FileStamp::of(&meta), cache)
+    }
+
+    /// The digest of a file whose stamp is `stamp`, from `cache` when the file is unchanged
+    /// and its blob stored, else by storing it.
+    fn put_known_file(&self, path: &Path, stamp: &FileStamp, cache: &StatCache) -> Result<Digest> {
+        if let Some(digest) = cache.lookup(path, stamp)
+            && exists(&self.blob_path(&digest))?
+        {
+            cache.count_unchanged();
+            return Ok(digest);
+        }
+        let hashed_at = cache.now();
+        let stored = self.put_file_stamped(path)?;
+        cache.count_hashed();
+        if stored.before == stored.after {
+            cache.record(path, stored.before, stored.digest, hashed_at);
+        } else {
+            cache.forget(path);
+        }
+        Ok(stored.digest)
+    }
+
+    /// Stores a copy of a file as [`LocalStore::put_file`] does, and says what the file was
+    /// before and after it was copied.
+    fn put_file_stamped(&self, path: &Path) -> Result<StoredFile> {
         let mut source = File::open(path).map_err(CasError::io("open", path))?;
         let meta = source.metadata().map_err(CasError::io("inspect", path))?;
         if !meta.is_file() {
@@ -146,9 +188,15 @@ impl LocalStore {
         }
         let mut temp = self.temp_file("copy")?;
         clone_or_copy(&mut source, temp.as_file_mut()).map_err(CasError::io("copy", path))?;
+        let after = source.metadata().map_err(CasError::io("inspect", path))?;
+        drop(source);
         let digest = Digest::of_file(temp.path()).map_err(CasError::io("hash", temp.path()))?;
         self.publish(temp, Namespace::Blobs, &digest)?;
-        Ok(digest)
+        Ok(StoredFile {
+            digest,
+            before: FileStamp::of(&meta),
+            after: FileStamp::of(&after),
+        })
     }
 
     /// Moves a file into the store as a blob; the caller gives the file up (its path is gone
@@ -213,27 +261,47 @@ impl LocalStore {
     ///
     /// Symlinks, special files and names that are not UTF-8 are refused before anything is
     /// stored (see [`crate::tree`]).
+    ///
+    /// Files are stored several at a time (up to 16, on threads of their own); the digest is
+    /// the same as storing them one by one.
     pub fn put_tree(&self, folder: &Path) -> Result<Digest> {
-        let scanned = scan(folder)?;
-        let mut trees = Vec::new();
-        let root = scanned.build(&mut |path| self.put_file(path), &mut trees)?;
-        for tree in &trees {
-            self.put_manifest(tree)?;
-        }
-        Ok(root)
+        self.put_scanned(&scan(folder)?, |path, _| self.put_file(path))
+    }
+
+    /// As [`LocalStore::put_tree`], with every file stored as by
+    /// [`LocalStore::put_file_cached`]: only the files that changed are read, and the
+    /// manifests are rebuilt from the digests of the others. The caller saves the cache.
+    pub fn put_tree_cached(&self, folder: &Path, cache: &StatCache) -> Result<Digest> {
+        self.put_scanned(&scan(folder)?, |path, stamp| {
+            self.put_known_file(path, stamp, cache)
+        })
     }
 
     /// Moves a folder into the store, as [`LocalStore::put_tree`] but with every file moved
     /// by [`LocalStore::put_file_owned`]; the folder is removed afterwards. If storing fails
     /// halfway, the files already moved are in the store and gone from the folder.
     pub fn put_tree_owned(&self, folder: &Path) -> Result<Digest> {
-        let scanned = scan(folder)?;
+        let root = self.put_scanned(&scan(folder)?, |path, _| self.put_file_owned(path))?;
+        fs::remove_dir_all(folder).map_err(CasError::io("remove", folder))?;
+        Ok(root)
+    }
+
+    /// Stores every file of a scanned folder with `blob`, several at once, then its
+    /// manifests, children first; returns the root's digest.
+    fn put_scanned(
+        &self,
+        scanned: &ScannedFolder,
+        blob: impl Fn(&Path, &FileStamp) -> Result<Digest> + Sync,
+    ) -> Result<Digest> {
+        let files = scanned.stamped_files();
+        let digests = in_parallel(&files, |(path, stamp)| blob(path, stamp))?;
+        let by_path: HashMap<&Path, Digest> =
+            files.iter().map(|(path, _)| *path).zip(digests).collect();
         let mut trees = Vec::new();
-        let root = scanned.build(&mut |path| self.put_file_owned(path), &mut trees)?;
+        let root = scanned.build(&mut |path| Ok(by_path[path]), &mut trees)?;
         for tree in &trees {
             self.put_manifest(tree)?;
         }
-        fs::remove_dir_all(folder).map_err(CasError::io("remove", folder))?;
         Ok(root)
     }
 
@@ -541,8 +609,13 @@ impl LocalStore {
             .map_err(CasError::io("create a file in", &tmp))
     }
 
-    /// Makes a fully written temporary file durable and read-only, then publishes it.
+    /// Makes a fully written temporary file durable and read-only, then publishes it; when
+    /// the object is stored already, the file is discarded unsynced (the stored one was
+    /// synced when it was published).
     fn publish(&self, temp: NamedTempFile, namespace: Namespace, digest: &Digest) -> Result<()> {
+        if exists(&self.object_path(namespace, digest))? {
+            return Ok(());
+        }
         let file = temp.as_file();
         file.set_permissions(Permissions::from_mode(STORED_MODE))
             .and_then(|()| file.sync_all())
@@ -566,6 +639,73 @@ impl LocalStore {
             .and_then(|dir| dir.sync_all())
             .map_err(CasError::io("sync", shard))
     }
+}
+
+/// A file stored by [`LocalStore::put_file_stamped`]: its digest, and what the file was
+/// before and after it was copied.
+struct StoredFile {
+    digest: Digest,
+    before: FileStamp,
+    after: FileStamp,
+}
+
+/// The most files stored at once by one call. Storing a small file is mostly waiting on the
+/// disk (a copy, an fsync, a rename, an fsync of its folder), so more workers than cores
+/// keep the disk busy; hashing a big one spreads over all cores by itself.
+const MAX_FILE_WORKERS: usize = 16;
+
+/// `work` on every item, several items at once on scoped threads (twice the cores, at least
+/// 4, at most [`MAX_FILE_WORKERS`]), results in the items' order; stops early at an error and
+/// returns one.
+pub(crate) fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = (cores * 2).clamp(4, MAX_FILE_WORKERS).min(items.len());
+    if workers <= 1 {
+        return items.iter().map(work).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    let done: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        match work(item) {
+                            Ok(result) => done.push((i, result)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                first_error
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                            }
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut all: Vec<(usize, R)> = done.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
 }
 
 /// A file being written, with its path (for errors and for hashing).

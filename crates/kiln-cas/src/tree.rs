@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::stat_cache::FileStamp;
 use crate::{CasError, Digest, Result};
 
 /// Magic bytes that open every manifest.
@@ -310,8 +311,12 @@ pub(crate) struct ScannedFolder {
 /// One entry of a [`ScannedFolder`].
 #[derive(Debug)]
 pub(crate) enum Scanned {
-    /// A regular file at this path.
-    File { path: PathBuf, kind: EntryKind },
+    /// A regular file at this path, and what it was when the folder was read.
+    File {
+        path: PathBuf,
+        kind: EntryKind,
+        stamp: FileStamp,
+    },
     /// A sub-folder.
     Folder(ScannedFolder),
 }
@@ -344,7 +349,11 @@ pub(crate) fn scan(folder: &Path) -> Result<ScannedFolder> {
             } else {
                 EntryKind::File
             };
-            Scanned::File { path, kind }
+            Scanned::File {
+                path,
+                kind,
+                stamp: FileStamp::of(&meta),
+            }
         } else {
             return Err(CasError::UnsupportedFileType { path });
         };
@@ -363,12 +372,20 @@ pub(crate) fn scan(folder: &Path) -> Result<ScannedFolder> {
 impl ScannedFolder {
     /// Every file in the folder, depth first.
     pub(crate) fn files(&self) -> Vec<&Path> {
+        self.stamped_files()
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    /// Every file in the folder with its stamp from the scan, depth first.
+    pub(crate) fn stamped_files(&self) -> Vec<(&Path, FileStamp)> {
         let mut out = Vec::new();
         let mut stack = vec![self];
         while let Some(folder) = stack.pop() {
             for (_, entry) in &folder.entries {
                 match entry {
-                    Scanned::File { path, .. } => out.push(path.as_path()),
+                    Scanned::File { path, stamp, .. } => out.push((path.as_path(), *stamp)),
                     Scanned::Folder(sub) => stack.push(sub),
                 }
             }
@@ -387,7 +404,7 @@ impl ScannedFolder {
         let mut entries = Vec::with_capacity(self.entries.len());
         for (name, scanned) in &self.entries {
             let (kind, digest) = match scanned {
-                Scanned::File { path, kind } => (*kind, blob(path)?),
+                Scanned::File { path, kind, .. } => (*kind, blob(path)?),
                 Scanned::Folder(sub) => (EntryKind::Folder, sub.build(blob, trees)?),
             };
             entries.push(TreeEntry {

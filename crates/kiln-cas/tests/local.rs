@@ -381,3 +381,32 @@ fn gc_tmp_removes_only_stale_leftovers() {
     assert!(files_under(&tmp).is_empty());
     assert!(store.contains(&Digest::of_bytes(b"x")).unwrap());
 }
+
+#[test]
+fn a_folder_of_many_files_stored_at_once_has_the_digest_of_its_manifests() {
+    let (dir, store) = store();
+    let folder = dir.path().join("many");
+    let mut expected = Vec::new();
+    for sub in 0..4 {
+        let at = folder.join(format!("d{sub}"));
+        fs::create_dir_all(&at).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..100 {
+            let bytes = data(&format!("{sub}/{i}"), 1 + i * 37);
+            write(&at.join(format!("f{i:03}")), &bytes, 0o644);
+            entries.push(kiln_cas::TreeEntry {
+                name: format!("f{i:03}").try_into().unwrap(),
+                kind: EntryKind::File,
+                digest: Digest::of_bytes(&bytes),
+            });
+        }
+        expected.push(kiln_cas::TreeEntry {
+            name: format!("d{sub}").try_into().unwrap(),
+            kind: EntryKind::Folder,
+            digest: kiln_cas::Tree::new(entries).unwrap().digest(),
+        });
+    }
+    let root = store.put_tree(&folder).unwrap();
+    assert_eq!(root, kiln_cas::Tree::new(expected).unwrap().digest());
+    assert_eq!(files_under(&store.root().join("blobs")).len(), 400);
+}

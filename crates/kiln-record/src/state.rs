@@ -15,6 +15,8 @@ use kiln_cas::LocalStore;
 /// components/<hex>.wasm components staged as files, by digest
 /// builds/               the build cache of components built from source, and build logs
 /// wasm-cache/           compiled components, when no per-machine cache folder is usable
+/// external/             what is known of external inputs fetched before (size, ETag...)
+/// stat-cache            digests of workspace files by size, times and inode (not re-read)
 /// ```
 ///
 /// Every path of a state folder comes from here.
@@ -90,6 +92,12 @@ impl StateDir {
     /// Where compiled components go when no per-machine cache folder can be used.
     pub fn wasm_cache_dir(&self) -> PathBuf {
         self.root.join("wasm-cache")
+    }
+
+    /// The stat cache of workspace inputs: each file's digest with its size, times and inode
+    /// when it was hashed, so that an unchanged file is not read again.
+    pub fn stat_cache_path(&self) -> PathBuf {
+        self.root.join("stat-cache")
     }
 
     /// Built components, by digest, for registry-less local runs.

@@ -1,7 +1,8 @@
 //! What kiln's tests and benchmarks share, so that no crate keeps its own copy: building
 //! guest components from the sources in this repository for `wasm32-wasip2`, deciding
-//! whether a test that needs podman can run (or must say why it skips), and starting a real
-//! S3-compatible server on 127.0.0.1 ([`s3`]).
+//! whether a test that needs podman can run (or must say why it skips), starting a real
+//! S3-compatible server on 127.0.0.1 ([`s3`]), and running a process to read its peak memory
+//! ([`rss`]).
 //!
 //! It is a dev-dependency only; nothing here is part of kiln.
 
@@ -11,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod rss;
 pub mod s3;
 
 /// The repository's root.
