@@ -1,38 +1,57 @@
-//! A fan-out of trivial wasm steps, whole process: the real `kiln` binary, spawn to exit.
+//! A fan-out of tiny wasm steps, whole process: the real `kiln` binary, spawn to exit.
 //!
 //! `cargo bench -p kiln-cli --bench fanout` (cargo builds `kiln` in release for it). The
-//! pipeline is one step, `wasm: noop.wasm` (the trivial guest of kiln-wasm's tests,
-//! `fn main() {}`, built for `wasm32-wasip2`), fanned out with `for_each: "{{params.xs}}"`
-//! over `KILN_BENCH_STEPS` (default 1000) items, each instance with `with: {i: ITEM, salt:
-//! SALT}`. Three measurements, each a `kiln run` with output to /dev/null (no progress bar):
-//! - **cold**: a new state folder, so kiln compiles the component first (and caches it);
+//! pipeline is the one the per-step cost targets are stated for: one step, `wasm: row.wasm`
+//! (a guest of kiln-wasm's tests, built for `wasm32-wasip2`), fanned out with
+//! `for_each: "{{params.xs}}"` over N items; each instance reads a 100-row CSV (a workspace
+//! input) and writes one small file of its own (its row and its params, so no two outputs
+//! are alike and every one is a new blob). A last step, `collect`, reads all N outputs as
+//! one folder (the trivial `noop` guest): its duration is what staging N inputs costs.
+//! `KILN_BENCH_STEPS` lists the sizes (default `1000`; `1000,10000` also compares their
+//! per-step cost). For each size, each a `kiln run` with its output captured (no progress
+//! bar):
+//! - **cold**: a new state folder, so kiln compiles the components first (and caches them);
 //!   `KILN_BENCH_COLD` (default 3) runs, each in a new state folder;
-//! - **warm**: the same state folder every time, so the precompiled component is cached,
+//! - **warm**: the same state folder every time, so the precompiled components are cached,
 //!   but every run passes a new `-p salt=N`, so no step result is: the precompiled cache is
 //!   warm and the result cache cold. `KILN_BENCH_RUNS` (default 7) runs after one untimed
-//!   one, which also checks (`--output json`) that every step ran;
+//!   one, each checked (`--output json`): every step ran;
 //! - **cached**: the last warm run again, every step a cache hit (`KILN_BENCH_RUNS` runs);
 //! - **replay**: `kiln replay` of that run, every step run again and compared, with `-j` at
 //!   its default and with `-j 1` (`KILN_BENCH_RUNS` runs each), as a ratio to the warm run.
 //!
-//! Median and min–max. State folders go under `KILN_BENCH_DIR` (default the system temp
-//! folder; `/dev/shm` for tmpfs).
+//! Median and min–max; kiln's peak resident memory (the largest of the warm runs, from the
+//! kernel's accounting of the child); the record's size per step; and the targets. State
+//! folders go under `KILN_BENCH_DIR` (default the system temp folder). Measure on the disk
+//! kiln will use: tmpfs (`/dev/shm`) hides most of what a step costs.
 
 #![allow(missing_docs)]
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 mod common;
 
 use common::*;
 /// The target for the whole fan-out of 1,000 fresh steps, precompiled cache warm.
 const TARGET_1000: Duration = Duration::from_millis(500);
+/// The target for 10,000 fresh steps, precompiled cache warm.
+const TARGET_10000: Duration = Duration::from_millis(4000);
+/// The target for 10,000 cache hits.
+const TARGET_10000_CACHED: Duration = Duration::from_millis(300);
+/// The target for staging 10,000 inputs as one folder.
+const TARGET_COLLECT_10000: Duration = Duration::from_millis(500);
+/// kiln's peak resident memory for 10,000 steps, in KiB.
+const TARGET_RSS_10000_KIB: u64 = 150 * 1000;
+/// How much more a step may cost in a run ten times as large.
+const TARGET_PER_STEP_GROWTH: f64 = 1.3;
 
-/// The trivial guest, built from `crates/kiln-wasm/tests/guests` for `wasm32-wasip2`.
-fn noop_component() -> PathBuf {
-    kiln_test_support::build_wasm(&kiln_test_support::guests_dir(), &["--bin", "noop"])
-        .join("noop.wasm")
+/// A guest of kiln-wasm's tests, built from `crates/kiln-wasm/tests/guests` for
+/// `wasm32-wasip2`.
+fn guest(name: &str) -> PathBuf {
+    kiln_test_support::build_wasm(&kiln_test_support::guests_dir(), &["--bin", name])
+        .join(format!("{name}.wasm"))
 }
 
 fn pipeline(n: usize) -> String {
@@ -40,11 +59,76 @@ fn pipeline(n: usize) -> String {
     format!(
         "apiVersion: kiln/v1\nname: fanout-{n}\nparams:\n  xs:\n    type: list[int]\n    \
          default: [{}]\n    description: One step each.\n  salt:\n    type: int\n    \
-         default: 0\n    description: Gives every step a new cache key.\nsteps:\n  noop:\n    \
-         wasm: noop.wasm\n    for_each: \"{{{{params.xs}}}}\"\n    with: {{i: \"{{{{item}}}}\", \
-         salt: \"{{{{params.salt}}}}\"}}\n",
+         default: 0\n    description: Gives every step a new cache key.\nsteps:\n  row:\n    \
+         wasm: row.wasm\n    for_each: \"{{{{params.xs}}}}\"\n    inputs: {{src: ./rows.csv}}\n    \
+         outputs: [dst]\n    with: {{i: \"{{{{item}}}}\", salt: \"{{{{params.salt}}}}\"}}\n  \
+         collect:\n    wasm: noop.wasm\n    inputs: {{all: row.dst}}\n",
         items.join(", ")
     )
+}
+
+/// A 100-row CSV.
+fn rows_csv() -> String {
+    let mut csv = String::from("id,x,y\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{i},{},{}\n", i * 7 % 13, i * i % 17));
+    }
+    csv
+}
+
+/// One `kiln ARGS` in `dir` with `--output json`: its wall time, its peak resident memory
+/// (KiB, from `wait4`), and its summary.
+fn measured(dir: &Path, args: &[&str]) -> (Duration, u64, serde_json::Value) {
+    use std::io::Read as _;
+    let start = Instant::now();
+    let mut child = kiln_in(dir, args)
+        .args(["--output", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut out)
+        .expect("kiln's output");
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data, and the child is ours and not waited for yet.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let time = start.elapsed();
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "kiln {args:?} in {}: status {status}",
+        dir.display()
+    );
+    let summary = serde_json::from_slice(&out).expect("JSON summary");
+    (time, usage.ru_maxrss as u64, summary)
+}
+
+fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
+    summary["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["status"].as_str().expect("a status").to_owned())
+        .collect()
+}
+
+fn collect_duration(summary: &serde_json::Value) -> Duration {
+    let ms = summary["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["id"] == "collect")
+        .and_then(|s| s["duration_ms"].as_u64())
+        .expect("the collect step's duration");
+    Duration::from_millis(ms)
 }
 
 /// `median (min–max)` in ms, and the median.
@@ -70,7 +154,11 @@ fn main() {
     {
         return;
     }
-    let n = env_or("KILN_BENCH_STEPS", 1000).max(1);
+    let sizes: Vec<usize> = std::env::var("KILN_BENCH_STEPS")
+        .unwrap_or_else(|_| "1000".into())
+        .split(',')
+        .map(|n| n.trim().parse::<usize>().expect("KILN_BENCH_STEPS: numbers").max(1))
+        .collect();
     let runs = env_or("KILN_BENCH_RUNS", 7).max(1);
     let colds = env_or("KILN_BENCH_COLD", 3).max(1);
     let base: PathBuf = std::env::var_os("KILN_BENCH_DIR")
@@ -78,21 +166,49 @@ fn main() {
         .unwrap_or_else(std::env::temp_dir);
     let root = tempfile::tempdir_in(base).unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let component = noop_component();
-    let dir = root.path().join("fanout");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("pipeline.yaml"), pipeline(n)).unwrap();
-    std::fs::copy(&component, dir.join("noop.wasm")).unwrap();
+    let (row, noop) = (guest("row"), guest("noop"));
     println!(
-        "{KILN}\n{n} wasm steps (noop, fan-out), spawn to exit; {cores} cores; under {}",
+        "{KILN}\nwasm fan-outs (row.wasm over a 100-row CSV, then one step collecting them all), \
+         spawn to exit; {cores} cores; under {}",
         root.path().display()
     );
     println!("load average at start: {}", load_average());
+    let mut per_step = Vec::new();
+    for n in sizes {
+        per_step.push((n, bench(root.path(), n, runs, colds, &row, &noop)));
+    }
+    if let [(small, a), .., (large, b)] = per_step[..]
+        && large > small
+    {
+        let growth = b / a;
+        println!(
+            "per step, {large} vs {small} steps: {:.0} µs vs {:.0} µs, {growth:.2}x (target ≤ {TARGET_PER_STEP_GROWTH}x: {})",
+            b * 1e6,
+            a * 1e6,
+            verdict(growth <= TARGET_PER_STEP_GROWTH)
+        );
+    }
+    println!("load average at end: {}", load_average());
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// Benchmarks the fan-out of `n`; returns the warm run's median cost per step, in seconds.
+fn bench(root: &Path, n: usize, runs: usize, colds: usize, row: &Path, noop: &Path) -> f64 {
+    let dir = root.join(format!("fanout-{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pipeline.yaml"), pipeline(n)).unwrap();
+    std::fs::write(dir.join("rows.csv"), rows_csv()).unwrap();
+    std::fs::copy(row, dir.join("row.wasm")).unwrap();
+    std::fs::copy(noop, dir.join("noop.wasm")).unwrap();
+    println!("\n{n} steps + 1 collecting them");
 
     let mut salt = 0usize;
     let run = |state: &str, salt: usize| {
         let salt = format!("salt={salt}");
-        time_kiln(
+        measured(
             &dir,
             &["run", "pipeline.yaml", "--state", state, "-p", &salt],
         )
@@ -100,43 +216,38 @@ fn main() {
     let mut cold = Vec::new();
     for k in 0..colds {
         salt += 1;
-        cold.push(run(&format!("cold-{k}"), salt));
+        cold.push(run(&format!("cold-{k}"), salt).0);
         std::fs::remove_dir_all(dir.join(format!("cold-{k}"))).unwrap();
     }
 
     // Fills the precompiled cache, and checks that a new salt means fresh steps.
     salt += 1;
-    let words = statuses(
-        &dir,
-        &[
-            "run",
-            "pipeline.yaml",
-            "--state",
-            "warm",
-            "-p",
-            &format!("salt={salt}"),
-        ],
-    );
-    assert_eq!(words.len(), n);
+    let (_, _, first) = run("warm", salt);
+    let words = step_statuses(&first);
+    assert_eq!(words.len(), n + 1);
     assert!(words.iter().all(|w| w == "succeeded"), "{words:?}");
-    let mut warm = Vec::new();
+    let (mut warm, mut collect, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = first;
     for _ in 0..runs {
         salt += 1;
-        warm.push(run("warm", salt));
+        let (time, maxrss, summary) = run("warm", salt);
+        assert!(step_statuses(&summary).iter().all(|w| w == "succeeded"));
+        warm.push(time);
+        collect.push(collect_duration(&summary));
+        rss.push(maxrss);
+        last = summary;
     }
-    let words = statuses(
-        &dir,
-        &[
-            "run",
-            "pipeline.yaml",
-            "--state",
-            "warm",
-            "-p",
-            &format!("salt={salt}"),
-        ],
-    );
+    let record = dir
+        .join("warm/runs")
+        .join(last["run_id"].as_str().expect("a run id"))
+        .join("record.jsonl");
+    let record_bytes = std::fs::metadata(&record)
+        .unwrap_or_else(|e| panic!("{}: {e}", record.display()))
+        .len();
+    let (_, _, again) = run("warm", salt);
+    let words = step_statuses(&again);
     assert!(words.iter().all(|w| w == "cached"), "{words:?}");
-    let mut cached: Vec<Duration> = (0..runs).map(|_| run("warm", salt)).collect();
+    let mut cached: Vec<Duration> = (0..runs).map(|_| run("warm", salt).0).collect();
     // The last run's replay: every step run again and compared, `-j` at its default and at 1.
     let replay = |jobs: Option<&str>| {
         let mut args = vec!["replay", "latest", "--state", "warm"];
@@ -148,42 +259,68 @@ fn main() {
     let mut replays: Vec<Duration> = (0..runs).map(|_| replay(None)).collect();
     let mut serial: Vec<Duration> = (0..runs).map(|_| replay(Some("1"))).collect();
 
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (cold, _) = spread(&mut cold);
     let (warm, warm_median) = spread(&mut warm);
-    let (cached, _) = spread(&mut cached);
+    let (cached, cached_median) = spread(&mut cached);
+    let (collect, collect_median) = spread(&mut collect);
     let (replays, replay_median) = spread(&mut replays);
     let (serial, serial_median) = spread(&mut serial);
-    println!("{:<34} {:>22}", "", "ms, median (min–max)");
+    let peak_rss = rss.iter().copied().max().unwrap_or(0);
+    println!("{:<38} {:>22}", "", "ms, median (min–max)");
     println!(
-        "{:<34} {cold:>22}",
+        "{:<38} {cold:>22}",
         format!("cold: compile + {n} fresh steps")
     );
-    println!("{:<34} {warm:>22}", format!("warm: {n} fresh steps"));
-    println!("{:<34} {cached:>22}", format!("cached: {n} cache hits"));
+    println!("{:<38} {warm:>22}", format!("warm: {n} fresh steps"));
     println!(
-        "{:<34} {replays:>22}",
+        "{:<38} {collect:>22}",
+        format!("  of which collect ({n} inputs)")
+    );
+    println!("{:<38} {cached:>22}", format!("cached: {n} cache hits"));
+    println!(
+        "{:<38} {replays:>22}",
         format!("replay: {n} steps, -j {cores}")
     );
-    println!("{:<34} {serial:>22}", format!("replay: {n} steps, -j 1"));
+    println!("{:<38} {serial:>22}", format!("replay: {n} steps, -j 1"));
     println!(
         "replay / warm run: {:.2}; replay -j {cores} / -j 1: {:.2} (medians)",
         replay_median.as_secs_f64() / warm_median.as_secs_f64(),
         replay_median.as_secs_f64() / serial_median.as_secs_f64()
     );
+    let per_step = warm_median.as_secs_f64() / n as f64;
     println!(
-        "warm, per step: {:.0} µs",
-        warm_median.as_secs_f64() * 1e6 / n as f64
+        "warm, per step: {:.0} µs; peak resident memory: {:.1} MB; record: {:.0} bytes per step",
+        per_step * 1e6,
+        peak_rss as f64 / 1000.0,
+        record_bytes as f64 / (n + 1) as f64
     );
-    if n == 1000 {
+    let target = |what: &str, limit: Duration, median: Duration| {
         println!(
-            "target: 1,000 fresh steps, precompiled cache warm, in ≤ {} ms (median): {}",
-            TARGET_1000.as_millis(),
-            if warm_median <= TARGET_1000 {
-                "met"
-            } else {
-                "MISSED"
-            }
+            "target: {what} ≤ {} ms (median {:.0}): {}",
+            limit.as_millis(),
+            median.as_secs_f64() * 1e3,
+            verdict(median <= limit)
         );
+    };
+    match n {
+        1000 => target("1,000 fresh steps", TARGET_1000, warm_median),
+        10000 => {
+            target("10,000 fresh steps", TARGET_10000, warm_median);
+            target("10,000 cache hits", TARGET_10000_CACHED, cached_median);
+            target(
+                "staging 10,000 inputs as one folder",
+                TARGET_COLLECT_10000,
+                collect_median,
+            );
+            println!(
+                "target: peak resident memory ≤ {} MB ({:.1}): {}",
+                TARGET_RSS_10000_KIB / 1000,
+                peak_rss as f64 / 1000.0,
+                verdict(peak_rss <= TARGET_RSS_10000_KIB)
+            );
+        }
+        _ => {}
     }
-    println!("load average at end: {}", load_average());
+    per_step
 }

@@ -494,6 +494,14 @@ fn sweep(scratch_root: &Path, own: &str) {
         let Ok(kind) = entry.file_type() else {
             continue;
         };
+        if kind.is_file()
+            && let Some(run) = name.strip_suffix(".lock")
+            && run != own
+            && !scratch_root.join(run).exists()
+        {
+            remove_lone_lock(&entry.path());
+            continue;
+        }
         if !kind.is_dir() || name == own {
             continue;
         }
@@ -522,6 +530,29 @@ fn sweep(scratch_root: &Path, own: &str) {
         }
     }
 }
+
+/// A lock file without a scratch folder: a run killed before its first attempt staged
+/// anything. Removed when nobody holds it and it is not brand new (a run takes its lock a
+/// moment after creating the file).
+fn remove_lone_lock(path: &Path) {
+    let Ok(file) = File::options().write(true).open(path) else {
+        return;
+    };
+    let settled = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > LONE_LOCK_GRACE);
+    if settled
+        && rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// How old a lone lock file must be before it can be a dead run's.
+const LONE_LOCK_GRACE: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
@@ -650,12 +681,30 @@ mod tests {
         std::fs::write(scratch.join("dead.lock"), "").unwrap();
         // An unlocked folder of an older kiln, just made: kept (within the grace period).
         std::fs::create_dir_all(scratch.join("recent")).unwrap();
+        // A run killed before it staged anything: a lock file alone, nobody holding it.
+        let lone = scratch.join("early.lock");
+        std::fs::write(&lone, "").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&lone)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // One just created, whose run may be about to lock it: kept.
+        std::fs::write(scratch.join("starting.lock"), "").unwrap();
         let _next = ScratchLock::take(scratch, "next").unwrap();
         assert!(
             !scratch.join("dead").exists(),
             "the dead run's scratch is left"
         );
         assert!(!scratch.join("dead.lock").exists());
+        assert!(!lone.exists(), "a dead run's lone lock file is left");
+        assert!(scratch.join("starting.lock").exists());
+        assert!(
+            scratch.join("live.lock").exists(),
+            "a live run's lock was removed"
+        );
         assert!(
             scratch.join("live/step.1/in").exists(),
             "a live run's scratch was swept"

@@ -105,19 +105,34 @@ impl MetadataStore for FileMetadata {
             let runs = state.runs_dir();
             std::fs::create_dir_all(&runs).map_err(|e| RecordError::io(&runs, e))?;
             let dir = state.run_dir(&id);
-            // The folder is the claim on the id: two processes cannot both create it.
-            match std::fs::create_dir(&dir) {
+            if dir.exists() {
+                return Err(RecordError::RunExists(id));
+            }
+            // The run's folder is made under a hidden name and renamed into place whole: a
+            // kiln killed while making it leaves no run without its record. The hidden name
+            // is the claim on the id: two processes cannot both create it.
+            let making = runs.join(format!(".{id}.new"));
+            match std::fs::create_dir(&making) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     return Err(RecordError::RunExists(id));
                 }
-                Err(e) => return Err(RecordError::io(&dir, e)),
+                Err(e) => return Err(RecordError::io(&making, e)),
             }
-            let logs = dir.join("logs");
-            std::fs::create_dir_all(&logs).map_err(|e| RecordError::io(&logs, e))?;
-            let plan_path = dir.join("plan.json");
-            std::fs::write(&plan_path, plan).map_err(|e| RecordError::io(&plan_path, e))?;
-            RecordWriter::create(&state.record_path(&id))
+            let made = (|| {
+                let logs = making.join("logs");
+                std::fs::create_dir_all(&logs).map_err(|e| RecordError::io(&logs, e))?;
+                let plan_path = making.join("plan.json");
+                std::fs::write(&plan_path, plan).map_err(|e| RecordError::io(&plan_path, e))?;
+                // The writer's file stays the record once the folder is renamed.
+                let writer = RecordWriter::create(&making.join("record.jsonl"))?;
+                std::fs::rename(&making, &dir).map_err(|e| RecordError::io(&dir, e))?;
+                Ok(writer)
+            })();
+            if made.is_err() {
+                let _ = std::fs::remove_dir_all(&making);
+            }
+            made
         })
         .await?;
         self.writers

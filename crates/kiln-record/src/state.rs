@@ -112,8 +112,10 @@ impl StateDir {
             Ok(entries) => {
                 for entry in entries {
                     let entry = entry?;
+                    // A hidden folder is a run's being made (or one a killed kiln left).
                     if entry.file_type()?.is_dir()
                         && let Some(name) = entry.file_name().to_str()
+                        && !name.starts_with('.')
                     {
                         ids.push(name.to_owned());
                     }
