@@ -125,6 +125,13 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
         self.materialize(digest, dest).await
     }
 
+    /// Makes every object stored so far durable, for a store that defers it
+    /// ([`LocalStore::with_group_commit`]); whoever writes a record naming objects calls it
+    /// first. By default there is nothing to do.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The store as a folder on this machine, when it is one: code that streams many large
     /// blobs (a bundle being written or read) reads and writes its files directly instead of
     /// holding each blob in memory. `None` by default.
@@ -202,6 +209,14 @@ impl BlobStore for LocalStore {
     async fn materialize(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {
         let (store, digest, dest) = (self.clone(), *digest, dest.to_owned());
         blocking(move || store.materialize(&digest, &dest)).await
+    }
+
+    async fn sync(&self) -> Result<()> {
+        if self.group_commit.is_none() {
+            return Ok(());
+        }
+        let store = self.clone();
+        blocking(move || store.sync()).await
     }
 
     async fn link_into(&self, digest: &Digest, dest: &Path) -> Result<ObjectKind> {

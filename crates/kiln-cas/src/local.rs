@@ -35,10 +35,27 @@ const FOLDER_MODE: u32 = 0o755;
 /// Every write goes to `tmp/` first and is published by an atomic no-clobber rename (or
 /// link), so a reader sees either nothing or the whole object, and an object, once there, is
 /// never replaced. Stored files are read-only (`0444`). The store never hands out a hard link
-/// or its own path to a step: [`LocalStore::materialize`] makes reflinked or plain copies.
+/// or its own path to a step: [`LocalStore::materialize`] makes reflinked or plain copies
+/// (only [`LocalStore::link_into`] links, for readers that cannot write).
+///
+/// Durability: by default every object is synced before it is published, and its folder
+/// after. A store made with [`LocalStore::with_group_commit`] publishes without syncing and
+/// makes everything published so far durable at once when [`LocalStore::sync`] is called —
+/// one `syncfs` for however many objects, shared by the callers that arrive while it runs.
+/// Whoever writes a record that names objects calls `sync` first.
 #[derive(Clone, Debug)]
 pub struct LocalStore {
     root: Arc<Path>,
+    pub(crate) group_commit: Option<Arc<GroupCommit>>,
+}
+
+/// Objects published without a sync, and how far syncs have got.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    /// How many objects have been published without a sync, ever.
+    published: std::sync::atomic::AtomicU64,
+    /// The value of `published` the last sync covered; held while a sync runs.
+    synced: std::sync::Mutex<u64>,
 }
 
 /// The two namespaces of a store.
@@ -53,6 +70,43 @@ impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore {
             root: root.into().into(),
+            group_commit: None,
+        }
+    }
+
+    /// The same store, publishing without syncing each object: see [`LocalStore::sync`].
+    /// Clones share the batch.
+    pub fn with_group_commit(mut self) -> Self {
+        self.group_commit = Some(Arc::default());
+        self
+    }
+
+    /// Makes every object published so far durable (a no-op for a store that syncs each
+    /// object). One `syncfs` of the store's file system covers all of them; a caller that
+    /// arrives while another's sync runs waits for it, and returns at once if that sync
+    /// covered its objects.
+    pub fn sync(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(group) = &self.group_commit else {
+            return Ok(());
+        };
+        let wanted = group.published.load(Ordering::SeqCst);
+        let mut synced = group.synced.lock().expect("sync lock");
+        if *synced >= wanted {
+            return Ok(());
+        }
+        let covered = group.published.load(Ordering::SeqCst);
+        let root = File::open(self.root()).map_err(CasError::io("open", self.root()))?;
+        rustix::fs::syncfs(&root).map_err(|e| CasError::io("sync", self.root())(e.into()))?;
+        *synced = covered;
+        Ok(())
+    }
+
+    /// Syncs a file about to be published, unless a later [`LocalStore::sync`] will.
+    fn sync_before_publish(&self, file: &File) -> io::Result<()> {
+        match self.group_commit {
+            Some(_) => Ok(()),
+            None => file.sync_all(),
         }
     }
 
@@ -243,7 +297,7 @@ impl LocalStore {
         }
         let file = File::open(&temp).map_err(CasError::io("open", &*temp))?;
         file.set_permissions(Permissions::from_mode(STORED_MODE))
-            .and_then(|()| file.sync_all())
+            .and_then(|()| self.sync_before_publish(&file))
             .map_err(CasError::io("sync", &*temp))?;
         drop(file);
         self.publish_path(temp, Namespace::Blobs, &digest)?;
@@ -618,7 +672,7 @@ impl LocalStore {
         }
         let file = temp.as_file();
         file.set_permissions(Permissions::from_mode(STORED_MODE))
-            .and_then(|()| file.sync_all())
+            .and_then(|()| self.sync_before_publish(file))
             .map_err(CasError::io("sync", temp.path()))?;
         self.publish_path(temp.into_temp_path(), namespace, digest)
     }
@@ -634,6 +688,12 @@ impl LocalStore {
             Ok(()) => {}
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(CasError::io("publish", &dest)(e.error)),
+        }
+        if let Some(group) = &self.group_commit {
+            group
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Ok(());
         }
         File::open(shard)
             .and_then(|dir| dir.sync_all())

@@ -105,3 +105,29 @@ fn a_tree_with_a_missing_blob_leaves_nothing_behind() {
     assert!(matches!(err, CasError::NotFound { .. }), "{err}");
     assert_eq!(fs::read_dir(&parent).unwrap().count(), 0);
 }
+
+#[test]
+fn a_group_commit_store_publishes_at_once_and_syncs_in_one_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path().join("cas")).with_group_commit();
+    // Published without a sync each: readable, whole, at once.
+    let digests: Vec<Digest> = (0..20)
+        .map(|i| store.put_bytes(&data(&format!("out-{i}"), 1000)).unwrap())
+        .collect();
+    for (i, digest) in digests.iter().enumerate() {
+        assert_eq!(
+            store.read_verified(digest).unwrap(),
+            data(&format!("out-{i}"), 1000)
+        );
+    }
+    // Whoever writes a record first syncs; callers at the same moment share the work.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            let store = store.clone();
+            scope.spawn(move || store.sync().unwrap());
+        }
+    });
+    store.sync().unwrap();
+    // A store that syncs every object has nothing left to do.
+    LocalStore::new(dir.path().join("cas")).sync().unwrap();
+}

@@ -28,8 +28,7 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
@@ -42,8 +41,8 @@ const TARGET_10000: Duration = Duration::from_millis(4000);
 const TARGET_10000_CACHED: Duration = Duration::from_millis(300);
 /// The target for staging 10,000 inputs as one folder.
 const TARGET_COLLECT_10000: Duration = Duration::from_millis(500);
-/// kiln's peak resident memory for 10,000 steps, in KiB.
-const TARGET_RSS_10000_KIB: u64 = 150 * 1000;
+/// kiln's peak resident memory for 10,000 steps, in bytes.
+const TARGET_RSS_10000: u64 = 150_000_000;
 /// How much more a step may cost in a run ten times as large.
 const TARGET_PER_STEP_GROWTH: f64 = 1.3;
 
@@ -77,38 +76,18 @@ fn rows_csv() -> String {
 }
 
 /// One `kiln ARGS` in `dir` with `--output json`: its wall time, its peak resident memory
-/// (KiB, from `wait4`), and its summary.
+/// (bytes, as the kernel counts it), and its summary.
 fn measured(dir: &Path, args: &[&str]) -> (Duration, u64, serde_json::Value) {
-    use std::io::Read as _;
-    let start = Instant::now();
-    let mut child = kiln_in(dir, args)
-        .args(["--output", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    let run = kiln_test_support::rss::run_measured(kiln_in(dir, args).args(["--output", "json"]))
         .expect("kiln starts");
-    let mut out = Vec::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_end(&mut out)
-        .expect("kiln's output");
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data, and the child is ours and not waited for yet.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let time = start.elapsed();
-    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
     assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "kiln {args:?} in {}: status {status}",
-        dir.display()
+        run.output.status.success(),
+        "kiln {args:?} in {}: {}",
+        dir.display(),
+        run.output.status
     );
-    let summary = serde_json::from_slice(&out).expect("JSON summary");
-    (time, usage.ru_maxrss as u64, summary)
+    let summary = serde_json::from_slice(&run.output.stdout).expect("JSON summary");
+    (run.wall, run.peak_rss, summary)
 }
 
 fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
@@ -157,7 +136,12 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("KILN_BENCH_STEPS")
         .unwrap_or_else(|_| "1000".into())
         .split(',')
-        .map(|n| n.trim().parse::<usize>().expect("KILN_BENCH_STEPS: numbers").max(1))
+        .map(|n| {
+            n.trim()
+                .parse::<usize>()
+                .expect("KILN_BENCH_STEPS: numbers")
+                .max(1)
+        })
         .collect();
     let runs = env_or("KILN_BENCH_RUNS", 7).max(1);
     let colds = env_or("KILN_BENCH_COLD", 3).max(1);
@@ -292,7 +276,7 @@ fn bench(root: &Path, n: usize, runs: usize, colds: usize, row: &Path, noop: &Pa
     println!(
         "warm, per step: {:.0} µs; peak resident memory: {:.1} MB; record: {:.0} bytes per step",
         per_step * 1e6,
-        peak_rss as f64 / 1000.0,
+        peak_rss as f64 / 1e6,
         record_bytes as f64 / (n + 1) as f64
     );
     let target = |what: &str, limit: Duration, median: Duration| {
@@ -315,9 +299,9 @@ fn bench(root: &Path, n: usize, runs: usize, colds: usize, row: &Path, noop: &Pa
             );
             println!(
                 "target: peak resident memory ≤ {} MB ({:.1}): {}",
-                TARGET_RSS_10000_KIB / 1000,
-                peak_rss as f64 / 1000.0,
-                verdict(peak_rss <= TARGET_RSS_10000_KIB)
+                TARGET_RSS_10000 / 1_000_000,
+                peak_rss as f64 / 1e6,
+                verdict(peak_rss <= TARGET_RSS_10000)
             );
         }
         _ => {}

@@ -420,6 +420,85 @@ pub(crate) struct Shared {
     steps: std::sync::RwLock<RunSteps>,
     /// The run's scratch folders, reused from one attempt to the next.
     scratch_pool: Arc<ScratchPool>,
+    /// Writes what finished steps leave (cache entries, records) once their outputs are
+    /// durable.
+    committer: Committer,
+}
+
+/// A step that succeeded, waiting for its outputs to be durable before its cache entry and
+/// its record say so.
+struct Finished {
+    key: Digest,
+    entry: Option<CacheEntry>,
+    record: StepRecord,
+}
+
+/// Group commit of finished steps: every batch that arrived while the last sync ran is made
+/// durable with one sync of the store ([`BlobStore::sync`]), then its cache entries and
+/// records are written. Steps hand their results over and go on (their job slot is free at
+/// once), so batches grow with the pace of the run.
+struct Committer {
+    queue: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Finished>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Committer {
+    fn new() -> Self {
+        Self {
+            queue: Mutex::new(None),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Starts the committing task of the run.
+    fn start(&self, shared: &Arc<Shared>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+        let shared = Arc::downgrade(shared);
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if let Err(e) = shared.store.sync().await {
+                    shared.fail_record(kiln_record::RecordError::Invalid(format!(
+                        "cannot make the outputs of finished steps durable: {e}"
+                    )));
+                    continue;
+                }
+                for done in batch {
+                    if let Some(entry) = &done.entry {
+                        // An expired entry is replaced: the key is the same, the result newer.
+                        if let Err(e) = shared.meta.put_cache_entry(&done.key, entry).await {
+                            warn!(step = %done.record.step, error = %e, "cannot write the cache entry");
+                        }
+                    }
+                    shared.record(&RecordEvent::StepFinished(Box::new(done.record)));
+                }
+            }
+        });
+        *self.queue.lock().expect("committer lock") = Some(tx);
+        *self.task.lock().expect("committer lock") = Some(task);
+    }
+
+    fn submit(&self, done: Finished) {
+        let queue = self.queue.lock().expect("committer lock");
+        if let Some(tx) = queue.as_ref() {
+            let _ = tx.send(done);
+        }
+    }
+
+    /// Waits until everything handed over is written.
+    async fn finish(&self) {
+        drop(self.queue.lock().expect("committer lock").take());
+        let task = self.task.lock().expect("committer lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
 }
 
 /// The steps of a run, by index and by id.
@@ -475,6 +554,16 @@ impl Shared {
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
+
+    /// Stops the run on a failure that leaves its record or its results untrustworthy.
+    fn fail_record(&self, error: kiln_record::RecordError) {
+        let mut failed = self.record_error.lock().expect("record error lock");
+        if failed.is_none() {
+            warn!(run = %self.run_id, error = %error, "stopping the run");
+            *failed = Some(error);
+            self.stop.cancel();
+        }
+    }
 }
 
 impl Engine {
@@ -486,7 +575,8 @@ impl Engine {
             Err(_) => state,
         };
         Self {
-            store: Arc::new(state.store()),
+            // Outputs are made durable in batches, before the records that name them.
+            store: Arc::new(state.store().with_group_commit()),
             meta: Arc::new(FileMetadata::new(state.clone())),
             clock: Arc::new(SystemClock),
             state,
@@ -653,9 +743,12 @@ impl Engine {
                 .map_err(|e| EngineError::io(&scratch_root, e))?
         };
         let stop = cancel.child_token();
+        // The plan's steps move into the run's list (a fan-out of 10,000 is 10,000 steps:
+        // one copy of them, not two).
         let mut steps = RunSteps::default();
-        for step in &input.plan.steps {
-            steps.push(Arc::new(step.clone()));
+        let mut input = input;
+        for step in std::mem::take(&mut input.plan.steps) {
+            steps.push(Arc::new(step));
         }
         let shared = Arc::new(Shared {
             steps: std::sync::RwLock::new(steps),
@@ -677,8 +770,11 @@ impl Engine {
             conditional_skips: Mutex::new(HashSet::new()),
             statuses: Mutex::new(BTreeMap::new()),
             scratch_pool: Arc::new(ScratchPool::new(self.state.scratch_dir(&run_id))),
+            committer: Committer::new(),
         });
+        shared.committer.start(&shared);
         let (steps, cancelled) = schedule(shared.clone(), stop, &cancel).await;
+        shared.committer.finish().await;
         let exports = crate::exports::run_exports(
             &shared,
             self.exporter.as_ref(),
@@ -1297,14 +1393,16 @@ fn status_word(status: &StepStatus) -> &'static str {
 
 /// `run.status`: how the steps that are not exit handlers ended, as one line of JSON.
 fn run_status(shared: &Shared) -> String {
-    let statuses = shared.statuses.lock().expect("statuses lock");
-    let finally: std::collections::HashSet<&str> = shared
-        .plan
+    let finally: std::collections::HashSet<String> = shared
         .steps
+        .read()
+        .expect("steps lock")
+        .list
         .iter()
         .filter(|s| s.policy.run.is_finally())
-        .map(|s| s.id.as_str())
+        .map(|s| s.id.as_str().to_owned())
         .collect();
+    let statuses = shared.statuses.lock().expect("statuses lock");
     let steps: BTreeMap<&str, &str> = statuses
         .iter()
         .filter(|(id, _)| !finally.contains(id.as_str()))
@@ -1672,21 +1770,21 @@ async fn run_step(shared: &Shared, step: Arc<PlannedStep>) -> StepSummary {
                 rec.outputs = outputs.clone();
                 rec.metrics = metrics.clone();
                 rec.details = details;
-                if step.policy.cache {
-                    let entry = CacheEntry {
-                        key,
-                        outputs: rec.outputs.clone(),
-                        run_id: shared.run_id.clone(),
-                        step: step.id.clone(),
-                        metrics: metrics.clone(),
-                        created_ms: Some(shared.now_ms()),
-                    };
-                    // An expired entry is replaced: the key is the same, the result newer.
-                    if let Err(e) = shared.meta.put_cache_entry(&key, &entry).await {
-                        warn!(step = %step.id, error = %e, "cannot write the cache entry");
-                    }
-                }
-                shared.record(&RecordEvent::StepFinished(Box::new(rec)));
+                let entry = step.policy.cache.then(|| CacheEntry {
+                    key,
+                    outputs: rec.outputs.clone(),
+                    run_id: shared.run_id.clone(),
+                    step: step.id.clone(),
+                    metrics: metrics.clone(),
+                    created_ms: Some(shared.now_ms()),
+                });
+                // The cache entry and the record wait for the outputs to be durable; the steps
+                // that read them need not, and start now.
+                shared.committer.submit(Finished {
+                    key,
+                    entry,
+                    record: rec,
+                });
                 shared
                     .outputs
                     .lock()
