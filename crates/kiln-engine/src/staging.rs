@@ -507,14 +507,15 @@ fn sweep(scratch_root: &Path, own: &str) {
         }
         let folder = entry.path();
         let lock_path = scratch_root.join(format!("{name}.lock"));
+        // The lock file goes after the folder: a sweep killed in between leaves a lone lock
+        // file, which the next sweep removes, never a folder without its lock (kept an hour).
+        let mut held = None;
         let dead = match File::options().write(true).open(&lock_path) {
             Ok(file) => {
                 let free =
                     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
                         .is_ok();
-                if free {
-                    let _ = std::fs::remove_file(&lock_path);
-                }
+                held = Some(file);
                 free
             }
             Err(_) => entry
@@ -527,7 +528,11 @@ fn sweep(scratch_root: &Path, own: &str) {
         if dead {
             tracing::info!(folder = %folder.display(), "removing the scratch folder of a run that ended without cleaning up");
             remove_tree(&folder);
+            if held.is_some() {
+                let _ = std::fs::remove_file(&lock_path);
+            }
         }
+        drop(held);
     }
 }
 
