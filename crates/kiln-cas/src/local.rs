@@ -459,19 +459,38 @@ impl LocalStore {
                 }
             }
             ObjectKind::Tree => {
-                let staging = tempfile::Builder::new()
-                    .prefix(".kiln-")
-                    .tempdir_in(parent)
-                    .map_err(CasError::io("create a folder in", parent))?;
-                fs::set_permissions(staging.path(), Permissions::from_mode(FOLDER_MODE))
-                    .map_err(CasError::io("set permissions of", staging.path()))?;
-                self.fill_folder(digest, staging.path())?;
-                rename_noclobber(staging.path(), dest)?;
-                // The staging name is gone; nothing is left for the guard to clean up.
-                let _ = staging.keep();
+                self.assemble_tree(digest, parent, dest, &|d, path, kind| {
+                    self.copy_new(d, path, kind)
+                })?;
             }
         }
         Ok(kind)
+    }
+
+    /// Builds tree `digest` in a new folder in `parent`, every file made by `file`, and
+    /// renames it to `dest` (which must not exist): `dest` is whole or absent.
+    fn assemble_tree(
+        &self,
+        digest: &Digest,
+        parent: &Path,
+        dest: &Path,
+        file: &(dyn Fn(&Digest, &Path, EntryKind) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let staging = tempfile::Builder::new()
+            .prefix(".kiln-")
+            .tempdir_in(parent)
+            .map_err(CasError::io("create a folder in", parent))?;
+        fs::set_permissions(staging.path(), Permissions::from_mode(FOLDER_MODE))
+            .map_err(CasError::io("set permissions of", staging.path()))?;
+        // Folders first, in order; then the files, several at once (a folder of thousands
+        // of small files is mostly waiting on the disk, one file at a time).
+        let mut files = Vec::new();
+        self.make_folders(digest, staging.path(), &mut files)?;
+        in_parallel(&files, |(digest, path, kind)| file(digest, path, *kind))?;
+        rename_noclobber(staging.path(), dest)?;
+        // The staging name is gone; nothing is left for the guard to clean up.
+        let _ = staging.keep();
+        Ok(())
     }
 
     /// Makes a stored blob or tree appear at `dest`, which must not exist yet, without
@@ -499,36 +518,12 @@ impl LocalStore {
                     Some(p) if !p.as_os_str().is_empty() => p,
                     _ => Path::new("."),
                 };
-                let staging = tempfile::Builder::new()
-                    .prefix(".kiln-")
-                    .tempdir_in(parent)
-                    .map_err(CasError::io("create a folder in", parent))?;
-                fs::set_permissions(staging.path(), Permissions::from_mode(FOLDER_MODE))
-                    .map_err(CasError::io("set permissions of", staging.path()))?;
-                self.link_folder(digest, staging.path())?;
-                rename_noclobber(staging.path(), dest)?;
-                let _ = staging.keep();
+                self.assemble_tree(digest, parent, dest, &|d, path, kind| {
+                    self.link_or_copy(d, path, kind)
+                })?;
             }
         }
         Ok(kind)
-    }
-
-    /// [`LocalStore::link_into`] for the entries of tree `digest`, into the empty folder `dir`.
-    fn link_folder(&self, digest: &Digest, dir: &Path) -> Result<()> {
-        let tree = self.get_tree(digest)?;
-        for entry in tree.entries() {
-            let path = dir.join(entry.name.as_str());
-            match entry.kind {
-                EntryKind::Folder => {
-                    fs::create_dir(&path).map_err(CasError::io("create folder", &path))?;
-                    fs::set_permissions(&path, Permissions::from_mode(FOLDER_MODE))
-                        .map_err(CasError::io("set permissions of", &path))?;
-                    self.link_folder(&entry.digest, &path)?;
-                }
-                kind => self.link_or_copy(&entry.digest, &path, kind)?,
-            }
-        }
-        Ok(())
     }
 
     /// Links blob `digest` at `dest` (which must not exist), or copies and verifies it where a
@@ -549,6 +544,11 @@ impl LocalStore {
                 Err(_) => {}
             }
         }
+        self.copy_new(digest, dest, kind)
+    }
+
+    /// Copies blob `digest` into a new file `dest` (see [`LocalStore::copy_blob`]).
+    fn copy_new(&self, digest: &Digest, dest: &Path, kind: EntryKind) -> Result<()> {
         let file = File::options()
             .write(true)
             .create_new(true)
@@ -561,8 +561,14 @@ impl LocalStore {
         self.copy_blob(digest, &mut out, kind)
     }
 
-    /// Writes the entries of tree `digest` into the existing, empty folder `dir`.
-    fn fill_folder(&self, digest: &Digest, dir: &Path) -> Result<()> {
+    /// Makes the folders of tree `digest` in the existing, empty folder `dir` (`0755`), and
+    /// lists its files with where they go.
+    fn make_folders(
+        &self,
+        digest: &Digest,
+        dir: &Path,
+        files: &mut Vec<(Digest, PathBuf, EntryKind)>,
+    ) -> Result<()> {
         let tree = self.get_tree(digest)?;
         for entry in tree.entries() {
             let path = dir.join(entry.name.as_str());
@@ -571,17 +577,9 @@ impl LocalStore {
                     fs::create_dir(&path).map_err(CasError::io("create folder", &path))?;
                     fs::set_permissions(&path, Permissions::from_mode(FOLDER_MODE))
                         .map_err(CasError::io("set permissions of", &path))?;
-                    self.fill_folder(&entry.digest, &path)?;
+                    self.make_folders(&entry.digest, &path, files)?;
                 }
-                kind => {
-                    let file = File::options()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(CasError::io("create", &path))?;
-                    let mut out = OpenFile { file, path };
-                    self.copy_blob(&entry.digest, &mut out, kind)?;
-                }
+                kind => files.push((entry.digest, path, kind)),
             }
         }
         Ok(())

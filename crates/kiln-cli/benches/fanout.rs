@@ -90,15 +90,6 @@ fn measured(dir: &Path, args: &[&str]) -> (Duration, u64, serde_json::Value) {
     (run.wall, run.peak_rss, summary)
 }
 
-fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
-    summary["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["status"].as_str().expect("a status").to_owned())
-        .collect()
-}
-
 fn collect_duration(summary: &serde_json::Value) -> Duration {
     let ms = summary["steps"]
         .as_array()

@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kiln_cas::{Digest, LocalStore};
-use kiln_record::{CacheEntry, StateDir, read_record};
+use kiln_record::{CacheIndex, StateDir, read_record};
 use serde_json::Value;
 use support::{build_guests, kiln, text};
 
@@ -156,13 +156,8 @@ fn check_state(state: &Path, when: &str) -> usize {
         read_record(&state_dir.record_path(&run))
             .unwrap_or_else(|e| panic!("{when}: the record of run {run} cannot be read: {e}"));
     }
-    let mut entries = 0;
-    for path in files(&state.join("cache")) {
-        if path.extension().is_none_or(|e| e != "json") {
-            continue; // an entry being written when the kill came
-        }
-        let entry: CacheEntry = serde_json::from_slice(&std::fs::read(&path).unwrap())
-            .unwrap_or_else(|e| panic!("{when}: cache entry {}: {e}", path.display()));
+    let entries = CacheIndex::new(state.join("cache")).entries();
+    for entry in &entries {
         for (name, digest) in &entry.outputs {
             assert!(
                 store.contains(digest).unwrap(),
@@ -170,9 +165,8 @@ fn check_state(state: &Path, when: &str) -> usize {
                 entry.step
             );
         }
-        entries += 1;
     }
-    entries
+    entries.len()
 }
 
 /// A small deterministic generator (xorshift64*), so that a failure can be replayed.

@@ -896,20 +896,31 @@ async fn an_entry_without_its_time_is_too_old_for_max_age() {
         .await
         .unwrap();
     assert_eq!(status(&first, "aged"), &StepStatus::Succeeded);
-    // Entries as a kiln that did not note their time wrote them.
+    // Entries as a kiln that did not note their time wrote them: one file per key, in place
+    // of the journal this kiln appended them to.
     let mut rewritten = 0;
-    for shard in std::fs::read_dir(s.dir.path().join(".kiln/cache")).unwrap() {
-        for file in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let mut entry: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let cache = s.dir.path().join(".kiln/cache");
+    for journal in std::fs::read_dir(&cache).unwrap() {
+        let journal = journal.unwrap().path();
+        for line in std::fs::read_to_string(&journal).unwrap().lines() {
+            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
             assert!(entry["created_ms"].is_u64(), "a new entry notes its time");
             entry.as_object_mut().unwrap().remove("created_ms");
+            let hex = entry["key"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("blake3:")
+                .to_owned();
+            std::fs::create_dir_all(cache.join(&hex[..2])).unwrap();
+            let path = cache.join(&hex[..2]).join(format!("{hex}.json"));
             std::fs::write(&path, serde_json::to_vec(&entry).unwrap()).unwrap();
             rewritten += 1;
         }
+        std::fs::remove_file(&journal).unwrap();
     }
     assert_eq!(rewritten, 2);
+    // A new process reads them (an engine keeps the entries it has read).
+    let engine = s.engine(fake.clone(), config(2));
     let second = engine
         .run(s.input(&yaml), CancellationToken::new(), None)
         .await

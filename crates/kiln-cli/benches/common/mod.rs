@@ -60,6 +60,11 @@ pub fn statuses(dir: &Path, args: &[&str]) -> Vec<String> {
         .expect("kiln starts");
     assert!(out.status.success(), "kiln {args:?}: {}", out.status);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    step_statuses(&summary)
+}
+
+/// Every step's status word in a `kiln run --output json` summary.
+pub fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
     summary["steps"]
         .as_array()
         .expect("steps")
