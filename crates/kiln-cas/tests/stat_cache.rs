@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::data;
-use kiln_cas::{LocalStore, StatCache, StatCounts};
+use kiln_cas::{Digest, LocalStore, StatCache, StatCounts};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -40,6 +40,16 @@ impl Setup {
         let mut cache = StatCache::open(self.cache_file());
         cache.set_clock(|| SystemTime::now() + Duration::from_secs(3600));
         cache
+    }
+
+    /// Writes `bytes` to `file` and stores it through a settled cache, which is saved: the
+    /// file is recorded, as a run long after it was written would record it.
+    fn recorded(&self, file: &Path, bytes: &[u8]) -> Digest {
+        fs::write(file, bytes).unwrap();
+        let cache = self.settled_cache();
+        let digest = self.store.put_file_cached(file, &cache).unwrap();
+        cache.save().unwrap();
+        digest
     }
 }
 
@@ -114,10 +124,7 @@ fn a_file_rewritten_within_the_racy_window_is_hashed_again() {
 fn a_touched_file_is_hashed_again() {
     let s = Setup::new();
     let file = s.work("f");
-    fs::write(&file, b"same bytes").unwrap();
-    let cache = s.settled_cache();
-    let digest = s.store.put_file_cached(&file, &cache).unwrap();
-    cache.save().unwrap();
+    let digest = s.recorded(&file, b"same bytes");
 
     set_mtime(&file, mtime(&file) - Duration::from_secs(60));
     let cache = s.settled_cache();
@@ -129,10 +136,7 @@ fn a_touched_file_is_hashed_again() {
 fn a_replaced_file_is_hashed_again() {
     let s = Setup::new();
     let file = s.work("f");
-    fs::write(&file, b"first").unwrap();
-    let cache = s.settled_cache();
-    s.store.put_file_cached(&file, &cache).unwrap();
-    cache.save().unwrap();
+    s.recorded(&file, b"first");
 
     // Another file of the same size and modification time, renamed over it: a new inode.
     let other = s.work("other");
@@ -149,10 +153,7 @@ fn a_replaced_file_is_hashed_again() {
 fn a_file_whose_blob_left_the_store_is_stored_again() {
     let s = Setup::new();
     let file = s.work("f");
-    fs::write(&file, b"content").unwrap();
-    let cache = s.settled_cache();
-    let digest = s.store.put_file_cached(&file, &cache).unwrap();
-    cache.save().unwrap();
+    let digest = s.recorded(&file, b"content");
 
     fs::remove_file(s.store.blob_path(&digest)).unwrap();
     let cache = s.settled_cache();
@@ -198,10 +199,7 @@ fn a_folder_with_one_changed_file_hashes_that_file_only() {
 fn a_corrupt_or_foreign_cache_file_is_ignored_and_rebuilt() {
     let s = Setup::new();
     let file = s.work("f");
-    fs::write(&file, b"content").unwrap();
-    let cache = s.settled_cache();
-    let digest = s.store.put_file_cached(&file, &cache).unwrap();
-    cache.save().unwrap();
+    let digest = s.recorded(&file, b"content");
     let good = fs::read(s.cache_file()).unwrap();
 
     let mut flipped = good.clone();
