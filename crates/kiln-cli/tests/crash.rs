@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use kiln_cas::{Digest, LocalStore};
 use kiln_record::{CacheIndex, StateDir, read_record};
+use kiln_test_support::step_statuses;
 use serde_json::Value;
 use support::{build_guests, kiln, text};
 
@@ -81,15 +82,6 @@ fn run_to_end(dir: &Path, salt: u64) -> Value {
         text(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("a JSON summary")
-}
-
-fn statuses(summary: &Value) -> Vec<String> {
-    summary["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["status"].as_str().expect("a status").to_owned())
-        .collect()
 }
 
 /// Every file under `dir`, recursively.
@@ -200,7 +192,7 @@ fn fifty_kills_leave_a_sound_state_that_later_runs_reuse() {
     // One whole run first: what it published must survive every kill that follows. (It
     // compiles the components, so the second, with fresh steps, says how long a run takes.)
     let first = run_to_end(dir.path(), 0);
-    assert!(statuses(&first).iter().all(|s| s == "succeeded"));
+    assert!(step_statuses(&first).iter().all(|s| s == "succeeded"));
     let started = Instant::now();
     run_to_end(dir.path(), 1_000_000);
     let whole_run = started.elapsed();
@@ -250,20 +242,23 @@ fn fifty_kills_leave_a_sound_state_that_later_runs_reuse() {
     // What the first run published is all there: its salt again is all cached.
     let again = run_to_end(dir.path(), 0);
     assert!(
-        statuses(&again).iter().all(|s| s == "cached"),
+        step_statuses(&again).iter().all(|s| s == "cached"),
         "{:?}",
-        statuses(&again)
+        step_statuses(&again)
     );
     // Salts the kills used now run to their end, reusing what killed runs published.
     let mut reused = 0;
     for salt in 1..=CHECKED_SALTS {
         let summary = run_to_end(dir.path(), salt);
-        reused += statuses(&summary).iter().filter(|s| *s == "cached").count();
+        reused += step_statuses(&summary)
+            .iter()
+            .filter(|s| *s == "cached")
+            .count();
         let replayed = run_to_end(dir.path(), salt);
         assert!(
-            statuses(&replayed).iter().all(|s| s == "cached"),
+            step_statuses(&replayed).iter().all(|s| s == "cached"),
             "salt {salt}: {:?}",
-            statuses(&replayed)
+            step_statuses(&replayed)
         );
     }
     eprintln!("{reused} steps of the runs after the kills came from the cache");

@@ -77,6 +77,17 @@ pub fn read_tree_text(path: &Path) -> String {
 /// The image the podman tests run, built by `scripts/setup-containers.sh`.
 pub const PODMAN_IMAGE: &str = "localhost/kiln-busybox:test";
 
+/// Every step's status word (`succeeded`, `cached`, ...) in a `kiln run --output json`
+/// summary, in its order.
+pub fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
+    summary["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["status"].as_str().expect("a status").to_owned())
+        .collect()
+}
+
 /// Whether `CI` is set (not empty): there, a test never skips; what it needs must be there.
 pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())

@@ -63,15 +63,7 @@ pub fn statuses(dir: &Path, args: &[&str]) -> Vec<String> {
     step_statuses(&summary)
 }
 
-/// Every step's status word in a `kiln run --output json` summary.
-pub fn step_statuses(summary: &serde_json::Value) -> Vec<String> {
-    summary["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["status"].as_str().expect("a status").to_owned())
-        .collect()
-}
+pub use kiln_test_support::step_statuses;
 
 /// The first three fields of /proc/loadavg, where there is one: on a shared machine, other
 /// work on the cores shows in the figures.
