@@ -30,7 +30,8 @@ pub use pipeline::{
     API_VERSION, AfterOn, AfterRef, ApiVersion, BuildSpec, CachePolicy, CacheSpec, ContainerSpec,
     DEFAULT_FIELDS, EXPORT_SCHEMES, EXTERNAL_SCHEMES, EnvName, Export, ForEach, GpuRequest,
     InputRef, OutputFile, Outputs, ParamDecl, Pipeline, Resources, Retries, RetryPolicy, RunWhen,
-    SecretAs, SecretUse, Step, StepDefaults, WasmLimits, WasmRef, check_export_url,
+    SecretAs, SecretUse, Step, StepDefaults, WasmLimits, WasmRef, check_component_name,
+    check_component_tag, check_component_version, check_export_url,
 };
 pub use quantity::{Amount, Cpu, HumanDuration, Memory, Templated};
 pub use step_id::StepId;

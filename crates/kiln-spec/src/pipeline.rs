@@ -1098,16 +1098,12 @@ impl std::str::FromStr for WasmRef {
             return Ok(WasmRef::Path(s.to_owned()));
         }
         if let Some((name, version)) = s.split_once('@') {
-            crate::names::StepName::new(name).map_err(|_| {
+            check_component_name(name).map_err(|_| {
                 format!("invalid component name `{name}` in `{s}`: use lowercase letters, digits, `_` and `-`")
             })?;
-            let ok_version = version.chars().next().is_some_and(|c| c.is_ascii_digit())
-                && version
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
-            if !ok_version {
+            if check_component_version(version).is_err() && check_component_tag(version).is_err() {
                 return Err(format!(
-                    "invalid component version `{version}` in `{s}`: use a version such as `1.2.0`"
+                    "invalid component version `{version}` in `{s}`: use a version such as `1.2.0` or a tag such as `stable`"
                 ));
             }
             return Ok(WasmRef::Registry {
@@ -1118,6 +1114,48 @@ impl std::str::FromStr for WasmRef {
         Err(format!(
             "`{s}` is not a component reference: write a path ending in `.wasm`, `name@version`, \
              `blake3:<hex>`, or a mapping with `source`, `command` and `artifact`"
+        ))
+    }
+}
+
+/// Checks a registry component's name: lowercase letters, digits, `_` and `-`, as step names.
+pub fn check_component_name(name: &str) -> Result<(), String> {
+    crate::names::StepName::new(name).map(drop).map_err(|_| {
+        format!("invalid component name `{name}`: use lowercase letters, digits, `_` and `-`")
+    })
+}
+
+/// Checks a component version: it starts with a digit and holds letters, digits, `.`, `-` and
+/// `+` (`1.2.0`, `2.0.0-rc.1`, `1.0.0+build.5`). Versions never move.
+pub fn check_component_version(version: &str) -> Result<(), String> {
+    let ok = version.len() <= 64
+        && version.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid component version `{version}`: use a version such as `1.2.0`"
+        ))
+    }
+}
+
+/// Checks a component tag: it starts with a lowercase letter and holds lowercase letters,
+/// digits, `.`, `_` and `-` (`latest`, `stable`). Tags move; a run pins the version a tag
+/// names when it is submitted.
+pub fn check_component_tag(tag: &str) -> Result<(), String> {
+    let ok = tag.len() <= 64
+        && tag.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid component tag `{tag}`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter"
         ))
     }
 }
@@ -1155,9 +1193,9 @@ impl JsonSchema for WasmRef {
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let build = generator.subschema_for::<BuildSpec>();
         schemars::json_schema!({
-            "description": "A component: a `.wasm` path, `name@version`, `blake3:<hex>`, or a source folder with its build command.",
+            "description": "A component: a `.wasm` path, `name@version` or `name@tag` from a kiln server's registry, `blake3:<hex>`, or a source folder with its build command.",
             "anyOf": [
-                {"type": "string", "pattern": "(\\.wasm$)|(^[a-z][a-z0-9_-]*@[0-9][0-9A-Za-z.+-]*$)|(^blake3:[0-9a-f]{64}$)"},
+                {"type": "string", "pattern": "(\\.wasm$)|(^[a-z][a-z0-9_-]*@([0-9][0-9A-Za-z.+-]*|[a-z][a-z0-9._-]*)$)|(^blake3:[0-9a-f]{64}$)"},
                 build
             ]
         })
@@ -1485,7 +1523,17 @@ mod tests {
         );
         assert!("blake3:abc".parse::<WasmRef>().is_err());
         assert!("prep".parse::<WasmRef>().is_err());
-        assert!("prep@latest".parse::<WasmRef>().is_err());
+        // A tag: pinned to the version it names when the run is submitted.
+        assert_eq!(
+            "prep@latest".parse(),
+            Ok(WasmRef::Registry {
+                name: "prep".into(),
+                version: "latest".into()
+            })
+        );
+        assert!("prep@Latest".parse::<WasmRef>().is_err());
+        assert!("prep@".parse::<WasmRef>().is_err());
+        assert!("Prep@1.0.0".parse::<WasmRef>().is_err());
     }
 
     #[test]
