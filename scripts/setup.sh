@@ -29,6 +29,14 @@ if [ "$(python3 -c 'import boto3, moto.server; print(moto.__version__)' 2>/dev/n
   log "installing moto[server] (the S3-compatible server of the S3 tests)"
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-s3.txt
 fi
+# The server's tests run a real PostgreSQL (Debian's), started by the tests themselves.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  log "installing postgresql (the server's tests start their own PostgreSQL on 127.0.0.1)"
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postgresql
+fi
 # Container steps: podman with runc and a tiny local busybox image for the podman tests.
 scripts/setup-containers.sh
 # `kiln report`'s test opens the page it writes in a headless browser: Debian's chromium.

@@ -223,6 +223,28 @@ async fn write_memo(path: &Path, remembered: &Remembered) {
     }
 }
 
+/// A blob store in the bucket and under the prefix `url` names (`s3://bucket/prefix`,
+/// `gs://...`, `az://...`): what a server keeps components and artifacts in. Endpoint and
+/// credentials come from the environment (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...), with
+/// `s3_config` (the same names) over them.
+pub fn bucket_store(
+    url: &str,
+    s3_config: &[(String, String)],
+) -> Result<kiln_cas::BucketStore, String> {
+    if !["s3://", "gs://", "az://"]
+        .iter()
+        .any(|s| url.starts_with(s))
+    {
+        return Err(format!(
+            "{url}: a store is an s3://, gs:// or az:// URL (a bucket and a prefix)"
+        ));
+    }
+    let (remote, prefix) = open_with(url, s3_config)?;
+    kiln_cas::BucketStore::new(remote)
+        .with_prefix(prefix.as_ref())
+        .map_err(|e| format!("{url}: {e}"))
+}
+
 /// The store serving `url` and the object's path in it.
 fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), String> {
     open_with(url, &[])

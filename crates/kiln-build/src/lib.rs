@@ -6,7 +6,8 @@
 //! A [`Resolver`] resolves one reference; [`LocalResolver`] handles what a laptop has: a
 //! `.wasm` file, a source folder built with its recipe ([`ComponentBuilder`], cached by the
 //! digest of its sources), and a `blake3:` digest already in the store. A registry name
-//! (`name@version`) needs a kiln server. [`pin`] resolves every wasm step of a plan, each
+//! (`name@version`, or `name@tag` pinned to the version the tag names) is resolved in a kiln
+//! server's registry ([`registry`]) and downloaded into the store when it is not there. [`pin`] resolves every wasm step of a plan, each
 //! component once, and reports every problem at once.
 //!
 //! It does not schedule or run steps.
@@ -14,6 +15,7 @@
 mod build;
 mod declared;
 pub mod external;
+pub mod registry;
 pub mod upload;
 
 use std::collections::BTreeMap;
@@ -45,6 +47,17 @@ pub trait Resolver: Send {
     async fn external_input(&mut self, url: &str) -> Result<Digest, String>;
 }
 
+/// A registry reference as it was pinned: `validate@stable` was `1.2.0`, `blake3:...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPin {
+    /// The reference as the pipeline gives it (`name@version` or `name@tag`).
+    pub reference: String,
+    /// The version it named.
+    pub version: String,
+    /// The component's digest.
+    pub digest: Digest,
+}
+
 /// Called with `(step, command)` when a component starts building from source.
 type OnBuild<'a> = Box<dyn FnMut(&str, &str) + Send + Sync + 'a>;
 /// Called as external inputs are fetched.
@@ -62,6 +75,11 @@ pub struct LocalResolver<'a> {
     /// Component files already kept, by path: a fan-out of a thousand steps of one
     /// component hashes it once.
     kept: std::collections::HashMap<PathBuf, Digest>,
+    /// The registry `name@version` references are resolved in, if any.
+    registry: Option<registry::RegistryClient>,
+    /// Registry references resolved so far, by reference: each is asked once per run, so a
+    /// tag that moves meanwhile cannot give two steps two versions.
+    registry_pins: BTreeMap<String, RegistryPin>,
     /// Where the stat cache of workspace inputs is kept.
     stat_cache_path: PathBuf,
     /// The stat cache, read at the first workspace input.
@@ -81,6 +99,8 @@ impl<'a> LocalResolver<'a> {
             on_build: Box::new(|_, _| {}),
             on_fetch: Box::new(|_| {}),
             kept: std::collections::HashMap::new(),
+            registry: None,
+            registry_pins: BTreeMap::new(),
             stat_cache_path: state.stat_cache_path(),
             stat_cache: None,
         }
@@ -122,6 +142,18 @@ impl<'a> LocalResolver<'a> {
     pub fn on_build(&mut self, f: impl FnMut(&str, &str) + Send + Sync + 'a) -> &mut Self {
         self.on_build = Box::new(f);
         self
+    }
+
+    /// Resolves `name@version` (and `name@tag`) references in this server's registry.
+    pub fn with_registry(&mut self, client: registry::RegistryClient) -> &mut Self {
+        self.registry = Some(client);
+        self
+    }
+
+    /// The registry references resolved so far, each with the version and digest it was
+    /// pinned to.
+    pub fn registry_pins(&self) -> impl Iterator<Item = &RegistryPin> {
+        self.registry_pins.values()
     }
 
     /// Calls `f` as external inputs are fetched (or found unchanged).
@@ -195,9 +227,33 @@ impl Resolver for LocalResolver<'_> {
                     "step `{step}`: component {digest} is not in the local store"
                 )),
             },
-            ComponentSource::Registry { name, version } => Err(format!(
-                "step `{step}`: registry component `{name}@{version}` needs a kiln server, which local runs do not use yet; use a `.wasm` path or a build recipe"
-            )),
+            ComponentSource::Registry { name, version } => {
+                let reference = format!("{name}@{version}");
+                if let Some(pin) = self.registry_pins.get(&reference) {
+                    return Ok(pin.digest);
+                }
+                let Some(client) = &self.registry else {
+                    return Err(format!(
+                        "step `{step}`: `{reference}` is a component in a registry: give its kiln server with --server URL (or {}), or use a `.wasm` path or a build recipe",
+                        registry::SERVER_ENV
+                    ));
+                };
+                let (found, digest) = client
+                    .fetch_into(&*self.store, name, version)
+                    .await
+                    .map_err(|e| {
+                        format!("step `{step}`: {reference} from {}: {e}", client.url())
+                    })?;
+                self.registry_pins.insert(
+                    reference.clone(),
+                    RegistryPin {
+                        reference,
+                        version: found.version,
+                        digest,
+                    },
+                );
+                Ok(digest)
+            }
         }
     }
 

@@ -58,6 +58,10 @@ enum Command {
     Step(commands::step::Args),
     /// Start a step from a template (`kiln new step --rust|--python NAME`)
     New(commands::new::Args),
+    // As for `Run`: the doc comments of these `Args` give the summary and the long help.
+    Serve(commands::serve::Args),
+    Push(commands::push::Args),
+    Components(commands::components::Args),
 }
 
 /// How results are printed.
@@ -346,9 +350,31 @@ fn init_logging(verbose: bool) {
         .init();
 }
 
+/// A server's logs on stderr: kiln's info lines and everyone's warnings (or what `RUST_LOG`
+/// says), with times, as text or as one JSON object per line.
+fn init_server_logging(json: bool) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::builder().parse_lossy(directives)
+        }
+        _ => tracing_subscriber::EnvFilter::new("warn,kiln=info"),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(&cli.command, Command::Run(args) if args.verbose()));
+    match &cli.command {
+        Command::Serve(args) => init_server_logging(args.json_logs()),
+        command => init_logging(matches!(command, Command::Run(args) if args.verbose())),
+    }
     let result = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
         Command::Graph(args) => commands::graph::run(args),
@@ -366,6 +392,9 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export::run(args),
         Command::Step(args) => commands::step::run(args),
         Command::New(args) => commands::new::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Push(args) => commands::push::run(args),
+        Command::Components(args) => commands::components::run(args),
     };
     match result {
         Ok(code) => code,

@@ -291,7 +291,7 @@ pub fn s3_server_or_skip(what: &str) -> Option<S3Server> {
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("cannot bind a port of 127.0.0.1")
@@ -299,7 +299,7 @@ fn free_port() -> u16 {
 }
 
 /// A new, empty folder under the system's temporary folder.
-fn unique_temp_dir() -> PathBuf {
+pub(crate) fn unique_temp_dir() -> PathBuf {
     static COUNT: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -2,6 +2,7 @@
 
 pub mod artifact;
 pub mod build;
+pub mod components;
 pub mod declared;
 pub mod diff;
 pub mod explain;
@@ -9,11 +10,14 @@ pub mod export;
 pub mod graph;
 pub mod logs;
 pub mod new;
+pub mod push;
+pub mod remote;
 pub mod replay;
 pub mod report;
 pub mod run;
 pub mod runs;
 pub mod schema;
+pub mod serve;
 pub mod show;
 pub mod state;
 pub mod step;

@@ -71,6 +71,8 @@ pub struct Args {
     output: Output,
     #[command(flatten)]
     state: StateArgs,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
 }
 
 impl Args {
@@ -92,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let state = args.state.for_pipeline(&args.file);
+    let registry = args.server.client()?;
     let base_dir = args
         .file
         .parent()
@@ -168,8 +171,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             });
         });
         resolver.on_fetch(crate::fetch_reporter());
+        if let Some(client) = registry {
+            resolver.with_registry(client);
+        }
         let result = match kiln_build::pin(&input.plan, &mut resolver).await {
             Ok(pinned) => {
+                for pin in resolver.registry_pins() {
+                    crate::eprintln_above_bar(&format!(
+                        "component {} is {} ({})",
+                        pin.reference,
+                        pin.version,
+                        short_digest(&pin.digest.to_string())
+                    ));
+                }
                 drop(resolver);
                 // What the components declare: `with:` checked, defaults filled in.
                 let store = state.store();

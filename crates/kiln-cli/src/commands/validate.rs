@@ -33,6 +33,8 @@ pub struct Args {
     no_build: bool,
     #[command(flatten)]
     state: super::state::StateArgs,
+    #[command(flatten)]
+    server: super::remote::ServerArgs,
 }
 
 /// Runs the command.
@@ -129,11 +131,15 @@ fn check_components(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| std::path::PathBuf::from("."), std::path::PathBuf::from);
+    let registry = args.server.client()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     Ok(runtime.block_on(async {
         let store = state.store();
         let shared: std::sync::Arc<dyn kiln_cas::BlobStore> = std::sync::Arc::new(state.store());
         let mut resolver = kiln_build::LocalResolver::new(&state, &base_dir, plan, shared);
+        if let Some(client) = registry {
+            resolver.with_registry(client);
+        }
         resolver.on_build(|step, command| eprintln!("building `{step}`: {command}"));
         let components = kiln_build::pin_components(plan, &mut resolver)
             .await
