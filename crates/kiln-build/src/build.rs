@@ -59,6 +59,7 @@ impl BuildRecipe {
                 command,
                 artifact,
                 watch,
+                ..
             } => Some(Self {
                 source: source.clone(),
                 command: command.clone(),

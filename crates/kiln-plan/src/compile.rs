@@ -1379,6 +1379,26 @@ impl<'a> Checker<'a> {
                     )
                     .help = Some("write the shell command that builds the component, like `cargo build --release --target wasm32-wasip2`".into());
                 }
+                if let Some(publish) = &build.publish {
+                    let checked = publish
+                        .split_once('@')
+                        .ok_or_else(|| "it is not NAME@VERSION".to_owned())
+                        .and_then(|(component, version)| {
+                            kiln_spec::check_component_name(component)?;
+                            kiln_spec::check_component_version(version)
+                        });
+                    if let Err(why) = checked {
+                        self.error(
+                            "kiln::plan::bad-publish",
+                            format!(
+                                "step `{name}` publishes as `{}`: {why}",
+                                publish.value
+                            ),
+                            publish.span,
+                        )
+                        .help = Some("write the registry name and a version, like `validate@1.2.0` (versions never change; tags are given to `kiln push --tag`)".into());
+                    }
+                }
             }
             WasmRef::Registry { .. } | WasmRef::Digest(_) => {}
         }
@@ -2772,6 +2792,7 @@ fn component_source(wasm: &WasmRef, scope: &Scope) -> ComponentSource {
             command: b.command.value.clone(),
             artifact: b.artifact.value.clone(),
             watch: b.watch.iter().map(|w| w.value.clone()).collect(),
+            publish: b.publish.as_ref().map(|p| p.value.clone()),
         },
     }
 }

@@ -300,6 +300,10 @@ pub enum ComponentSource {
         /// Other files and folders the build reads, relative to the source folder.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         watch: Vec<String>,
+        /// Where `kiln push` publishes the built component: `name@version`. Not part of any
+        /// cache key: runs ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        publish: Option<String>,
     },
 }
 

@@ -1053,6 +1053,10 @@ pub struct BuildSpec {
     /// build stale too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watch: Vec<Located<String>>,
+    /// The name and version `kiln push pipeline.yaml` publishes the built component under in
+    /// a kiln server's registry (`validate@1.2.0`). Runs ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Located<String>>,
 }
 
 impl fmt::Display for WasmRef {
