@@ -19,9 +19,14 @@ struct Served {
 
 impl Served {
     fn start(state: &Path, env: &[(&str, &str)]) -> Served {
+        Self::start_with(state, env, &[])
+    }
+
+    fn start_with(state: &Path, env: &[(&str, &str)], args: &[&str]) -> Served {
         let mut child = kiln()
             .args(["serve", "--listen", "127.0.0.1:0", "--state"])
             .arg(state)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -315,13 +320,63 @@ fn components_pushed_to_a_server_run_by_name_and_tag() {
 }
 
 #[test]
+fn a_pipeline_publishes_what_it_builds_under_the_names_it_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(&dir.path().join("server"), &[]);
+    let with_server = [("KILN_SERVER", served.url.as_str())];
+    let pipeline = repo().join("examples/digits/pipeline.yaml");
+    let state = dir.path().join("state");
+    let args = [
+        "push",
+        pipeline.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--tag",
+        "stable",
+    ];
+    let (ok, stdout, stderr) = kiln_in(dir.path(), &args, &with_server);
+    assert!(ok, "{stderr}");
+    for name in ["digits-ingest", "digits-validate"] {
+        assert!(
+            stdout.contains(&format!("{name}@1.0.0 published: blake3:")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("{name}@stable now names 1.0.0")),
+            "{stdout}"
+        );
+    }
+    // Again: the same bytes, nothing new.
+    let (ok, stdout, stderr) = kiln_in(dir.path(), &args, &with_server);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("digits-validate@1.0.0 unchanged"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = kiln_in(dir.path(), &["components"], &with_server);
+    assert!(ok);
+    assert!(
+        stdout.contains("digits-ingest") && stdout.contains("digits-validate"),
+        "{stdout}"
+    );
+    // A pipeline with nothing to publish says what to add.
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, "apiVersion: kiln/v1\nname: plain\nsteps:\n  a:\n    container: {image: busybox, command: [true]}\n").unwrap();
+    let (ok, _, stderr) = kiln_in(dir.path(), &["push", plain.to_str().unwrap()], &with_server);
+    assert!(!ok);
+    assert!(stderr.contains("add `publish: NAME@VERSION`"), "{stderr}");
+    served.stop();
+}
+
+#[test]
 fn tokens_decide_who_may_push_and_without_them_only_loopback() {
     let built = digits_commands();
     let dir = tempfile::tempdir().unwrap();
     let tokens = "read read-token-0123456789 reader\nwrite write-token-0123456789 ci\n";
-    let served = Served::start(
+    let served = Served::start_with(
         &dir.path().join("server"),
         &[("KILN_SERVER_TOKENS", tokens)],
+        &["--log-format", "json"],
     );
     let push = |token: Option<&str>| {
         let mut env = vec![("KILN_SERVER", served.url.as_str())];
@@ -345,6 +400,22 @@ fn tokens_decide_who_may_push_and_without_them_only_loopback() {
     assert!(ok, "{stderr}");
     let printed = served.stop();
     assert!(printed.contains("2 token(s) accepted"), "{printed}");
+    // Its logs are JSON lines: the start, and the version stored, by whom.
+    let logs: Vec<serde_json::Value> = printed
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "kiln server started" && l["fields"]["tokens"] == 2),
+        "{printed}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "component version stored"),
+        "{printed}"
+    );
 
     // No tokens and an address beyond loopback: refused before it listens.
     let (ok, _, stderr) = kiln_in(

@@ -32,6 +32,9 @@ use crate::registry;
         registry::delete_version,
         registry::get_content,
         registry::put_tag,
+        crate::blobs::missing,
+        crate::blobs::put_blob,
+        crate::blobs::get_blob,
         healthz,
         readyz,
     ),
@@ -44,9 +47,13 @@ use crate::registry;
         registry::ComponentDetail,
         registry::TagRequest,
         registry::TagState,
+        crate::blobs::MissingRequest,
+        crate::blobs::MissingResponse,
+        crate::blobs::BlobStored,
     )),
     modifiers(&BearerAuth),
     tags((name = "registry", description = "Components by name and version"),
+         (name = "blobs", description = "Content by digest, uploaded before the runs that read it"),
          (name = "operations", description = "Health and readiness")),
 )]
 pub struct ApiDoc;

@@ -12,11 +12,14 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 
 /// The migrations, in order (embedded: the binary needs no files beside it).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../migrations/0001_registry.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../migrations/0001_registry.sql"),
+    ),
+    (2, "runs", include_str!("../migrations/0002_runs.sql")),
+];
 
 /// Which database a server keeps its metadata in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +163,11 @@ impl Db {
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
         Ok(Self { pool, backend })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Which database this is.

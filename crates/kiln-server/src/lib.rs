@@ -3,8 +3,9 @@
 //! This crate holds the component registry (immutable versions, tags that move, uploads
 //! streamed, hashed and validated before anything is stored), bearer-token scopes, errors as
 //! `application/problem+json`, health and readiness, Prometheus metrics and the OpenAPI
-//! document generated from the handlers. Metadata is in SQL ([`db`]: SQLite by default,
-//! PostgreSQL for several replicas); artifacts and components are in a [`BlobStore`] (the
+//! document generated from the handlers; and blobs by digest ([`blobs`]), uploaded before
+//! the runs that read them. Metadata is in SQL ([`db`]: SQLite by default, PostgreSQL for
+//! several replicas); artifacts and components are in a [`BlobStore`] (the
 //! local store or an object store). What a server does with a new component (compiling it
 //! ahead of the first run) is the caller's: [`ServerOptions::on_component`].
 //!
@@ -12,7 +13,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod blobs;
 pub mod db;
+pub mod metadata;
 mod metrics;
 pub mod problem;
 mod registry;
@@ -29,6 +32,7 @@ use kiln_cas::{BlobStore, Digest};
 
 pub use auth::{Caller, Scope, Tokens, check_listen};
 pub use db::{Backend, Db};
+pub use metadata::SqlMetadata;
 pub use problem::Problem;
 
 /// Called with the digest of every component stored by an upload, after the upload has
@@ -37,6 +41,9 @@ pub type ComponentHook = Arc<dyn Fn(Digest) + Send + Sync>;
 
 /// The largest component upload a server takes unless told otherwise: 512 MiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 512 << 20;
+
+/// The largest blob upload a server takes unless told otherwise: 64 GiB.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 64 << 30;
 
 /// How a server is set up.
 pub struct ServerOptions {
@@ -48,8 +55,10 @@ pub struct ServerOptions {
     pub store: Arc<dyn BlobStore>,
     /// The tokens it accepts (none: everyone may do everything; loopback only).
     pub tokens: Tokens,
-    /// The largest upload, in bytes.
+    /// The largest component upload, in bytes.
     pub max_upload_bytes: u64,
+    /// The largest blob upload (a workspace input of a run), in bytes.
+    pub max_blob_bytes: u64,
     /// What to do with a newly stored component.
     pub on_component: Option<ComponentHook>,
 }
@@ -60,6 +69,7 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn BlobStore>,
     pub(crate) tokens: Tokens,
     pub(crate) max_upload_bytes: u64,
+    pub(crate) max_blob_bytes: u64,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) on_component: Option<ComponentHook>,
     pub(crate) metrics: metrics::Metrics,
@@ -86,6 +96,7 @@ impl Server {
                 store: options.store,
                 tokens: options.tokens,
                 max_upload_bytes: options.max_upload_bytes,
+                max_blob_bytes: options.max_blob_bytes,
                 tmp_dir,
                 on_component: options.on_component,
                 metrics: metrics::Metrics::new(),
@@ -96,6 +107,7 @@ impl Server {
     /// The routes, with their state.
     pub fn router(&self) -> Router {
         let api = registry::routes()
+            .merge(blobs::routes())
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz))
             .route("/metrics", get(metrics::render))

@@ -195,14 +195,14 @@ fn no_such(name: &str, reference: &str) -> Problem {
 }
 
 /// A body received into a file beside the store: its bytes' digests and size.
-struct Received {
-    path: tempfile::TempPath,
-    digest: Digest,
-    sha256: String,
-    size: u64,
+pub(crate) struct Received {
+    pub(crate) path: tempfile::TempPath,
+    pub(crate) digest: Digest,
+    pub(crate) sha256: String,
+    pub(crate) size: u64,
 }
 
-fn too_large(limit: u64) -> Problem {
+pub(crate) fn too_large(limit: u64) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too-large",
@@ -217,7 +217,7 @@ fn too_large(limit: u64) -> Problem {
 const DRAIN_BYTES: u64 = 64 << 20;
 
 /// Reads and discards up to [`DRAIN_BYTES`] more of a body.
-async fn drain(stream: &mut axum::body::BodyDataStream) {
+pub(crate) async fn drain(stream: &mut axum::body::BodyDataStream) {
     let mut drained = 0u64;
     while drained < DRAIN_BYTES {
         match stream.next().await {
@@ -227,9 +227,14 @@ async fn drain(stream: &mut axum::body::BodyDataStream) {
     }
 }
 
-/// Streams a body into a new file under the server's upload folder, hashing it as it comes.
-async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, Problem> {
-    let limit = state.max_upload_bytes;
+/// Streams a body of at most `limit` bytes into a new file under the server's upload folder,
+/// hashing it as it comes.
+pub(crate) async fn receive(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Received, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -361,7 +366,7 @@ async fn upload(
     let caller = state.tokens.authorize(headers, Scope::Write)?;
     check_name(name)?;
     kiln_spec::check_component_version(version).map_err(Problem::invalid_name)?;
-    let received = receive(state, headers, body).await?;
+    let received = receive(state, headers, body, state.max_upload_bytes).await?;
     let bytes = tokio::fs::read(&received.path)
         .await
         .map_err(|e| Problem::internal(format_args!("reading the upload back: {e}")))?;
@@ -410,7 +415,7 @@ async fn upload(
     };
     let status = match state.db.insert_version(&row).await? {
         Inserted::New => {
-            tracing::info!(component = %name, %version, digest = %row.digest, world = %row.world, "component version stored");
+            tracing::info!(component = %name, %version, digest = %row.digest, world = %row.world, by = %row.uploaded_by, "component version stored");
             if let Some(hook) = state.on_component.clone() {
                 let digest = received.digest;
                 // After the answer: nothing in the request path waits for a compiler.

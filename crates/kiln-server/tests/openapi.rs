@@ -28,6 +28,8 @@ fn the_committed_openapi_document_is_current() {
         "/v1/components/{name}/versions/{version}",
         "/v1/components/{name}/versions/{version}/content",
         "/v1/components/{name}/tags/{tag}",
+        "/v1/blobs/missing",
+        "/v1/blobs/{digest}",
         "/healthz",
         "/readyz",
     ] {

@@ -52,9 +52,12 @@ pub struct Args {
     /// The token file
     #[arg(long, value_name = "FILE")]
     tokens: Option<PathBuf>,
-    /// The largest upload (`512Mi`, `2Gi`)
+    /// The largest component upload (`512Mi`, `2Gi`)
     #[arg(long, value_name = "SIZE", default_value = "512Mi")]
     max_upload: kiln_spec::Memory,
+    /// The largest blob upload (a workspace input of a run)
+    #[arg(long, value_name = "SIZE", default_value = "64Gi")]
+    max_blob: kiln_spec::Memory,
     /// How to log
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
@@ -130,6 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             store,
             tokens: tokens.clone(),
             max_upload_bytes: args.max_upload.bytes,
+            max_blob_bytes: args.max_blob.bytes,
             on_component: Some(on_component),
         })?;
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -83,6 +83,7 @@ impl TestServer {
             store: store.clone(),
             tokens,
             max_upload_bytes: LIMIT,
+            max_blob_bytes: LIMIT,
             on_component: Some(Arc::new(move |_digest: Digest| {
                 counter.fetch_add(1, Ordering::SeqCst);
             })),

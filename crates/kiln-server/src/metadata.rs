@@ -1,0 +1,272 @@
+//! kiln's metadata store ([`MetadataStore`]) in SQL: what a server's engine keeps its runs,
+//! their records and the result cache in, on SQLite or PostgreSQL alike.
+//!
+//! A record is one row per event, numbered in order. [`MetadataStore::append`] must not wait,
+//! so appends go to one writer task that commits them in batches (a transaction each);
+//! a failed batch fails the runs it held, at their next append or at
+//! [`MetadataStore::finish_run`], which waits until everything appended is committed. A read
+//! of a record first waits for what was appended to it, so it is readable as soon as it was
+//! appended, as the trait promises.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_cas::Digest;
+use kiln_record::{CacheEntry, MetadataStore, RecordError, RecordEvent};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Db;
+
+/// The most events one batch commits.
+const BATCH: usize = 512;
+
+enum Write {
+    Event {
+        run_id: String,
+        seq: i64,
+        json: String,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Per run in progress here: its next sequence number, and the failure that ended its record.
+#[derive(Debug, Default)]
+struct Open {
+    next_seq: i64,
+}
+
+/// The metadata store on a [`Db`].
+#[derive(Debug, Clone)]
+pub struct SqlMetadata {
+    db: Db,
+    writes: mpsc::UnboundedSender<Write>,
+    open: Arc<Mutex<HashMap<String, Open>>>,
+    failed: Arc<Mutex<HashMap<String, String>>>,
+}
+
+fn db_error(e: sqlx::Error) -> RecordError {
+    RecordError::Invalid(format!("database: {e}"))
+}
+
+impl SqlMetadata {
+    /// A store on `db`, with its writer task on the current tokio runtime.
+    pub fn new(db: Db) -> Self {
+        let (writes, rx) = mpsc::unbounded_channel();
+        let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        tokio::spawn(writer(db.clone(), rx, failed.clone()));
+        Self {
+            db,
+            writes,
+            open: Arc::default(),
+            failed,
+        }
+    }
+
+    /// Waits until every event appended so far is committed (or failed).
+    async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.writes.send(Write::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    fn failure(&self, run_id: &str) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+}
+
+/// Commits appended events in batches, in the order they were appended.
+async fn writer(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Write>,
+    failed: Arc<Mutex<HashMap<String, String>>>,
+) {
+    let mut batch: Vec<(String, i64, String)> = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
+            match write {
+                Write::Event { run_id, seq, json } => batch.push((run_id, seq, json)),
+                Write::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = commit(&db, &batch).await {
+                tracing::error!(error = %e, events = batch.len(), "cannot commit run records");
+                let mut failed = failed.lock().unwrap_or_else(|e| e.into_inner());
+                for (run_id, _, _) in &batch {
+                    failed
+                        .entry(run_id.clone())
+                        .or_insert_with(|| format!("the record could not be written: {e}"));
+                }
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn commit(db: &Db, batch: &[(String, i64, String)]) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    for (run_id, seq, json) in batch {
+        sqlx::query("INSERT INTO run_events (run_id, seq, event) VALUES ($1, $2, $3)")
+            .bind(run_id)
+            .bind(*seq)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for SqlMetadata {
+    async fn cache_entry(&self, key: &Digest) -> Result<Option<CacheEntry>, RecordError> {
+        let row = sqlx::query("SELECT entry FROM cache_entries WHERE cache_key = $1")
+            .bind(key.to_string())
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let json: String = row.try_get("entry").map_err(db_error)?;
+        // An entry that does not read is a miss, as in the file store.
+        Ok(serde_json::from_str(&json).ok())
+    }
+
+    async fn put_cache_entry(&self, key: &Digest, entry: &CacheEntry) -> Result<(), RecordError> {
+        let json = serde_json::to_string(entry)
+            .map_err(|e| RecordError::Invalid(format!("a cache entry: {e}")))?;
+        sqlx::query(
+            "INSERT INTO cache_entries (cache_key, entry) VALUES ($1, $2) \
+             ON CONFLICT (cache_key) DO UPDATE SET entry = excluded.entry",
+        )
+        .bind(key.to_string())
+        .bind(json)
+        .execute(self.db.pool())
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError> {
+        let plan = std::str::from_utf8(plan_json)
+            .map_err(|e| RecordError::Invalid(format!("a plan that is not UTF-8: {e}")))?;
+        let done = sqlx::query(
+            "INSERT INTO runs (id, plan, created_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(plan)
+        .bind(i64::try_from(kiln_record::now_ms()).unwrap_or(i64::MAX))
+        .execute(self.db.pool())
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(RecordError::RunExists(run_id.to_owned()));
+        }
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run_id.to_owned(), Open::default());
+        Ok(())
+    }
+
+    fn append(&self, run_id: &str, event: &RecordEvent) -> Result<(), RecordError> {
+        if let Some(failure) = self.failure(run_id) {
+            return Err(RecordError::Invalid(failure));
+        }
+        let json = serde_json::to_string(event)
+            .map_err(|e| RecordError::Invalid(format!("a record event: {e}")))?;
+        let seq = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(run) = open.get_mut(run_id) else {
+                return Err(RecordError::Invalid(format!(
+                    "run {run_id} was not created by this store, so it cannot be appended to"
+                )));
+            };
+            run.next_seq += 1;
+            run.next_seq
+        };
+        self.writes
+            .send(Write::Event {
+                run_id: run_id.to_owned(),
+                seq,
+                json,
+            })
+            .map_err(|_| RecordError::Invalid("the record writer has stopped".into()))
+    }
+
+    async fn finish_run(&self, run_id: &str) -> Result<(), RecordError> {
+        self.flush().await;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run_id);
+        match self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run_id)
+        {
+            Some(failure) => Err(RecordError::Invalid(failure)),
+            None => Ok(()),
+        }
+    }
+
+    async fn record(&self, run_id: &str) -> Result<Vec<RecordEvent>, RecordError> {
+        self.flush().await;
+        let exists = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(db_error)?;
+        if exists.is_none() {
+            return Err(RecordError::NoRun(run_id.to_owned()));
+        }
+        let rows = sqlx::query("SELECT event FROM run_events WHERE run_id = $1 ORDER BY seq")
+            .bind(run_id)
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let json: String = row.try_get("event").map_err(db_error)?;
+                serde_json::from_str(&json)
+                    .map_err(|e| RecordError::Invalid(format!("run {run_id}: a record event: {e}")))
+            })
+            .collect()
+    }
+
+    async fn plan(&self, run_id: &str) -> Result<Vec<u8>, RecordError> {
+        let row = sqlx::query("SELECT plan FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| RecordError::NoRun(run_id.to_owned()))?;
+        let plan: String = row.try_get("plan").map_err(db_error)?;
+        Ok(plan.into_bytes())
+    }
+
+    async fn run_ids(&self) -> Result<Vec<String>, RecordError> {
+        sqlx::query("SELECT id FROM runs ORDER BY created_ms, id")
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|row| row.try_get("id").map_err(db_error))
+            .collect()
+    }
+}
