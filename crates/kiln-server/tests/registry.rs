@@ -406,3 +406,128 @@ async fn registry_on_sqlite_and_s3() {
 async fn registry_on_postgres_and_s3() {
     suite(Setting::PostgresS3).await;
 }
+
+/// `bytes` with one more custom section named `note` holding `payload`: other bytes, the same
+/// component.
+fn with_note(bytes: &[u8], payload: &str) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut section = vec![4u8];
+    section.extend_from_slice(b"note");
+    section.extend_from_slice(payload.as_bytes());
+    assert!(section.len() < 128, "one LEB128 byte of size");
+    out.push(0);
+    out.push(section.len() as u8);
+    out.extend_from_slice(&section);
+    out
+}
+
+/// 10 clients upload 50 times at once: 25 versions each sent twice with the same bytes, and
+/// two clients racing with other bytes for version 9.0.0. Every version ends with one digest,
+/// each pair answered once 201 and once 200, the race answered 201 once and 409 (naming both
+/// digests) for the other bytes.
+async fn concurrent(setting: Setting) {
+    let Some(server) = TestServer::start(setting).await else {
+        return;
+    };
+    let base = command_component();
+    let mut uploads: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..25 {
+        let bytes = with_note(&base, &format!("v{i}"));
+        uploads.push((format!("1.0.{i}"), bytes.clone()));
+        uploads.push((format!("1.0.{i}"), bytes));
+    }
+    let (first, second) = (with_note(&base, "first"), with_note(&base, "second"));
+    for _ in 0..5 {
+        uploads.push(("9.0.0".into(), first.clone()));
+        uploads.push(("9.0.0".into(), second.clone()));
+    }
+    let clients: Vec<reqwest::Client> = (0..10).map(|_| reqwest::Client::new()).collect();
+    let tasks: Vec<_> = uploads
+        .iter()
+        .enumerate()
+        .map(|(i, (version, bytes))| {
+            let client = clients[i % clients.len()].clone();
+            let url = server.at(&format!("/v1/components/race/versions/{version}"));
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let response = client
+                    .put(url)
+                    .bearer_auth(WRITE)
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    for i in 0..25 {
+        let mut statuses: Vec<u16> = answers[2 * i..2 * i + 2]
+            .iter()
+            .map(|(s, _)| s.as_u16())
+            .collect();
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 201],
+            "1.0.{i}: {:?}",
+            &answers[2 * i..2 * i + 2]
+        );
+        let (_, shown) = get_json(
+            &server,
+            &format!("/v1/components/race/versions/1.0.{i}"),
+            READ,
+        )
+        .await;
+        assert_eq!(
+            shown["digest"],
+            Digest::of_bytes(&uploads[2 * i].1).to_string()
+        );
+    }
+    let race = &answers[50..];
+    assert_eq!(
+        race.iter()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{race:?}"
+    );
+    let (_, shown) = get_json(&server, "/v1/components/race/versions/9.0.0", READ).await;
+    let winner = shown["digest"].as_str().unwrap().to_owned();
+    for (status, body) in race {
+        let sent_winner = *status != StatusCode::CONFLICT;
+        if sent_winner {
+            assert!(matches!(status.as_u16(), 200 | 201), "{body}");
+            assert_eq!(body["digest"], winner);
+        } else {
+            assert_eq!(body["code"], "version-exists");
+            assert_eq!(body["existing_digest"], winner);
+            assert_ne!(body["uploaded_digest"], winner);
+        }
+    }
+    // Five of each were sent; the loser's five were all refused.
+    assert_eq!(
+        race.iter()
+            .filter(|(s, _)| *s == StatusCode::CONFLICT)
+            .count(),
+        5,
+        "{race:?}"
+    );
+    assert_eq!(server.db.version_count().await.unwrap(), 26);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_on_sqlite() {
+    concurrent(Setting::SqliteLocal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_on_postgres() {
+    concurrent(Setting::PostgresLocal).await;
+}
