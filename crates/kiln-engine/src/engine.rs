@@ -207,6 +207,12 @@ impl RunHandle {
             .unwrap_or_else(|| self.sender.subscribe())
     }
 
+    /// What [`RunHandle::cancel`] cancels, for whoever holds the run while another waits
+    /// for it (a server's cancel request).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Asks the run to stop: running steps are stopped and the run ends as cancelled.
     pub fn cancel(&self) {
         self.cancel.cancel();

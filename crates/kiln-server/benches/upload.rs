@@ -77,6 +77,7 @@ async fn start(base: &PathBuf) -> Running {
         max_upload_bytes: kiln_server::DEFAULT_MAX_UPLOAD_BYTES,
         max_blob_bytes: kiln_server::DEFAULT_MAX_BLOB_BYTES,
         on_component: None,
+        runs: None,
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0001_registry.sql"),
     ),
     (2, "runs", include_str!("../migrations/0002_runs.sql")),
+    (
+        3,
+        "idempotency",
+        include_str!("../migrations/0003_idempotency.sql"),
+    ),
 ];
 
 /// Which database a server keeps its metadata in.

@@ -19,6 +19,7 @@ pub mod metadata;
 mod metrics;
 pub mod problem;
 mod registry;
+pub mod runs;
 pub mod validate;
 
 use std::future::Future;
@@ -61,6 +62,8 @@ pub struct ServerOptions {
     pub max_blob_bytes: u64,
     /// What to do with a newly stored component.
     pub on_component: Option<ComponentHook>,
+    /// What runs submitted pipelines, if this server runs any.
+    pub runs: Option<runs::Runs>,
 }
 
 /// What every handler shares.
@@ -72,6 +75,7 @@ pub(crate) struct AppState {
     pub(crate) max_blob_bytes: u64,
     pub(crate) tmp_dir: PathBuf,
     pub(crate) on_component: Option<ComponentHook>,
+    pub(crate) runs: Option<runs::Runs>,
     pub(crate) metrics: metrics::Metrics,
 }
 
@@ -99,6 +103,7 @@ impl Server {
                 max_blob_bytes: options.max_blob_bytes,
                 tmp_dir,
                 on_component: options.on_component,
+                runs: options.runs,
                 metrics: metrics::Metrics::new(),
             }),
         })
@@ -108,6 +113,7 @@ impl Server {
     pub fn router(&self) -> Router {
         let api = registry::routes()
             .merge(blobs::routes())
+            .merge(runs::routes())
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz))
             .route("/metrics", get(metrics::render))

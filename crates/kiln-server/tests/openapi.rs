@@ -30,6 +30,10 @@ fn the_committed_openapi_document_is_current() {
         "/v1/components/{name}/tags/{tag}",
         "/v1/blobs/missing",
         "/v1/blobs/{digest}",
+        "/v1/runs",
+        "/v1/runs/{id}",
+        "/v1/runs/{id}/cancel",
+        "/v1/runs/{id}/events",
         "/healthz",
         "/readyz",
     ] {

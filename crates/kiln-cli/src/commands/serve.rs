@@ -61,6 +61,17 @@ pub struct Args {
     /// How to log
     #[arg(long, value_enum, default_value_t)]
     log_format: LogFormat,
+    /// Where submitted runs' container steps run: podman or docker. Without it they are
+    /// refused when they start (wasm steps always run)
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    containers: Option<kiln_container::Backend>,
+    /// Let `--containers process` run submitted commands on this host, with no sandbox: anyone
+    /// with a write token then runs what they like as this server's user
+    #[arg(long)]
+    allow_host_processes: bool,
+    /// Steps run at once, across all runs [default: the number of cores]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
 }
 
 impl Args {
@@ -127,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
         };
         let on_component = precompiler(&state, store.clone())?;
+        let runs = Some(runner(&args, &state, &db, store.clone())?);
         let server = Server::new(ServerOptions {
             state_dir: state_dir.clone(),
             db,
@@ -135,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_upload_bytes: args.max_upload.bytes,
             max_blob_bytes: args.max_blob.bytes,
             on_component: Some(on_component),
+            runs,
         })?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -161,6 +174,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("kiln server stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The engine that runs submitted pipelines: wasm steps in this process, container steps with
+/// the engine `--containers` names; records and the cache in the server's database.
+fn runner(
+    args: &Args,
+    state: &kiln_engine::StateDir,
+    db: &Db,
+    store: Arc<dyn BlobStore>,
+) -> anyhow::Result<kiln_server::runs::Runs> {
+    let container = match args.containers {
+        Some(kiln_container::Backend::Process) if !args.allow_host_processes => anyhow::bail!(
+            "--containers process runs submitted commands on this host with no sandbox; add \
+             --allow-host-processes to allow it, or use podman or docker"
+        ),
+        Some(backend) => Some(backend.executor_with(Arc::new(crate::load_secrets(None)?))),
+        None => None,
+    };
+    let mut config = kiln_engine::EngineConfig::default();
+    if let Some(jobs) = args.jobs {
+        config.jobs = jobs.max(1);
+    }
+    let executors = kiln_engine::Executors {
+        wasm: crate::wasm_executor(state, config.jobs)?,
+        container,
+    };
+    let meta: Arc<dyn kiln_engine::MetadataStore> =
+        Arc::new(kiln_server::SqlMetadata::new(db.clone()));
+    let engine = kiln_engine::Engine::new(state.clone(), executors, config)
+        .with_store(store)
+        .with_metadata(meta.clone());
+    Ok(kiln_server::runs::Runs::new(engine, meta))
 }
 
 /// A database URL without its password.

@@ -87,6 +87,7 @@ impl TestServer {
             on_component: Some(Arc::new(move |_digest: Digest| {
                 counter.fetch_add(1, Ordering::SeqCst);
             })),
+            runs: None,
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
