@@ -234,8 +234,7 @@ impl Resolver for LocalResolver<'_> {
                 }
                 let Some(client) = &self.registry else {
                     return Err(format!(
-                        "step `{step}`: `{reference}` is a component in a registry: give its kiln server with --server URL (or {}), or use a `.wasm` path or a build recipe",
-                        registry::SERVER_ENV
+                        "step `{step}`: `{reference}` is a component in a registry: name the kiln server that has it (`kiln run --registry URL` or KILN_REGISTRY to run here, `--server URL` to run there), or use a `.wasm` path or a build recipe"
                     ));
                 };
                 let (found, digest) = client

@@ -303,6 +303,227 @@ impl RegistryClient {
     }
 }
 
+/// What [`RegistryClient::upload_missing`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Objects (blobs and trees) the run needs.
+    pub needed: usize,
+    /// Those the server lacked and was sent.
+    pub sent: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+}
+
+/// One event of a remote run's stream: `record` (a record event as JSON, with its position),
+/// `end` (how the run ended) or `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStreamEvent {
+    /// Its position in the record (`record` events only).
+    pub id: Option<u64>,
+    /// `record`, `end` or `error`.
+    pub kind: String,
+    /// Its data (JSON for `record` and `end`).
+    pub data: String,
+}
+
+impl RegistryClient {
+    /// Sends the server every blob and tree under `roots` that it lacks: folders' manifests
+    /// after what they hold. Files are streamed from a local store, not read whole.
+    pub async fn upload_missing(
+        &self,
+        store: &dyn BlobStore,
+        roots: &[Digest],
+    ) -> Result<Uploaded, RegistryError> {
+        // Every object under the roots, folders after their contents.
+        let mut order: Vec<(Digest, bool)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<(Digest, bool)> = roots.iter().map(|d| (*d, false)).collect();
+        while let Some((digest, expanded)) = stack.pop() {
+            if expanded {
+                order.push((digest, true));
+                continue;
+            }
+            if !seen.insert(digest) {
+                continue;
+            }
+            match store.kind(&digest).await.map_err(store_error)? {
+                Some(kiln_cas::ObjectKind::Tree) => {
+                    stack.push((digest, true));
+                    let tree = store.get_tree(&digest).await.map_err(store_error)?;
+                    for entry in tree.entries() {
+                        stack.push((entry.digest, false));
+                    }
+                }
+                Some(kiln_cas::ObjectKind::Blob) => order.push((digest, false)),
+                None => {
+                    return Err(RegistryError {
+                        code: "store".into(),
+                        message: format!("{digest} is not in the local store"),
+                    });
+                }
+            }
+        }
+        let mut done = Uploaded {
+            needed: order.len(),
+            ..Uploaded::default()
+        };
+        let mut missing = std::collections::HashSet::new();
+        for chunk in order.chunks(10_000) {
+            let digests: Vec<String> = chunk.iter().map(|(d, _)| d.to_string()).collect();
+            #[derive(Deserialize)]
+            struct Missing {
+                missing: Vec<String>,
+            }
+            let request = self
+                .request(reqwest::Method::POST, "/v1/blobs/missing")
+                .json(&serde_json::json!({ "digests": digests }));
+            missing.extend(self.json::<Missing>(request).await?.missing);
+        }
+        for (digest, is_tree) in order {
+            if !missing.contains(&digest.to_string()) {
+                continue;
+            }
+            let request = if is_tree {
+                let tree = store.get_tree(&digest).await.map_err(store_error)?;
+                let bytes = tree.encode();
+                done.bytes += bytes.len() as u64;
+                self.request(reqwest::Method::PUT, &format!("/v1/trees/{digest}"))
+                    .body(bytes)
+            } else {
+                let size = store
+                    .blob_size(&digest)
+                    .await
+                    .map_err(store_error)?
+                    .unwrap_or(0);
+                done.bytes += size;
+                let body = match store.local() {
+                    Some(local) => {
+                        let file = tokio::fs::File::open(local.blob_path(&digest))
+                            .await
+                            .map_err(|e| RegistryError {
+                                code: "store".into(),
+                                message: format!("cannot read {digest}: {e}"),
+                            })?;
+                        reqwest::Body::from(file)
+                    }
+                    None => reqwest::Body::from(
+                        store.read_verified(&digest).await.map_err(store_error)?,
+                    ),
+                };
+                self.request(reqwest::Method::PUT, &format!("/v1/blobs/{digest}"))
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body)
+            };
+            self.send(request).await?;
+            done.sent += 1;
+        }
+        Ok(done)
+    }
+
+    /// Submits a pinned plan (`submission`: the JSON `POST /v1/runs` takes) with an
+    /// idempotency key; the run's id.
+    pub async fn submit(
+        &self,
+        submission: &serde_json::Value,
+        idempotency_key: &str,
+    ) -> Result<String, RegistryError> {
+        #[derive(Deserialize)]
+        struct Submitted {
+            run_id: String,
+        }
+        let mut last = None;
+        // A dropped connection is retried with the same key: the server makes one run.
+        for _ in 0..3 {
+            let request = self
+                .request(reqwest::Method::POST, "/v1/runs")
+                .header("idempotency-key", idempotency_key)
+                .json(submission);
+            match self.json::<Submitted>(request).await {
+                Ok(done) => return Ok(done.run_id),
+                Err(e) if e.code == "unreachable" => last = Some(e),
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(last.expect("a try failed"))
+    }
+
+    /// Follows a run's events to their `end`, calling `on_event` for each; reconnects after
+    /// the last event seen when the connection drops.
+    pub async fn follow(
+        &self,
+        run_id: &str,
+        on_event: &mut (dyn FnMut(RunStreamEvent) + Send),
+    ) -> Result<(), RegistryError> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let mut after: Option<u64> = None;
+        let mut failures = 0;
+        loop {
+            let mut request =
+                self.request(reqwest::Method::GET, &format!("/v1/runs/{run_id}/events"));
+            if let Some(after) = after {
+                request = request.header("last-event-id", after.to_string());
+            }
+            let response = match self.send(request).await {
+                Ok(response) => response,
+                Err(e) if e.code == "unreachable" && failures < 10 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut events = response.bytes_stream().eventsource();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else {
+                    break;
+                };
+                let id = event.id.parse::<u64>().ok();
+                if id.is_some() {
+                    after = id;
+                }
+                let end = event.event == "end" || event.event == "error";
+                on_event(RunStreamEvent {
+                    id,
+                    kind: event.event,
+                    data: event.data,
+                });
+                if end {
+                    return Ok(());
+                }
+            }
+            failures += 1;
+            if failures > 10 {
+                return Err(RegistryError {
+                    code: "unreachable".into(),
+                    message: format!("the event stream of run {run_id} keeps dropping"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A run's state as the server gives it (`GET /v1/runs/{id}`).
+    pub async fn run_state(&self, run_id: &str) -> Result<serde_json::Value, RegistryError> {
+        let request = self.request(reqwest::Method::GET, &format!("/v1/runs/{run_id}"));
+        self.json(request).await
+    }
+
+    /// Asks the server to cancel a run.
+    pub async fn cancel(&self, run_id: &str) -> Result<(), RegistryError> {
+        let request = self.request(reqwest::Method::POST, &format!("/v1/runs/{run_id}/cancel"));
+        self.send(request).await.map(drop)
+    }
+}
+
+fn store_error(e: kiln_cas::CasError) -> RegistryError {
+    RegistryError {
+        code: "store".into(),
+        message: format!("the local store: {e}"),
+    }
+}
+
 fn bad_answer(e: &dyn std::fmt::Display) -> RegistryError {
     RegistryError {
         code: "bad-answer".into(),

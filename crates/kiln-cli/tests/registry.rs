@@ -183,21 +183,20 @@ fn components_pushed_to_a_server_run_by_name_and_tag() {
     let served = Served::start(&server_state, &[]);
     let server = served.url.clone();
     let with_server = [("KILN_SERVER", server.as_str())];
+    // A run here, with the components from the server's registry.
+    let with_registry = [("KILN_REGISTRY", server.as_str())];
     let run = |state: &str| {
         kiln_in(
             &work,
             &["run", "pipeline.yaml", "--state", state, "--output", "json"],
-            &with_server,
+            &with_registry,
         )
     };
 
     // Without a server, the references cannot be resolved, and the message says what to do.
     let (ok, _, stderr) = kiln_in(&work, &["run", "pipeline.yaml", "--state", "local"], &[]);
     assert!(!ok);
-    assert!(
-        stderr.contains("give its kiln server with --server URL"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("kiln run --registry URL"), "{stderr}");
     // With it, before anything is pushed: not found.
     let (ok, _, stderr) = run("local");
     assert!(!ok);
@@ -313,7 +312,7 @@ fn components_pushed_to_a_server_run_by_name_and_tag() {
     let (ok, _, stderr) = kiln_in(
         &work,
         &["run", "pipeline.yaml", "--state", "fresh"],
-        &with_server,
+        &[("KILN_REGISTRY", served.url.as_str())],
     );
     assert!(ok, "{stderr}");
     served.stop();
@@ -425,4 +424,76 @@ fn tokens_decide_who_may_push_and_without_them_only_loopback() {
     );
     assert!(!ok);
     assert!(stderr.contains("without tokens"), "{stderr}");
+}
+
+/// Output digests by step id, from `kiln run --output json`.
+fn outputs_by_step(summary: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    summary["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_owned(), s["outputs"].clone()))
+        .collect()
+}
+
+#[test]
+fn the_digits_example_runs_on_a_server_as_it_runs_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = repo().join("examples/digits/pipeline.yaml");
+    let pipeline = pipeline.to_str().unwrap();
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    // Here first.
+    let local_state = state("local");
+    let (ok, stdout, stderr) = kiln_in(
+        dir.path(),
+        &["run", pipeline, "--state", &local_state, "--output", "json"],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let local: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+
+    // Then on a server that runs container steps as host processes (the example's training
+    // step is a Python script).
+    let served = Served::start_with(
+        &dir.path().join("server"),
+        &[],
+        &["--containers", "process", "--allow-host-processes"],
+    );
+    let client_state = state("client");
+    let remote_run = || {
+        kiln_in(
+            dir.path(),
+            &[
+                "run",
+                pipeline,
+                "--state",
+                &client_state,
+                "--output",
+                "json",
+            ],
+            &[("KILN_SERVER", served.url.as_str())],
+        )
+    };
+    let (ok, stdout, stderr) = remote_run();
+    assert!(ok, "{stderr}\n{stdout}");
+    assert!(
+        stderr.contains("were missing and were uploaded"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("submitted to"), "{stderr}");
+    let remote: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(remote["status"], "succeeded");
+    assert_eq!(outputs_by_step(&remote), outputs_by_step(&local));
+    assert_ne!(remote["run_id"], local["run_id"]);
+
+    // Again: nothing to upload, every step from the server's cache.
+    let (ok, stdout, stderr) = remote_run();
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(": 0 of the"), "{stderr}");
+    let again: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let statuses = kiln_test_support::step_statuses(&again);
+    assert!(statuses.iter().all(|s| s == "cached"), "{statuses:?}");
+    assert_eq!(outputs_by_step(&again), outputs_by_step(&local));
+    served.stop();
 }

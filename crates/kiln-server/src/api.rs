@@ -35,6 +35,7 @@ use crate::registry;
         crate::blobs::missing,
         crate::blobs::put_blob,
         crate::blobs::get_blob,
+        crate::blobs::put_tree,
         crate::runs::submit,
         crate::runs::list_runs,
         crate::runs::show_run,

@@ -29,6 +29,99 @@ pub(crate) fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/v1/blobs/missing", post(missing))
         .route("/v1/blobs/{digest}", get(get_blob).put(put_blob))
+        .route("/v1/trees/{digest}", axum::routing::put(put_tree))
+}
+
+/// The largest tree manifest taken: 64 MiB (about half a million entries).
+const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+#[utoipa::path(
+    put,
+    path = "/v1/trees/{digest}",
+    tag = "blobs",
+    description = "Uploads a folder's manifest (kiln's tree encoding): stored only if it \
+                   encodes to the digest the path names and every entry it names (files, \
+                   folders) is stored already; upload those first.",
+    params(("digest" = String, Path, description = "`blake3:<hex>` of the manifest")),
+    request_body(content = Vec<u8>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored", body = BlobStored),
+        (status = 200, description = "The store had it", body = BlobStored),
+        (status = 422, description = "`bad-tree`, `digest-mismatch`, or `missing-blobs` (`missing`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["write"]), ()),
+)]
+pub(crate) async fn put_tree(
+    State(state): State<Arc<AppState>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BlobStored>), Problem> {
+    state.tokens.authorize(&headers, Scope::Write)?;
+    let digest = parse_digest(&digest)?;
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| Problem::bad_request(format!("the manifest cannot be read: {e}")))?;
+    let answer = |status| {
+        Ok((
+            status,
+            Json(BlobStored {
+                digest: digest.to_string(),
+                size: bytes.len() as u64,
+            }),
+        ))
+    };
+    if state.store.kind(&digest).await? == Some(kiln_cas::ObjectKind::Tree) {
+        return answer(StatusCode::OK);
+    }
+    let tree = kiln_cas::Tree::decode(&bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-tree",
+            "Bad tree",
+            format!("the body is not a tree manifest: {e}"),
+        )
+    })?;
+    if tree.digest() != digest {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest-mismatch",
+            "Digest mismatch",
+            format!(
+                "the manifest sent for {digest} is {}; nothing was stored",
+                tree.digest()
+            ),
+        ));
+    }
+    let mut missing = Vec::new();
+    for entry in tree.entries() {
+        let want = match entry.kind {
+            kiln_cas::EntryKind::Folder => kiln_cas::ObjectKind::Tree,
+            _ => kiln_cas::ObjectKind::Blob,
+        };
+        if state.store.kind(&entry.digest).await? != Some(want) {
+            missing.push(entry.digest.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing-blobs",
+            "Missing blobs",
+            format!(
+                "the store lacks {} of the tree's entries: upload them first",
+                missing.len()
+            ),
+        )
+        .with("missing", missing));
+    }
+    let stored = state.store.put_manifest(&tree).await?;
+    if stored != digest {
+        return Err(Problem::internal(format_args!(
+            "the store kept tree {digest} as {stored}"
+        )));
+    }
+    answer(StatusCode::CREATED)
 }
 
 /// Digests a client holds.

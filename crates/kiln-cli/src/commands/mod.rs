@@ -12,6 +12,7 @@ pub mod logs;
 pub mod new;
 pub mod push;
 pub mod remote;
+pub mod remote_run;
 pub mod replay;
 pub mod report;
 pub mod run;

@@ -5,7 +5,7 @@ use kiln_build::registry::{RegistryClient, SERVER_ENV, TOKEN_ENV};
 /// Which kiln server, and the token to show it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// The kiln server (`http://HOST:8600`) whose registry `name@version` components come from
+    /// The kiln server (`http://HOST:8600`)
     #[arg(long, value_name = "URL", env = SERVER_ENV)]
     pub server: Option<String>,
     /// The bearer token for the server

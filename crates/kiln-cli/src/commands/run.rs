@@ -71,8 +71,18 @@ pub struct Args {
     output: Output,
     #[command(flatten)]
     state: StateArgs,
+    /// Submit the run to this kiln server (`http://HOST:8600`) instead of running it here:
+    /// pinned here, what the server lacks uploaded, the run followed as it goes
     #[command(flatten)]
     server: super::remote::ServerArgs,
+    /// Run here, taking `name@version` components from this kiln server's registry
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "KILN_REGISTRY",
+        conflicts_with = "server"
+    )]
+    registry: Option<String>,
 }
 
 impl Args {
@@ -94,12 +104,36 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let state = args.state.for_pipeline(&args.file);
-    let registry = args.server.client()?;
     let base_dir = args
         .file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    if let Some(client) = args.server.client()? {
+        if args.registry.as_deref().is_some_and(|r| !r.is_empty()) {
+            anyhow::bail!(
+                "--server runs the pipeline on that server, with its registry; --registry is for runs here: give one"
+            );
+        }
+        let prepared = super::remote_run::Prepared {
+            plan,
+            source: &source,
+            pipeline_file: args.file.display().to_string(),
+            state,
+            base_dir: &base_dir,
+            output: args.output,
+        };
+        return super::remote_run::run_remote(prepared, client);
+    }
+    let registry = args
+        .registry
+        .as_deref()
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            kiln_build::registry::RegistryClient::new(url, args.server.token.clone())
+                .map_err(anyhow::Error::msg)
+        })
+        .transpose()?;
     let mut config = EngineConfig {
         fail_fast: args.fail_fast,
         use_cache: !args.no_cache,

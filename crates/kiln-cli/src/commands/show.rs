@@ -29,22 +29,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let events = read_record(&state.record_path(&run_id))?;
     let mut view = RunView::from_events(&events);
     super::state::in_plan_order(&state, &run_id, &mut view);
-    if args.output == Output::Json {
+    print_view(&run_id, &view, args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A run as `kiln show` prints it, from its record folded into `view` (steps in plan order).
+pub fn print_view(run_id: &str, view: &RunView, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
         let steps: Vec<_> = view
             .steps
             .iter()
             .map(|(id, s)| serde_json::json!({"step": id, "label": view.label(id), "attempts": s.attempts, "skipped": s.skipped, "last": s.last}))
             .collect();
-        let (pipeline, params) = super::state::run_params(&view);
+        let (pipeline, params) = super::state::run_params(view);
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "run_id": run_id, "pipeline": pipeline, "status": super::state::run_status(&view),
+                "run_id": run_id, "pipeline": pipeline, "status": super::state::run_status(view),
                 "params": params, "started": view.started, "finished": view.finished, "steps": steps,
                 "exports": view.exports,
             }))?
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if let Some(RecordEvent::RunStarted {
         pipeline,
@@ -167,5 +173,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             table(&["EXPORT", "TO", "STATUS", "SIZE", "DIGEST", "NOTE"], &rows)
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -118,7 +118,14 @@ pub fn in_plan_order(state: &StateDir, run_id: &str, view: &mut RunView) {
     let plan = std::fs::read(state.run_dir(run_id).join("plan.json"))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-    let Some(steps) = plan.as_ref().and_then(|p| p["steps"].as_array()) else {
+    if let Some(plan) = plan {
+        in_order_of(&plan, view);
+    }
+}
+
+/// [`in_plan_order`] with the plan (as JSON) at hand.
+pub fn in_order_of(plan: &serde_json::Value, view: &mut RunView) {
+    let Some(steps) = plan["steps"].as_array() else {
         return;
     };
     let order: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();

@@ -9,13 +9,18 @@ use std::process::Command;
 
 /// The `kiln` binary as every test runs it: compiled components kept in the tests' own cache
 /// folder (under cargo's target folder, so kept between test runs), never the user's; no
-/// colour; no state folder or log filter from the environment of whoever runs the tests.
+/// colour; no state folder, server or log filter from the environment of whoever runs the
+/// tests.
 pub fn kiln() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
     command
         .env("KILN_CACHE_DIR", compiled_cache())
         .env("NO_COLOR", "1")
         .env_remove("KILN_HOME")
+        .env_remove("KILN_SERVER")
+        .env_remove("KILN_REGISTRY")
+        .env_remove("KILN_TOKEN")
+        .env_remove("KILN_SERVER_TOKENS")
         .env_remove("RUST_LOG");
     command
 }
