@@ -120,6 +120,63 @@ async fn suite(setting: Setting) {
         format!("\"{db}\"")
     );
     assert_eq!(response.bytes().await.unwrap().as_ref(), b.as_slice());
+    // A folder: its manifest is refused until what it holds is stored, and must be its digest.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("a.csv"), &a).unwrap();
+    std::fs::create_dir(folder.path().join("deep")).unwrap();
+    std::fs::write(folder.path().join("deep/c.txt"), b"only in the folder").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let local = kiln_cas::LocalStore::new(scratch.path().join("store"));
+    let tree_digest = local.put_tree(folder.path()).unwrap();
+    let tree = local.get_tree(&tree_digest).unwrap();
+    let deep = tree.get("deep").unwrap().digest;
+    let put_tree = |digest: Digest, bytes: Vec<u8>| {
+        server
+            .client
+            .put(server.at(&format!("/v1/trees/{digest}")))
+            .bearer_auth(WRITE)
+            .body(bytes)
+            .send()
+    };
+    let response = put_tree(tree_digest, tree.encode()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "missing-blobs");
+    assert_eq!(
+        body["missing"],
+        json!([deep.to_string()]),
+        "a.csv is there already"
+    );
+    let response = put_tree(deep, tree.encode()).await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "digest-mismatch");
+    let deep_tree = local.get_tree(&deep).unwrap();
+    let c = deep_tree.get("c.txt").unwrap().digest;
+    let (status, _) = put_blob(
+        &server,
+        &c.to_string(),
+        WRITE,
+        b"only in the folder".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        put_tree(deep, deep_tree.encode()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_tree(tree_digest, tree.encode()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        put_tree(tree_digest, tree.encode()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        server.store.kind(&tree_digest).await.unwrap(),
+        Some(kiln_cas::ObjectKind::Tree)
+    );
+
     let response = server
         .client
         .get(server.at(&format!("/v1/blobs/{big_digest}")))

@@ -1,7 +1,7 @@
 //! Runs submitted to a real server: missing blobs refused by digest, a pinned plan run by the
 //! server's engine with its record in SQL, its events as Server-Sent Events in order with
-//! resume, idempotent retries, a second submission all cached, and 1,000 readers of one
-//! stream at once, each getting every event in order.
+//! resume, idempotent retries, a second submission all cached, 1,000 readers of one stream
+//! at once, each getting every event in order, and 50 submissions at once from 10 clients.
 
 use std::path::Path;
 use std::sync::Arc;
