@@ -497,3 +497,99 @@ fn the_digits_example_runs_on_a_server_as_it_runs_here() {
     assert_eq!(outputs_by_step(&again), outputs_by_step(&local));
     served.stop();
 }
+
+/// `GET path` on a server, with a plain HTTP/1.1 request: (status, body).
+fn http_get(url: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let addr = url.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn a_server_killed_mid_run_reports_the_run_interrupted_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.yaml"),
+        "apiVersion: kiln/v1\nname: slow\nsteps:\n  nap:\n    container: {image: none, command: [sleep, \"20\"]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("quick.yaml"),
+        "apiVersion: kiln/v1\nname: quick\nsteps:\n  hello:\n    container: {image: none, command: [echo, hello]}\n",
+    )
+    .unwrap();
+    let server_state = dir.path().join("server");
+    let args = ["--containers", "process", "--allow-host-processes"];
+    let served = Served::start_with(&server_state, &[], &args);
+    let mut client = kiln()
+        .args(["run", "slow.yaml", "--server", &served.url])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stderr.take().unwrap()).lines();
+    let mut run_id = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("run ") {
+            run_id = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.contains("started    nap") {
+            break;
+        }
+    }
+    let run_id = run_id.expect("the run was submitted");
+    let (status, body) = http_get(&served.url, &format!("/v1/runs/{run_id}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""status":"running""#), "{body}");
+
+    // SIGKILL, mid-step; the client loses its stream.
+    served.kill();
+    let _ = client.kill();
+    let _ = client.wait();
+
+    let served = Served::start_with(&server_state, &[], &args);
+    let (status, body) = http_get(&served.url, &format!("/v1/runs/{run_id}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""status":"interrupted""#), "{body}");
+    let (status, body) = http_get(&served.url, &format!("/v1/runs/{run_id}/events"));
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("event: end") && body.contains("interrupted"),
+        "{body}"
+    );
+    let (status, body) = http_get(&served.url, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    // And the next run goes through.
+    let (ok, stdout, stderr) = kiln_in(
+        dir.path(),
+        &["run", "quick.yaml", "--output", "json"],
+        &[("KILN_SERVER", served.url.as_str())],
+    );
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["status"], "succeeded");
+    served.stop();
+}
