@@ -41,6 +41,9 @@ struct Open {
 pub struct SqlMetadata {
     db: Db,
     writes: mpsc::UnboundedSender<Write>,
+    /// How many batches have been committed: changes after each, so that readers of a run in
+    /// progress wake when there is something new rather than polling.
+    committed: tokio::sync::watch::Receiver<u64>,
     open: Arc<Mutex<HashMap<String, Open>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -54,10 +57,12 @@ impl SqlMetadata {
     pub fn new(db: Db) -> Self {
         let (writes, rx) = mpsc::unbounded_channel();
         let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        tokio::spawn(writer(db.clone(), rx, failed.clone()));
+        let (batches, committed) = tokio::sync::watch::channel(0);
+        tokio::spawn(writer(db.clone(), rx, failed.clone(), batches));
         Self {
             db,
             writes,
+            committed,
             open: Arc::default(),
             failed,
         }
@@ -69,6 +74,49 @@ impl SqlMetadata {
         if self.writes.send(Write::Flush(done)).is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// Changes whenever appended events have been committed.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// A run's record events after the first `after`, in order, with their positions (from
+    /// 1); waits for what was appended first. `Err(NoRun)` for a run the database lacks.
+    pub async fn events_after(
+        &self,
+        run_id: &str,
+        after: usize,
+    ) -> Result<Vec<(usize, RecordEvent)>, RecordError> {
+        self.flush().await;
+        let rows = sqlx::query(
+            "SELECT seq, event FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(run_id)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(db_error)?;
+        if rows.is_empty() && after == 0 {
+            let exists = sqlx::query("SELECT 1 AS one FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(db_error)?;
+            if exists.is_none() {
+                return Err(RecordError::NoRun(run_id.to_owned()));
+            }
+        }
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq").map_err(db_error)?;
+                let json: String = row.try_get("event").map_err(db_error)?;
+                let event = serde_json::from_str(&json).map_err(|e| {
+                    RecordError::Invalid(format!("run {run_id}: a record event: {e}"))
+                })?;
+                Ok((usize::try_from(seq).unwrap_or(0), event))
+            })
+            .collect()
     }
 
     fn failure(&self, run_id: &str) -> Option<String> {
@@ -85,6 +133,7 @@ async fn writer(
     db: Db,
     mut rx: mpsc::UnboundedReceiver<Write>,
     failed: Arc<Mutex<HashMap<String, String>>>,
+    batches: tokio::sync::watch::Sender<u64>,
 ) {
     let mut batch: Vec<(String, i64, String)> = Vec::new();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -110,6 +159,7 @@ async fn writer(
                 }
             }
             batch.clear();
+            batches.send_modify(|n| *n += 1);
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

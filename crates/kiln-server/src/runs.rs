@@ -24,12 +24,25 @@ use futures_util::Stream;
 use kiln_cas::Digest;
 use kiln_engine::{Engine, RunInput};
 use kiln_record::{MetadataStore, RecordEvent};
+
+/// How a run ended, from its last record event, if it did.
+async fn ended_as(meta: &SqlMetadata, run_id: &str, events: usize) -> Option<String> {
+    let last = meta
+        .events_after(run_id, events.checked_sub(1)?)
+        .await
+        .ok()?;
+    match last.first() {
+        Some((_, RecordEvent::RunFinished { status, .. })) => Some(status.to_string()),
+        _ => None,
+    }
+}
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Scope;
+use crate::metadata::SqlMetadata;
 use crate::problem::Problem;
 
 /// How often an event stream looks for new events of a run in progress.
@@ -38,13 +51,13 @@ const POLL: Duration = Duration::from_millis(100);
 /// What runs here: the engine and the runs in progress in this process.
 pub struct Runs {
     engine: Engine,
-    meta: Arc<dyn MetadataStore>,
+    meta: Arc<SqlMetadata>,
     live: Mutex<HashMap<String, tokio_util::sync::CancellationToken>>,
 }
 
 impl Runs {
     /// Runs on `engine`, whose records are in `meta` (the engine's own metadata store).
-    pub fn new(engine: Engine, meta: Arc<dyn MetadataStore>) -> Self {
+    pub fn new(engine: Engine, meta: Arc<SqlMetadata>) -> Self {
         Self {
             engine,
             meta,
@@ -459,71 +472,93 @@ pub(crate) async fn events(
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     // The run must exist now; a stream that starts is the stream of a run.
-    let first = record_of(runs_of(&state)?, &run_id).await?;
+    let runs = runs_of(&state)?;
+    let first = match runs.meta.events_after(&run_id, after).await {
+        Err(kiln_record::RecordError::NoRun(_)) if runs.is_live(&run_id) => Vec::new(),
+        other => other.map_err(|e| record_problem(&run_id, e))?,
+    };
     struct Cursor {
         state: Arc<AppState>,
         run_id: String,
         sent: usize,
         pending: std::collections::VecDeque<SseEvent>,
-        record: Option<Vec<RecordEvent>>,
+        fetched: Option<Vec<(usize, RecordEvent)>>,
+        committed: tokio::sync::watch::Receiver<u64>,
         ended: bool,
     }
     let cursor = Cursor {
+        committed: runs.meta.committed(),
         state,
         run_id,
         sent: after,
         pending: Default::default(),
-        record: Some(first),
+        fetched: Some(first),
         ended: false,
     };
-    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
-        loop {
-            if let Some(next) = c.pending.pop_front() {
-                return Some((Ok(next), c));
-            }
-            if c.ended {
-                return None;
-            }
-            let runs = c.state.runs.as_ref()?;
-            let live = runs.is_live(&c.run_id);
-            let record = match c.record.take() {
-                Some(record) => record,
-                None => match runs.meta.record(&c.run_id).await {
-                    Ok(record) => record,
+    let stream =
+        futures_util::stream::unfold(cursor, |mut c| async move {
+            loop {
+                if let Some(next) = c.pending.pop_front() {
+                    return Some((Ok(next), c));
+                }
+                if c.ended {
+                    return None;
+                }
+                let runs = c.state.runs.as_ref()?;
+                let live = runs.is_live(&c.run_id);
+                // Marked seen before the read: a commit after it wakes the next wait.
+                c.committed.borrow_and_update();
+                let fetched = match c.fetched.take() {
+                    Some(fetched) => Ok(fetched),
+                    None => match runs.meta.events_after(&c.run_id, c.sent).await {
+                        Err(kiln_record::RecordError::NoRun(_)) if live => Ok(Vec::new()),
+                        other => other,
+                    },
+                };
+                let fetched = match fetched {
+                    Ok(fetched) => fetched,
                     Err(e) => {
                         c.pending
                             .push_back(SseEvent::default().event("error").data(e.to_string()));
                         c.ended = true;
                         continue;
                     }
-                },
-            };
-            let mut finished = None;
-            for (i, event) in record.iter().enumerate().skip(c.sent) {
-                let json = serde_json::to_string(event).unwrap_or_default();
-                c.pending.push_back(
-                    SseEvent::default()
-                        .id((i + 1).to_string())
-                        .event("record")
-                        .data(json),
-                );
-                c.sent = i + 1;
+                };
+                let mut finished = None;
+                for (position, event) in &fetched {
+                    if let RecordEvent::RunFinished { status, .. } = event {
+                        finished = Some(status.to_string());
+                    }
+                    let json = serde_json::to_string(event).unwrap_or_default();
+                    c.pending.push_back(
+                        SseEvent::default()
+                            .id(position.to_string())
+                            .event("record")
+                            .data(json),
+                    );
+                    c.sent = *position;
+                }
+                let end = match finished {
+                    Some(status) => Some(status),
+                    None if !live && fetched.is_empty() => Some(
+                        ended_as(&runs.meta, &c.run_id, c.sent)
+                            .await
+                            .unwrap_or_else(|| "interrupted".to_owned()),
+                    ),
+                    None => None,
+                };
+                if let Some(status) = end {
+                    c.pending.push_back(SseEvent::default().event("end").data(
+                        serde_json::json!({ "status": status, "events": c.sent }).to_string(),
+                    ));
+                    c.ended = true;
+                    continue;
+                }
+                if c.pending.is_empty() {
+                    // Woken by the next commit; the timeout notices a run that ended without one.
+                    let _ = tokio::time::timeout(POLL, c.committed.changed()).await;
+                }
             }
-            if let Some(RecordEvent::RunFinished { status, .. }) = record.last() {
-                finished = Some(status.to_string());
-            }
-            let end = finished.or_else(|| (!live).then(|| "interrupted".to_owned()));
-            if let Some(status) = end {
-                c.pending.push_back(SseEvent::default().event("end").data(
-                    serde_json::json!({ "status": status, "events": record.len() }).to_string(),
-                ));
-                c.ended = true;
-                continue;
-            }
-            if c.pending.is_empty() {
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -134,7 +134,7 @@ async fn submitted_runs_stream_their_records_and_are_cached_and_idempotent() {
     let state_dir = dir.path().join("state");
     let db = Db::sqlite(&dir.path().join("server.db")).await.unwrap();
     let store: Arc<dyn BlobStore> = Arc::new(LocalStore::new(state_dir.join("store")));
-    let meta: Arc<dyn MetadataStore> = Arc::new(SqlMetadata::new(db.clone()));
+    let meta = Arc::new(SqlMetadata::new(db.clone()));
     let engine = Engine::new(
         StateDir::new(&state_dir),
         Executors {
@@ -147,7 +147,7 @@ async fn submitted_runs_stream_their_records_and_are_cached_and_idempotent() {
         },
     )
     .with_store(store.clone())
-    .with_metadata(meta.clone());
+    .with_metadata(meta.clone() as Arc<dyn MetadataStore>);
     let server = Server::new(ServerOptions {
         state_dir: state_dir.clone(),
         db,
@@ -222,6 +222,14 @@ async fn submitted_runs_stream_their_records_and_are_cached_and_idempotent() {
     let resumed = read_events(&client, &events_url, Some(3)).await;
     assert_eq!(resumed.first().unwrap().0, Some(4));
     assert_eq!(&resumed[..], &events[3..]);
+    // Resumed after the last event: only the end, with how the run ended.
+    let last = records.len() as u64;
+    let resumed = read_events(&client, &events_url, Some(last)).await;
+    assert_eq!(kinds(&resumed), ["end"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&resumed[0].2).unwrap()["status"],
+        "succeeded"
+    );
 
     let state: Value = client
         .get(format!("{url}/v1/runs/{run_id}"))

@@ -200,11 +200,10 @@ fn runner(
         wasm: crate::wasm_executor(state, config.jobs)?,
         container,
     };
-    let meta: Arc<dyn kiln_engine::MetadataStore> =
-        Arc::new(kiln_server::SqlMetadata::new(db.clone()));
+    let meta = Arc::new(kiln_server::SqlMetadata::new(db.clone()));
     let engine = kiln_engine::Engine::new(state.clone(), executors, config)
         .with_store(store)
-        .with_metadata(meta.clone());
+        .with_metadata(meta.clone() as Arc<dyn kiln_engine::MetadataStore>);
     Ok(kiln_server::runs::Runs::new(engine, meta))
 }
 
