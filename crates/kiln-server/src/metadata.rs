@@ -2,7 +2,9 @@
 //! their records and the result cache in, on SQLite or PostgreSQL alike.
 //!
 //! A record is one row per event, numbered in order. [`MetadataStore::append`] must not wait,
-//! so appends go to one writer task that commits them in batches (a transaction each);
+//! so appends (and cache entries) go to one writer task that commits them in batches (a
+//! transaction each); a lookup of a cache entry first waits for what this store queued
+//! (another replica sees an entry once it is committed: until then, a miss);
 //! a failed batch fails the runs it held, at their next append or at
 //! [`MetadataStore::finish_run`], which waits until everything appended is committed. A read
 //! of a record first waits for what was appended to it, so it is readable as soon as it was
@@ -27,7 +29,24 @@ enum Write {
         seq: i64,
         json: String,
     },
+    Cache {
+        key: String,
+        json: String,
+    },
     Flush(oneshot::Sender<()>),
+}
+
+/// One batch: record events and cache entries, committed in one transaction.
+#[derive(Default)]
+struct Batch {
+    events: Vec<(String, i64, String)>,
+    cache: Vec<(String, String)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len() + self.cache.len()
+    }
 }
 
 /// Per run in progress here: its next sequence number, and the failure that ended its record.
@@ -135,30 +154,31 @@ async fn writer(
     failed: Arc<Mutex<HashMap<String, String>>>,
     batches: tokio::sync::watch::Sender<u64>,
 ) {
-    let mut batch: Vec<(String, i64, String)> = Vec::new();
+    let mut batch = Batch::default();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(write) = next.take() {
             match write {
-                Write::Event { run_id, seq, json } => batch.push((run_id, seq, json)),
+                Write::Event { run_id, seq, json } => batch.events.push((run_id, seq, json)),
+                Write::Cache { key, json } => batch.cache.push((key, json)),
                 Write::Flush(done) => flushes.push(done),
             }
             if batch.len() < BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
+        if batch.len() > 0 {
             if let Err(e) = commit(&db, &batch).await {
-                tracing::error!(error = %e, events = batch.len(), "cannot commit run records");
+                tracing::error!(error = %e, events = batch.events.len(), entries = batch.cache.len(), "cannot commit run records and cache entries");
                 let mut failed = failed.lock().unwrap_or_else(|e| e.into_inner());
-                for (run_id, _, _) in &batch {
+                for (run_id, _, _) in &batch.events {
                     failed
                         .entry(run_id.clone())
                         .or_insert_with(|| format!("the record could not be written: {e}"));
                 }
             }
-            batch.clear();
+            batch = Batch::default();
             batches.send_modify(|n| *n += 1);
         }
         for done in flushes.drain(..) {
@@ -167,9 +187,19 @@ async fn writer(
     }
 }
 
-async fn commit(db: &Db, batch: &[(String, i64, String)]) -> Result<(), sqlx::Error> {
+async fn commit(db: &Db, batch: &Batch) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
-    for (run_id, seq, json) in batch {
+    for (key, json) in &batch.cache {
+        sqlx::query(
+            "INSERT INTO cache_entries (cache_key, entry) VALUES ($1, $2) \
+             ON CONFLICT (cache_key) DO UPDATE SET entry = excluded.entry",
+        )
+        .bind(key)
+        .bind(json)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (run_id, seq, json) in &batch.events {
         sqlx::query("INSERT INTO run_events (run_id, seq, event) VALUES ($1, $2, $3)")
             .bind(run_id)
             .bind(*seq)
@@ -183,6 +213,8 @@ async fn commit(db: &Db, batch: &[(String, i64, String)]) -> Result<(), sqlx::Er
 #[async_trait::async_trait]
 impl MetadataStore for SqlMetadata {
     async fn cache_entry(&self, key: &Digest) -> Result<Option<CacheEntry>, RecordError> {
+        // An entry put here a moment ago may still be in the writer's queue.
+        self.flush().await;
         let row = sqlx::query("SELECT entry FROM cache_entries WHERE cache_key = $1")
             .bind(key.to_string())
             .fetch_optional(self.db.pool())
@@ -197,18 +229,16 @@ impl MetadataStore for SqlMetadata {
     }
 
     async fn put_cache_entry(&self, key: &Digest, entry: &CacheEntry) -> Result<(), RecordError> {
+        // Committed with the next batch, not waited for: a lost entry is a cache miss, and a
+        // run's steps finish many at once.
         let json = serde_json::to_string(entry)
             .map_err(|e| RecordError::Invalid(format!("a cache entry: {e}")))?;
-        sqlx::query(
-            "INSERT INTO cache_entries (cache_key, entry) VALUES ($1, $2) \
-             ON CONFLICT (cache_key) DO UPDATE SET entry = excluded.entry",
-        )
-        .bind(key.to_string())
-        .bind(json)
-        .execute(self.db.pool())
-        .await
-        .map_err(db_error)?;
-        Ok(())
+        self.writes
+            .send(Write::Cache {
+                key: key.to_string(),
+                json,
+            })
+            .map_err(|_| RecordError::Invalid("the record writer has stopped".into()))
     }
 
     async fn create_run(&self, run_id: &str, plan_json: &[u8]) -> Result<(), RecordError> {
