@@ -201,9 +201,13 @@ fn runner(
         container,
     };
     let meta = Arc::new(kiln_server::SqlMetadata::new(db.clone()));
-    let engine = kiln_engine::Engine::new(state.clone(), executors, config)
-        .with_store(store)
+    let mut engine = kiln_engine::Engine::new(state.clone(), executors, config)
         .with_metadata(meta.clone() as Arc<dyn kiln_engine::MetadataStore>);
+    // The state folder's store is the engine's own, with outputs made durable in batches;
+    // another store is handed over as it is.
+    if args.store.is_some() {
+        engine = engine.with_store(store);
+    }
     Ok(kiln_server::runs::Runs::new(engine, meta))
 }
 
