@@ -3,7 +3,7 @@
 //!
 //! A record is one row per event, numbered in order. [`MetadataStore::append`] must not wait,
 //! so appends (and cache entries) go to one writer task that commits them in batches (a
-//! transaction each); a lookup of a cache entry first waits for what this store queued
+//! transaction each); a lookup of a cache entry finds what this store queued without waiting
 //! (another replica sees an entry once it is committed: until then, a miss);
 //! a failed batch fails the runs it held, at their next append or at
 //! [`MetadataStore::finish_run`], which waits until everything appended is committed. A read
@@ -65,7 +65,12 @@ pub struct SqlMetadata {
     committed: tokio::sync::watch::Receiver<u64>,
     open: Arc<Mutex<HashMap<String, Open>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
+    /// Cache entries queued and not yet committed, by key: a lookup finds them here without
+    /// waiting for the writer.
+    queued: Queued,
 }
+
+type Queued = Arc<Mutex<HashMap<String, String>>>;
 
 fn db_error(e: sqlx::Error) -> RecordError {
     RecordError::Invalid(format!("database: {e}"))
@@ -77,18 +82,27 @@ impl SqlMetadata {
         let (writes, rx) = mpsc::unbounded_channel();
         let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let (batches, committed) = tokio::sync::watch::channel(0);
-        tokio::spawn(writer(db.clone(), rx, failed.clone(), batches));
+        let queued = Queued::default();
+        tokio::spawn(writer(
+            db.clone(),
+            rx,
+            failed.clone(),
+            batches,
+            queued.clone(),
+        ));
         Self {
             db,
             writes,
             committed,
+            queued,
             open: Arc::default(),
             failed,
         }
     }
 
-    /// Waits until every event appended so far is committed (or failed).
-    async fn flush(&self) {
+    /// Waits until everything queued so far (record events, cache entries) is committed (or
+    /// failed).
+    pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.writes.send(Write::Flush(done)).is_ok() {
             let _ = wait.await;
@@ -153,6 +167,7 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<Write>,
     failed: Arc<Mutex<HashMap<String, String>>>,
     batches: tokio::sync::watch::Sender<u64>,
+    queued: Queued,
 ) {
     let mut batch = Batch::default();
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -176,6 +191,15 @@ async fn writer(
                     failed
                         .entry(run_id.clone())
                         .or_insert_with(|| format!("the record could not be written: {e}"));
+                }
+            }
+            // Committed (or failed: then a miss, as a lost entry would be).
+            {
+                let mut queued = queued.lock().unwrap_or_else(|e| e.into_inner());
+                for (key, json) in &batch.cache {
+                    if queued.get(key) == Some(json) {
+                        queued.remove(key);
+                    }
                 }
             }
             batch = Batch::default();
@@ -214,7 +238,15 @@ async fn commit(db: &Db, batch: &Batch) -> Result<(), sqlx::Error> {
 impl MetadataStore for SqlMetadata {
     async fn cache_entry(&self, key: &Digest) -> Result<Option<CacheEntry>, RecordError> {
         // An entry put here a moment ago may still be in the writer's queue.
-        self.flush().await;
+        let queued = self
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key.to_string())
+            .cloned();
+        if let Some(json) = queued {
+            return Ok(serde_json::from_str(&json).ok());
+        }
         let row = sqlx::query("SELECT entry FROM cache_entries WHERE cache_key = $1")
             .bind(key.to_string())
             .fetch_optional(self.db.pool())
@@ -233,6 +265,10 @@ impl MetadataStore for SqlMetadata {
         // run's steps finish many at once.
         let json = serde_json::to_string(entry)
             .map_err(|e| RecordError::Invalid(format!("a cache entry: {e}")))?;
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), json.clone());
         self.writes
             .send(Write::Cache {
                 key: key.to_string(),

@@ -129,9 +129,9 @@ async fn suite(db: Db) {
         created_ms: Some(1_700_000_000_000),
     };
     meta.put_cache_entry(&key, &entry).await.unwrap();
-    // Read at once where it was put; another replica sees it once it is committed (a lookup
-    // here waits for that).
+    // Read at once where it was put; another replica sees it once it is committed.
     assert_eq!(meta.cache_entry(&key).await.unwrap(), Some(entry.clone()));
+    meta.flush().await;
     assert_eq!(other.cache_entry(&key).await.unwrap(), Some(entry.clone()));
     let newer = CacheEntry {
         run_id: "r2".into(),
