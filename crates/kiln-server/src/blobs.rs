@@ -290,13 +290,24 @@ pub(crate) async fn get_blob(
 ) -> Result<Response, Problem> {
     state.tokens.authorize(&headers, Scope::Read)?;
     let digest = parse_digest(&digest)?;
-    let etag = format!("\"{digest}\"");
-    let etag_value = HeaderValue::from_str(&etag).map_err(Problem::internal)?;
     if !state.store.contains(&digest).await? {
         return Err(Problem::not_found(format!(
             "the store has no blob {digest}"
         )));
     }
+    download(&state, &digest, &headers, "application/octet-stream").await
+}
+
+/// A stored object's bytes, verified as they are read, with its digest as the `ETag`; 304
+/// when `If-None-Match` names it already.
+pub(crate) async fn download(
+    state: &AppState,
+    digest: &Digest,
+    headers: &HeaderMap,
+    content_type: &'static str,
+) -> Result<Response, Problem> {
+    let etag = format!("\"{digest}\"");
+    let etag_value = HeaderValue::from_str(&etag).map_err(Problem::internal)?;
     if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
@@ -305,13 +316,10 @@ pub(crate) async fn get_blob(
         response.headers_mut().insert(header::ETAG, etag_value);
         return Ok(response);
     }
-    let bytes = state.store.read_verified(&digest).await?;
+    let bytes = state.store.read_verified(digest).await?;
     let mut response = bytes.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::ETAG, etag_value);
     Ok(response)
 }

@@ -499,29 +499,11 @@ pub(crate) async fn get_content(
     let (row, _) = resolve(&state, &name, &version)
         .await?
         .ok_or_else(|| no_such(&name, &version))?;
-    let etag = format!("\"{}\"", row.digest);
-    let etag_value = HeaderValue::from_str(&etag).map_err(Problem::internal)?;
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-    {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().insert(header::ETAG, etag_value);
-        return Ok(response);
-    }
     let digest: Digest = row
         .digest
         .parse()
         .map_err(|e| Problem::internal(format_args!("a stored digest: {e}")))?;
-    let bytes = state.store.read_verified(&digest).await?;
-    let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/wasm"),
-    );
-    headers.insert(header::ETAG, etag_value);
-    Ok(response)
+    crate::blobs::download(&state, &digest, &headers, "application/wasm").await
 }
 
 #[utoipa::path(

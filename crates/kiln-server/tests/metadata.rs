@@ -2,68 +2,21 @@
 //! claimed once, records in order and readable at once, plans, cache entries), and a whole
 //! pipeline through the engine with its runs, records and cache in the database.
 
+mod fixture;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use fixture::{PIPELINE, Writes, plan_in};
 use kiln_cas::{BlobStore, Digest, LocalStore};
-use kiln_engine::{
-    Engine, EngineConfig, ExecOutcome, Executor, ExecutorError, Executors, RunInput, StagedTask,
-    StateDir, StepStatus,
-};
+use kiln_engine::{Engine, EngineConfig, Executors, RunInput, StateDir, StepStatus};
 use kiln_record::{CacheEntry, MetadataStore, RecordError, RecordEvent, RunStatus};
 use kiln_server::{Db, SqlMetadata};
 use kiln_test_support::postgres::postgres_or_skip;
 
-/// Writes each output from the step and what it read: the same inputs, the same bytes.
-struct Writes;
-
-#[async_trait]
-impl Executor for Writes {
-    fn name(&self) -> &str {
-        "writes"
-    }
-
-    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
-        let read: Vec<String> = task
-            .inputs
-            .values()
-            .map(|p| kiln_test_support::read_tree_text(p))
-            .collect();
-        for (name, path) in &task.outputs {
-            std::fs::write(path, format!("{}:{name}:{read:?}", task.step.step)).unwrap();
-        }
-        Ok(ExecOutcome::success())
-    }
-}
-
-const PIPELINE: &str = "apiVersion: kiln/v1
-name: sql
-steps:
-  prep:
-    container: {image: fake}
-    inputs: {data: ./data.csv}
-    outputs: [clean]
-  train:
-    container: {image: fake}
-    for_each: [1, 2, 3]
-    with: {lr: '{{item}}'}
-    inputs: {data: prep.clean}
-    outputs: [model]
-";
-
 async fn pinned(dir: &Path, store: &dyn BlobStore) -> RunInput {
-    std::fs::write(dir.join("data.csv"), "a,b\n1,2\n").unwrap();
-    let pipeline = kiln_spec::parse(PIPELINE).unwrap_or_else(|d| panic!("{d:?}"));
-    let compiled = kiln_plan::compile(
-        &pipeline,
-        &kiln_plan::PlanOptions {
-            base_dir: dir.to_path_buf(),
-            overrides: vec![],
-        },
-    );
     let mut input = RunInput {
-        plan: compiled.plan.unwrap(),
+        plan: plan_in(dir),
         components: Default::default(),
         workspace: Default::default(),
         pipeline_file: "pipeline.yaml".into(),

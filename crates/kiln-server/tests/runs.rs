@@ -3,71 +3,23 @@
 //! resume, idempotent retries, a second submission all cached, 1,000 readers of one stream
 //! at once, each getting every event in order, and 50 submissions at once from 10 clients.
 
+mod fixture;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use fixture::{DATA, PIPELINE, Writes, plan_in};
 use kiln_cas::{BlobStore, Digest, LocalStore};
-use kiln_engine::{
-    Engine, EngineConfig, ExecOutcome, Executor, ExecutorError, Executors, MetadataStore,
-    StagedTask, StateDir,
-};
+use kiln_engine::{Engine, EngineConfig, Executors, MetadataStore, StateDir};
 use kiln_server::runs::Runs;
 use kiln_server::{Db, Server, ServerOptions, SqlMetadata, Tokens};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// Writes each output from the step and what it read.
-struct Writes;
-
-#[async_trait]
-impl Executor for Writes {
-    fn name(&self) -> &str {
-        "writes"
-    }
-
-    async fn run_staged(&self, task: &StagedTask) -> Result<ExecOutcome, ExecutorError> {
-        let read: Vec<String> = task
-            .inputs
-            .values()
-            .map(|p| kiln_test_support::read_tree_text(p))
-            .collect();
-        for (name, path) in &task.outputs {
-            std::fs::write(path, format!("{}:{name}:{read:?}", task.step.step)).unwrap();
-        }
-        Ok(ExecOutcome::success())
-    }
-}
-
-const PIPELINE: &str = "apiVersion: kiln/v1
-name: submitted
-steps:
-  prep:
-    container: {image: fake}
-    inputs: {data: ./data.csv}
-    outputs: [clean]
-  train:
-    container: {image: fake}
-    for_each: [1, 2, 3]
-    with: {lr: '{{item}}'}
-    inputs: {data: prep.clean}
-    outputs: [model]
-";
-
 /// The submission `kiln run --server` would make: the plan, and the workspace file pinned.
 fn submission(dir: &Path) -> (Value, Vec<u8>) {
-    let data = b"a,b\n1,2\n".to_vec();
-    std::fs::write(dir.join("data.csv"), &data).unwrap();
-    let pipeline = kiln_spec::parse(PIPELINE).unwrap_or_else(|d| panic!("{d:?}"));
-    let plan = kiln_plan::compile(
-        &pipeline,
-        &kiln_plan::PlanOptions {
-            base_dir: dir.to_path_buf(),
-            overrides: vec![],
-        },
-    )
-    .plan
-    .unwrap();
+    let data = DATA.to_vec();
+    let plan = plan_in(dir);
     let body = json!({
         "plan": serde_json::to_value(&plan).unwrap(),
         "workspace": { "data.csv": Digest::of_bytes(&data).to_string() },
